@@ -139,6 +139,12 @@ func RunArgs(app *cli.App, args []string, stderr io.Writer) int {
 
 	app.ErrWriter = stderr
 	app.ExitErrHandler = func(*cli.Context, error) {} // we report and exit ourselves
+	if app.OnUsageError == nil {
+		// urfave/cli would print the whole help on stdout, which carries data.
+		app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+			return WithHint(Exit(ExitUsage, err), "run '"+app.Name+" --help' for usage")
+		}
+	}
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK
