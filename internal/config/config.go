@@ -1,0 +1,419 @@
+// Package config loads dosvob's configuration file and the DigitalOcean API
+// token.
+//
+// The file is JSON. It reads the original dosvob conf.json unchanged (the
+// fields do_token and region) and adds region lists, volume filters, droplet
+// size and image, hooks, an API URL and a state directory; docs/CONFIG.md is
+// the reference. Every mistake is reported as one *FieldError naming the
+// field, so a user can fix a config without guessing.
+//
+// Both the config file and a token file hold or lead to the account's keys:
+// Load refuses either when its mode lets other users read or write it.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Defaults used when the config leaves a field out.
+const (
+	DefaultImage       = "ubuntu-24-04-x64" // an Ubuntu LTS image slug
+	DefaultAPIURL      = "https://api.digitalocean.com/"
+	DefaultSSHPort     = 22
+	DefaultSSHWait     = 5 * time.Minute
+	DefaultHookTimeout = 5 * time.Minute
+	DefaultActionWait  = 10 * time.Minute
+)
+
+// Environment variables that hold the API token, in the order they are
+// consulted. They win over token_file and do_token.
+var TokenEnv = []string{"DIGITALOCEAN_ACCESS_TOKEN", "DIGITALOCEAN_TOKEN"}
+
+// Secret is a string that never prints itself: fmt and encoding/json see
+// "[redacted]", so a Config can be logged without leaking the token.
+type Secret string
+
+func (Secret) String() string                 { return "[redacted]" }
+func (Secret) GoString() string               { return "[redacted]" }
+func (Secret) MarshalJSON() ([]byte, error)   { return []byte(`"[redacted]"`), nil }
+func (s Secret) Reveal() string               { return string(s) }
+func (s Secret) Format(f fmt.State, _ rune)   { io.WriteString(f, "[redacted]") }
+func (s Secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// Hooks are shell commands run locally around each volume's snapshot.
+type Hooks struct {
+	PreSnapshot  string `json:"pre_snapshot"`
+	PostSnapshot string `json:"post_snapshot"`
+	Timeout      string `json:"timeout"`
+}
+
+// Config is the parsed configuration file. Zero values mean "default".
+type Config struct {
+	// DoToken is the original conf.json's token field. Prefer the
+	// environment or token_file.
+	DoToken   Secret `json:"do_token"`
+	TokenFile string `json:"token_file"`
+
+	// Region is the original single-region field; Regions lists several.
+	// Both empty: every region that holds a selected volume.
+	Region  string   `json:"region"`
+	Regions []string `json:"regions"`
+
+	// Volume filters. A volume is selected when its name matches one of
+	// Include (or Include is empty), it carries one of IncludeTags (or
+	// IncludeTags is empty), and it matches neither Exclude nor
+	// ExcludeTags.
+	Include     []string `json:"include"`
+	Exclude     []string `json:"exclude"`
+	IncludeTags []string `json:"include_tags"`
+	ExcludeTags []string `json:"exclude_tags"`
+
+	DropletSize  string `json:"droplet_size"`  // default: the cheapest size in the region
+	DropletImage string `json:"droplet_image"` // default: DefaultImage
+
+	APIURL   string `json:"api_url"`
+	StateDir string `json:"state_dir"`
+
+	SSHPort    int    `json:"ssh_port"`
+	SSHWait    string `json:"ssh_wait"`    // Go duration, default "5m"
+	ActionWait string `json:"action_wait"` // Go duration, default "10m"
+
+	Hooks Hooks `json:"hooks"`
+
+	// Path is the file the config was read from ("" when none).
+	Path string `json:"-"`
+
+	sshWait, actionWait, hookTimeout time.Duration
+}
+
+// FieldError is a configuration mistake. Field is the JSON field name (or
+// "" for the file as a whole).
+type FieldError struct {
+	File  string
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	where := "config"
+	if e.File != "" {
+		where = fmt.Sprintf("config %s", e.File)
+	}
+	if e.Field == "" {
+		return fmt.Sprintf("%s: %v", where, e.Err)
+	}
+	return fmt.Sprintf("%s: field %q: %v", where, e.Field, e.Err)
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// ErrNoToken is returned by Token when no source holds a token.
+var ErrNoToken = errors.New("no DigitalOcean API token: set DIGITALOCEAN_ACCESS_TOKEN, or token_file or do_token in the config")
+
+// ErrInsecure is wrapped by errors about a file that other users may read.
+var ErrInsecure = errors.New("readable or writable by other users")
+
+// DefaultPath is the config file used when --config is not given:
+// $XDG_CONFIG_HOME/dosvob/conf.json, else ~/.config/dosvob/conf.json.
+func DefaultPath() string {
+	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "dosvob", "conf.json")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(home, ".config", "dosvob", "conf.json")
+}
+
+// DefaultStateDir is the state directory used when neither a flag nor the
+// config names one: $XDG_STATE_HOME/dosvob, else ~/.local/state/dosvob.
+func DefaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "dosvob")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(home, ".local", "state", "dosvob")
+}
+
+// Load reads the config at p. When explicit is false and p does not exist,
+// Load returns the defaults: a user may configure dosvob entirely through
+// the environment.
+func Load(p string, explicit bool) (*Config, error) {
+	if p == "" {
+		if explicit {
+			return nil, &FieldError{Err: errors.New("empty config path")}
+		}
+		c := &Config{}
+		return c, c.validate()
+	}
+	data, err := readPrivate(p)
+	if err != nil {
+		if !explicit && errors.Is(err, os.ErrNotExist) {
+			c := &Config{}
+			return c, c.validate()
+		}
+		return nil, &FieldError{File: p, Err: err}
+	}
+	c, err := Parse(data)
+	if err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.File = p
+		}
+		return nil, err
+	}
+	c.Path = p
+	return c, nil
+}
+
+// readPrivate reads a file that must not be readable or writable by group
+// or others.
+func readPrivate(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%q is not a regular file", p)
+	}
+	if perm := st.Mode().Perm(); perm&0o066 != 0 {
+		return nil, fmt.Errorf("%q has mode %04o, %w (run: chmod 600 %q)", p, perm, ErrInsecure, p)
+	}
+	return io.ReadAll(io.LimitReader(f, 1<<20))
+}
+
+var (
+	regionRe = regexp.MustCompile(`^[a-z]{3}[0-9]$`)
+	slugRe   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,99}$`)
+)
+
+// Parse decodes and validates a config document.
+func Parse(data []byte) (*Config, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, decodeError(err)
+	}
+	if dec.More() {
+		return nil, &FieldError{Err: errors.New("trailing data after the JSON object")}
+	}
+	return &c, c.validate()
+}
+
+func decodeError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return &FieldError{Field: te.Field, Err: fmt.Errorf("want %s, got %s", te.Type, te.Value)}
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return &FieldError{Err: fmt.Errorf("invalid JSON at byte %d: %v", se.Offset, se)}
+	}
+	msg := err.Error()
+	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		return &FieldError{Field: strings.Trim(f, `"`), Err: errors.New("unknown field")}
+	}
+	if errors.Is(err, io.EOF) {
+		return &FieldError{Err: errors.New("empty file")}
+	}
+	return &FieldError{Err: err}
+}
+
+func (c *Config) validate() error {
+	bad := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+	}
+	if c.Region != "" && !regionRe.MatchString(c.Region) {
+		return bad("region", "invalid region slug %q (want e.g. \"fra1\")", c.Region)
+	}
+	for _, r := range c.Regions {
+		if !regionRe.MatchString(r) {
+			return bad("regions", "invalid region slug %q (want e.g. \"fra1\")", r)
+		}
+	}
+	if c.Region != "" && len(c.Regions) > 0 {
+		return bad("regions", "set either region or regions, not both")
+	}
+	for field, globs := range map[string][]string{"include": c.Include, "exclude": c.Exclude} {
+		for _, g := range globs {
+			if _, err := path.Match(g, ""); err != nil || g == "" {
+				return bad(field, "invalid name pattern %q", g)
+			}
+		}
+	}
+	for field, tags := range map[string][]string{"include_tags": c.IncludeTags, "exclude_tags": c.ExcludeTags} {
+		for _, t := range tags {
+			if t == "" || strings.ContainsAny(t, " \t\n") {
+				return bad(field, "invalid tag %q", t)
+			}
+		}
+	}
+	if c.DropletSize != "" && !slugRe.MatchString(c.DropletSize) {
+		return bad("droplet_size", "invalid size slug %q", c.DropletSize)
+	}
+	if c.DropletImage != "" && !slugRe.MatchString(c.DropletImage) {
+		return bad("droplet_image", "invalid image slug %q", c.DropletImage)
+	}
+	if c.APIURL != "" {
+		u, err := url.Parse(c.APIURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+			return bad("api_url", "invalid URL %q (want e.g. \"https://api.digitalocean.com/\")", c.APIURL)
+		}
+	}
+	if c.StateDir != "" && !filepath.IsAbs(expandHome(c.StateDir)) {
+		return bad("state_dir", "%q is not an absolute path", c.StateDir)
+	}
+	if c.SSHPort < 0 || c.SSHPort > 65535 {
+		return bad("ssh_port", "invalid port %d", c.SSHPort)
+	}
+	if c.TokenFile != "" && !filepath.IsAbs(expandHome(c.TokenFile)) {
+		return bad("token_file", "%q is not an absolute path", c.TokenFile)
+	}
+	for _, d := range []struct {
+		field string
+		s     string
+		v     *time.Duration
+	}{{"ssh_wait", c.SSHWait, &c.sshWait}, {"action_wait", c.ActionWait, &c.actionWait}, {"hooks.timeout", c.Hooks.Timeout, &c.hookTimeout}} {
+		if d.s == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.s)
+		if err != nil || v <= 0 {
+			return bad(d.field, "invalid duration %q (want e.g. \"5m\")", d.s)
+		}
+		*d.v = v
+	}
+	if strings.ContainsAny(string(c.DoToken), " \t\r\n") {
+		return bad("do_token", "contains whitespace")
+	}
+	return nil
+}
+
+func expandHome(p string) string {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, rest)
+		}
+	}
+	return p
+}
+
+// RegionList returns the regions to work in; nil means every region that
+// holds a selected volume.
+func (c *Config) RegionList() []string {
+	if c.Region != "" {
+		return []string{c.Region}
+	}
+	return c.Regions
+}
+
+// Image returns the droplet image slug.
+func (c *Config) Image() string {
+	if c.DropletImage != "" {
+		return c.DropletImage
+	}
+	return DefaultImage
+}
+
+// API returns the API base URL, ending in "/".
+func (c *Config) API() string {
+	u := c.APIURL
+	if u == "" {
+		u = DefaultAPIURL
+	}
+	if !strings.HasSuffix(u, "/") {
+		u += "/"
+	}
+	return u
+}
+
+// State returns the state directory: the config's, else the default.
+func (c *Config) State() string {
+	if c.StateDir != "" {
+		return expandHome(c.StateDir)
+	}
+	return DefaultStateDir()
+}
+
+// Port returns the droplets' SSH port.
+func (c *Config) Port() int {
+	if c.SSHPort != 0 {
+		return c.SSHPort
+	}
+	return DefaultSSHPort
+}
+
+// SSHTimeout is how long to wait for a droplet's SSH to answer.
+func (c *Config) SSHTimeout() time.Duration {
+	if c.sshWait > 0 {
+		return c.sshWait
+	}
+	return DefaultSSHWait
+}
+
+// ActionTimeout bounds the wait for one asynchronous DigitalOcean action.
+func (c *Config) ActionTimeout() time.Duration {
+	if c.actionWait > 0 {
+		return c.actionWait
+	}
+	return DefaultActionWait
+}
+
+// HookTimeout bounds each hook.
+func (c *Config) HookTimeout() time.Duration {
+	if c.hookTimeout > 0 {
+		return c.hookTimeout
+	}
+	return DefaultHookTimeout
+}
+
+// Token returns the API token from, in order: DIGITALOCEAN_ACCESS_TOKEN,
+// DIGITALOCEAN_TOKEN, the token_file, do_token. getenv is os.Getenv in
+// production.
+func (c *Config) Token(getenv func(string) string) (Secret, error) {
+	for _, k := range TokenEnv {
+		if v := strings.TrimSpace(getenv(k)); v != "" {
+			if strings.ContainsAny(v, " \t\r\n") {
+				return "", fmt.Errorf("environment variable %s: token contains whitespace", k)
+			}
+			return Secret(v), nil
+		}
+	}
+	if c.TokenFile != "" {
+		p := expandHome(c.TokenFile)
+		data, err := readPrivate(p)
+		if err != nil {
+			return "", &FieldError{File: c.Path, Field: "token_file", Err: err}
+		}
+		v := strings.TrimSpace(string(data))
+		if v == "" || strings.ContainsAny(v, " \t\r\n") {
+			return "", &FieldError{File: c.Path, Field: "token_file", Err: fmt.Errorf("%q does not hold exactly one token", p)}
+		}
+		return Secret(v), nil
+	}
+	if c.DoToken != "" {
+		return c.DoToken, nil
+	}
+	return "", ErrNoToken
+}

@@ -1,0 +1,187 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, name, data string, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(data), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil { // umask must not hide the mode under test
+		t.Fatal(err)
+	}
+	return p
+}
+
+func noenv(string) string { return "" }
+
+func TestOriginalConfJSON(t *testing.T) {
+	// The original dosvob conf.json: exactly these two fields.
+	p := writeFile(t, "conf.json", `{"do_token": "dop_v1_abc", "region": "fra1"}`, 0o600)
+	c, err := Load(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.RegionList(); len(got) != 1 || got[0] != "fra1" {
+		t.Errorf("regions = %v", got)
+	}
+	tok, err := c.Token(noenv)
+	if err != nil || tok.Reveal() != "dop_v1_abc" {
+		t.Errorf("token = %q, %v", tok.Reveal(), err)
+	}
+	if c.Image() != DefaultImage || c.Port() != 22 || c.SSHTimeout() != 5*time.Minute || c.API() != DefaultAPIURL {
+		t.Errorf("defaults wrong: %q %d %v %q", c.Image(), c.Port(), c.SSHTimeout(), c.API())
+	}
+}
+
+func TestFullConfig(t *testing.T) {
+	tokPath := writeFile(t, "token", "dop_v1_fromfile\n", 0o600)
+	p := writeFile(t, "conf.json", fmt.Sprintf(`{
+		"token_file": %q,
+		"regions": ["fra1", "ams3"],
+		"include": ["db-*"], "exclude": ["*-scratch"],
+		"include_tags": ["backup"], "exclude_tags": ["nobackup"],
+		"droplet_size": "s-1vcpu-1gb", "droplet_image": "ubuntu-22-04-x64",
+		"api_url": "http://127.0.0.1:8080",
+		"state_dir": "/var/lib/dosvob",
+		"ssh_port": 2222, "ssh_wait": "90s", "action_wait": "3m",
+		"hooks": {"pre_snapshot": "echo pre", "post_snapshot": "echo post", "timeout": "30s"}
+	}`, tokPath), 0o600)
+	c, err := Load(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.API() != "http://127.0.0.1:8080/" || c.State() != "/var/lib/dosvob" || c.Port() != 2222 ||
+		c.SSHTimeout() != 90*time.Second || c.ActionTimeout() != 3*time.Minute || c.HookTimeout() != 30*time.Second {
+		t.Errorf("parsed wrong: %+v", c)
+	}
+	tok, err := c.Token(noenv)
+	if err != nil || tok.Reveal() != "dop_v1_fromfile" {
+		t.Errorf("token = %q, %v", tok.Reveal(), err)
+	}
+}
+
+func TestTokenPrecedence(t *testing.T) {
+	c := &Config{DoToken: "conf"}
+	env := map[string]string{"DIGITALOCEAN_TOKEN": "second", "DIGITALOCEAN_ACCESS_TOKEN": "first"}
+	if tok, _ := c.Token(func(k string) string { return env[k] }); tok.Reveal() != "first" {
+		t.Errorf("got %q, want DIGITALOCEAN_ACCESS_TOKEN", tok.Reveal())
+	}
+	delete(env, "DIGITALOCEAN_ACCESS_TOKEN")
+	if tok, _ := c.Token(func(k string) string { return env[k] }); tok.Reveal() != "second" {
+		t.Errorf("got %q, want DIGITALOCEAN_TOKEN", tok.Reveal())
+	}
+	if tok, _ := c.Token(noenv); tok.Reveal() != "conf" {
+		t.Errorf("got %q, want do_token", tok.Reveal())
+	}
+	if _, err := (&Config{}).Token(noenv); !errors.Is(err, ErrNoToken) {
+		t.Errorf("no token: err = %v", err)
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	c := &Config{DoToken: "dop_v1_supersecret"}
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprintf("%s %q %v", c.DoToken, c.DoToken, c.DoToken)} {
+		if strings.Contains(s, "supersecret") {
+			t.Errorf("token printed: %s", s)
+		}
+	}
+}
+
+func TestInsecureFilesRefused(t *testing.T) {
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o602} {
+		p := writeFile(t, "conf.json", `{"region": "fra1"}`, mode)
+		_, err := Load(p, true)
+		if !errors.Is(err, ErrInsecure) {
+			t.Errorf("mode %04o: err = %v, want ErrInsecure", mode, err)
+		}
+		tp := writeFile(t, "token", "tok", mode)
+		c := &Config{TokenFile: tp}
+		_, err = c.Token(noenv)
+		var fe *FieldError
+		if !errors.Is(err, ErrInsecure) || !errors.As(err, &fe) || fe.Field != "token_file" {
+			t.Errorf("token file mode %04o: err = %v", mode, err)
+		}
+	}
+	p := writeFile(t, "conf.json", `{"region": "fra1"}`, 0o400)
+	if _, err := Load(p, true); err != nil {
+		t.Errorf("mode 0400 refused: %v", err)
+	}
+}
+
+func TestMissingConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "nope.json")
+	if _, err := Load(p, false); err != nil {
+		t.Errorf("default path missing should be fine: %v", err)
+	}
+	if _, err := Load(p, true); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("explicit path missing: err = %v", err)
+	}
+}
+
+// Every bad config is one error that names the offending field.
+func TestErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ doc, field string }{
+		{`{"region": "Frankfurt"}`, "region"},
+		{`{"region": 7}`, "region"},
+		{`{"regions": ["fra1", "x"]}`, "regions"},
+		{`{"regions": "fra1"}`, "regions"},
+		{`{"region": "fra1", "regions": ["ams3"]}`, "regions"},
+		{`{"regoin": "fra1"}`, "regoin"},
+		{`{"include": ["[a-"]}`, "include"},
+		{`{"exclude": [""]}`, "exclude"},
+		{`{"include_tags": ["a b"]}`, "include_tags"},
+		{`{"droplet_size": "S 1"}`, "droplet_size"},
+		{`{"droplet_image": "../x"}`, "droplet_image"},
+		{`{"api_url": "ftp://x"}`, "api_url"},
+		{`{"api_url": "https://user:pw@host/"}`, "api_url"},
+		{`{"state_dir": "relative/dir"}`, "state_dir"},
+		{`{"ssh_port": 70000}`, "ssh_port"},
+		{`{"ssh_wait": "soon"}`, "ssh_wait"},
+		{`{"action_wait": "-1s"}`, "action_wait"},
+		{`{"hooks": {"timeout": "x"}}`, "hooks.timeout"},
+		{`{"hooks": {"pre_snapshot": 1}}`, "hooks.pre_snapshot"},
+		{`{"hooks": {"pre": "x"}}`, "pre"},
+		{`{"token_file": "token"}`, "token_file"},
+		{`{"do_token": "a b"}`, "do_token"},
+	} {
+		_, err := Parse([]byte(tc.doc))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%s: err = %v, want field %q", tc.doc, err, tc.field)
+			continue
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("%q", tc.field)) {
+			t.Errorf("%s: message %q does not name the field", tc.doc, err)
+		}
+	}
+	for _, doc := range []string{``, `{`, `[]`, `{} {}`} {
+		var fe *FieldError
+		if _, err := Parse([]byte(doc)); !errors.As(err, &fe) {
+			t.Errorf("%q: err = %v, want a FieldError", doc, err)
+		}
+	}
+}
+
+func TestDefaultPaths(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", "/cfg")
+	t.Setenv("XDG_STATE_HOME", "/st")
+	if DefaultPath() != "/cfg/dosvob/conf.json" || DefaultStateDir() != "/st/dosvob" {
+		t.Errorf("xdg: %q %q", DefaultPath(), DefaultStateDir())
+	}
+	t.Setenv("XDG_CONFIG_HOME", "")
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	if DefaultPath() != "/home/u/.config/dosvob/conf.json" || DefaultStateDir() != "/home/u/.local/state/dosvob" {
+		t.Errorf("home: %q %q", DefaultPath(), DefaultStateDir())
+	}
+}
