@@ -1,0 +1,468 @@
+#!/usr/bin/env bash
+#
+# backup-all.sh: back up every selected DigitalOcean volume into raw disk
+# images under one directory, in one run: provision, sync, tear down.
+#
+# Run `backup-all.sh --help` for usage and exit codes; docs/OPERATIONS.md
+# explains running it for real.
+#
+# shellcheck source-path=SCRIPTDIR
+# Functions run from traps and as background jobs: not unreachable.
+# shellcheck disable=SC2317
+
+set -euo pipefail
+
+# shellcheck disable=SC2034 # read by lib/common.sh
+DOSVOB_PROG=backup-all
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/common.sh
+. "$script_dir/lib/common.sh"
+
+# Exit codes of this script (documented in --help and docs/OPERATIONS.md).
+readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_LOCKED=6 EXIT_PROVISION=7 \
+	EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
+
+usage() {
+	cat <<'EOF'
+Usage: backup-all.sh [options] BACKUP_DIR
+
+Back up every volume that the config selects into BACKUP_DIR, as raw disk
+images BACKUP_DIR/REGION/VOLUME.img (each with its manifest and kept
+versions beside it). One run: clean up what an earlier, killed run left,
+snapshot and copy the volumes and start a temporary droplet per region
+(dosvob-provision), sync each volume over ssh with the droplet's pinned host
+key (dosvob-hash | ssh ... dosvob-hash --delta | dosvob-patch), then delete
+every temporary resource (dosvob-teardown), on every exit path.
+
+Options:
+  -c, --config FILE       dosvob config (default: dosvob-provision's default,
+                          $XDG_CONFIG_HOME/dosvob/conf.json or
+                          ~/.config/dosvob/conf.json)
+  -j, --jobs N            volumes synced at once (default 2)
+  -k, --keep N            previous versions kept per image (default 7)
+      --bin DIR           directory with the dosvob binaries (default:
+                          $DOSVOB_BIN, else ../bin beside this script, else
+                          the directory of dosvob-provision on PATH)
+      --lock FILE         lock file (default BACKUP_DIR/.dosvob-backup.lock)
+      --ping-url URL      healthchecks-style pings: URL/start when the run
+                          starts, URL on success, URL/fail on failure
+      --ping-start URL    ping URL when the run starts
+      --ping-success URL  ping URL when the run succeeds
+      --ping-failure URL  ping URL when the run fails (the summary is the body)
+      --hook COMMAND      run COMMAND with bash -c at the end; it sees
+                          DOSVOB_RESULT (success|failure), DOSVOB_EXIT_CODE and
+                          DOSVOB_SUMMARY_FILE (the summary table)
+      --ssh PROGRAM       ssh client to run (default: ssh)
+      --provision-arg ARG pass ARG on to dosvob-provision (repeatable)
+  -h, --help              show this help
+
+Exit codes:
+  0    every volume backed up, everything temporary deleted
+  1    at least one volume failed (the others were backed up; each failed
+       image is still exactly its previous backup)
+  2    usage: bad options or arguments
+  6    another backup-all.sh run holds the lock
+  7    provisioning failed (nothing was synced)
+  8    teardown left temporary resources behind (they cost money: run
+       dosvob-teardown --all)
+  130  interrupted by SIGINT or SIGTERM
+When several apply, the first of 8, 130, 7, 1 wins.
+
+Examples:
+  backup-all.sh /srv/backups
+  backup-all.sh -c /etc/dosvob/conf.json -j 4 -k 14 \
+      --ping-url https://hc-ping.com/UUID /srv/backups
+EOF
+}
+
+# ---- options ---------------------------------------------------------------
+
+config=""
+jobs=2
+keep=7
+bin_dir=""
+lock_file=""
+ping_start=""
+ping_success=""
+ping_failure=""
+hook=""
+ssh_prog=ssh
+provision_args=()
+backup_dir=""
+
+usage_error() {
+	log "$1"
+	log "hint: see backup-all.sh --help"
+	exit "$EXIT_USAGE"
+}
+
+need_arg() {
+	if [[ $# -lt 2 || -z "$2" ]]; then
+		usage_error "option $1 needs a value"
+	fi
+}
+
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	-h | --help)
+		usage
+		exit "$EXIT_OK"
+		;;
+	-c | --config) need_arg "$@"; config=$2; shift 2 ;;
+	-j | --jobs) need_arg "$@"; jobs=$2; shift 2 ;;
+	-k | --keep) need_arg "$@"; keep=$2; shift 2 ;;
+	--bin) need_arg "$@"; bin_dir=$2; shift 2 ;;
+	--lock) need_arg "$@"; lock_file=$2; shift 2 ;;
+	--ping-url)
+		need_arg "$@"
+		ping_start="${2%/}/start"
+		ping_success="${2%/}"
+		ping_failure="${2%/}/fail"
+		shift 2
+		;;
+	--ping-start) need_arg "$@"; ping_start=$2; shift 2 ;;
+	--ping-success) need_arg "$@"; ping_success=$2; shift 2 ;;
+	--ping-failure) need_arg "$@"; ping_failure=$2; shift 2 ;;
+	--hook) need_arg "$@"; hook=$2; shift 2 ;;
+	--ssh) need_arg "$@"; ssh_prog=$2; shift 2 ;;
+	--provision-arg) need_arg "$@"; provision_args+=("$2"); shift 2 ;;
+	--) shift; break ;;
+	-*) usage_error "unknown option \"$1\"" ;;
+	*) break ;;
+	esac
+done
+if [[ $# -ne 1 ]]; then
+	usage_error "want exactly one BACKUP_DIR, got $# arguments"
+fi
+backup_dir=$1
+if ! is_uint "$jobs" || [[ "$jobs" -lt 1 ]]; then
+	usage_error "invalid --jobs \"$jobs\": want a whole number of at least 1"
+fi
+if ! is_uint "$keep"; then
+	usage_error "invalid --keep \"$keep\": want a whole number"
+fi
+if [[ -n "$config" && ! -f "$config" ]]; then
+	usage_error "config \"$config\" not found"
+fi
+
+need_cmd jq jq
+need_cmd flock util-linux
+need_cmd "$ssh_prog" openssh-client
+if [[ -n "$ping_start$ping_success$ping_failure" ]]; then
+	need_cmd curl curl
+fi
+if [[ -z "$bin_dir" ]] && ! bin_dir=$(find_bin_dir "$script_dir"); then
+	die "$EXIT_FAILED" "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin ./cmd/... (or pass --bin DIR)"
+fi
+check_bins "$bin_dir" dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
+provision="$bin_dir/dosvob-provision"
+teardown="$bin_dir/dosvob-teardown"
+hash="$bin_dir/dosvob-hash"
+patch="$bin_dir/dosvob-patch"
+config_args=()
+if [[ -n "$config" ]]; then
+	config_args=(--config "$config")
+fi
+
+mkdir -p -- "$backup_dir"
+backup_dir=$(cd "$backup_dir" && pwd)
+lock_file=${lock_file:-$backup_dir/.dosvob-backup.lock}
+
+# ---- the lock --------------------------------------------------------------
+# fd 9 holds the lock for the life of this shell. Every child gets 9>&- so
+# that a child outliving a killed run does not keep the next run out.
+
+exec 9>>"$lock_file"
+if ! flock -n 9; then
+	die "$EXIT_LOCKED" "another backup run holds the lock $lock_file" \
+		"wait for it to finish; a run that was killed releases the lock when its processes are gone"
+fi
+
+# ---- state and cleanup -----------------------------------------------------
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/dosvob-backup.XXXXXX")
+run_json="$work/run.json"
+summary_file="$work/summary.txt"
+provision_pid=""
+provisioned=0      # 1 once dosvob-provision has started: teardown is owed
+torn_down=0
+interrupted=0
+provision_failed=0
+teardown_failed=0
+volumes_failed=0
+declare -a worker_pids=()
+
+# ping URL [BODY_FILE]: notify a monitoring URL; failures are logged only.
+ping() {
+	local url=$1 body=${2:-}
+	[[ -n "$url" ]] || return 0
+	local args=(-fsS -m 10 --retry 3 -o /dev/null)
+	if [[ -n "$body" && -s "$body" ]]; then
+		args+=(--data-binary "@$body")
+	fi
+	if ! curl "${args[@]}" "$url" 9>&- 2>"$work/curl.err"; then
+		warn "ping failed: $(tr '\n' ' ' <"$work/curl.err")"
+	fi
+}
+
+# run_group VAR CMD...: start CMD in its own process group (so a terminal's
+# Ctrl-C reaches this script only, which then stops it in order) and store
+# its pid in VAR.
+run_group() {
+	local -n pid_ref=$1
+	shift
+	set -m
+	"$@" 9>&- &
+	# shellcheck disable=SC2034 # a nameref: sets the caller's variable
+	pid_ref=$!
+	set +m
+}
+
+do_teardown() {
+	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
+	torn_down=1
+	# Interrupting a teardown would leave resources that cost money: from
+	# here on this script ignores SIGINT and SIGTERM (SIGKILL still works,
+	# and the next run cleans up).
+	trap '' INT TERM
+	local args=("${config_args[@]}") rc=0 pid=""
+	if jq -e '.run_id' "$run_json" >/dev/null 2>&1; then
+		log "tearing down run $(jq -r '.run_id' "$run_json"): deleting its droplets, volume copies, snapshots and key"
+		run_group pid "$teardown" "${args[@]}" <"$run_json"
+	else
+		log "tearing down everything dosvob-ephemeral (provisioning did not finish)"
+		run_group pid "$teardown" "${args[@]}" --all </dev/null
+	fi
+	wait "$pid" || rc=$?
+	if [[ "$rc" -ne 0 ]]; then
+		teardown_failed=1
+		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
+		log "hint: run dosvob-teardown --all${config:+ --config $config} until it exits 0"
+	else
+		log "teardown complete: nothing temporary is left"
+	fi
+}
+
+stop_children() {
+	local pid
+	if [[ -n "$provision_pid" ]]; then
+		stop_group "$provision_pid"
+	fi
+	for pid in "${worker_pids[@]}"; do
+		stop_group "$pid"
+	done
+	if [[ -n "$provision_pid" ]]; then
+		wait "$provision_pid" 2>/dev/null || true
+	fi
+	for pid in "${worker_pids[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+}
+
+on_signal() {
+	trap '' INT TERM
+	interrupted=1
+	log "received SIG$1: stopping the syncs (each image stays exactly its previous backup), then tearing down"
+	stop_children
+	exit "$EXIT_INTERRUPTED"
+}
+
+final_code() {
+	if [[ "$teardown_failed" -eq 1 ]]; then
+		echo "$EXIT_TEARDOWN"
+	elif [[ "$interrupted" -eq 1 ]]; then
+		echo "$EXIT_INTERRUPTED"
+	elif [[ "$provision_failed" -eq 1 ]]; then
+		echo "$EXIT_PROVISION"
+	elif [[ "$volumes_failed" -gt 0 ]]; then
+		echo "$EXIT_FAILED"
+	else
+		echo "$EXIT_OK"
+	fi
+}
+
+on_exit() {
+	local rc=$?
+	trap '' INT TERM
+	set +e
+	if [[ "$rc" -ne 0 && "$rc" -ne "$EXIT_INTERRUPTED" && "$provision_failed" -eq 0 && "$volumes_failed" -eq 0 ]]; then
+		# An unexpected error in this script itself.
+		volumes_failed=1
+		log "stopping after an unexpected error (exit $rc)"
+		stop_children
+	fi
+	do_teardown
+	local code
+	code=$(final_code)
+	if [[ "$code" -eq 0 ]]; then
+		log "run succeeded"
+		ping "$ping_success" "$summary_file"
+		run_hook success "$code"
+	else
+		log "run failed (exit $code)"
+		ping "$ping_failure" "$summary_file"
+		run_hook failure "$code"
+	fi
+	rm -rf -- "$work"
+	exit "$code"
+}
+
+run_hook() {
+	[[ -n "$hook" ]] || return 0
+	local result=$1 code=$2 rc=0
+	DOSVOB_RESULT=$result DOSVOB_EXIT_CODE=$code DOSVOB_SUMMARY_FILE=$summary_file \
+		bash -c "$hook" 9>&- </dev/null >&2 || rc=$?
+	if [[ "$rc" -ne 0 ]]; then
+		warn "hook exited $rc"
+	fi
+}
+
+trap on_exit EXIT
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+
+# ---- provision -------------------------------------------------------------
+
+log "starting: backups in $backup_dir, $jobs at once, keeping $keep versions"
+ping "$ping_start"
+: >"$summary_file"
+
+provisioned=1
+log "provisioning (first removing whatever an earlier, killed run left behind)"
+run_group provision_pid "$provision" "${config_args[@]}" --cleanup-stale "${provision_args[@]}" >"$run_json" </dev/null
+rc=0
+wait "$provision_pid" || rc=$?
+provision_pid=""
+if [[ "$rc" -ne 0 ]]; then
+	provision_failed=1
+	log "provisioning failed (dosvob-provision exit $rc)"
+	printf 'provisioning failed (dosvob-provision exit %s): no volume was synced\n' "$rc" >"$summary_file"
+	exit "$EXIT_PROVISION"
+fi
+if ! jq -e '.run_id and (.volumes | type == "array") and (.droplets | type == "array")' "$run_json" >/dev/null 2>&1; then
+	provision_failed=1
+	log "dosvob-provision printed no valid run JSON"
+	exit "$EXIT_PROVISION"
+fi
+ssh_opts_for "$run_json"
+nvol=$(jq '.volumes | length' "$run_json")
+log "run $(jq -r '.run_id' "$run_json"): $nvol volumes on $(jq '.droplets | length' "$run_json") droplets"
+
+# ---- sync ------------------------------------------------------------------
+
+# sync_volume INDEX: sync volume INDEX of the run JSON into its image and
+# write one result line (tab-separated) into $work/vol-INDEX/result. Runs as a
+# background job; its own exit code is 0 on success.
+sync_volume() {
+	local i=$1 d="$work/vol-$1"
+	mkdir -p "$d"
+	local v name id region snap size droplet device
+	v=$(jq -c ".volumes[$i]" "$run_json")
+	name=$(jq -r '.source_name' <<<"$v")
+	id=$(jq -r '.source_id' <<<"$v")
+	region=$(jq -r '.region' <<<"$v")
+	snap=$(jq -r '.snapshot_created_at' <<<"$v")
+	size=$(jq -r '.size_bytes' <<<"$v")
+	droplet=$(jq -r '.droplet_id' <<<"$v")
+	device=$(jq -r '.device_path' <<<"$v")
+	local dr addr port user rhash
+	dr=$(jq -c --argjson id "$droplet" '.droplets[] | select(.id == $id)' "$run_json")
+	addr=$(jq -r '.address' <<<"$dr")
+	port=$(jq -r '.port // 22' <<<"$dr")
+	user=$(jq -r '.user // "root"' <<<"$dr")
+	rhash=$(jq -r '.remote_hash_path' <<<"$dr")
+
+	local img="$backup_dir/$region/$name.img"
+	mkdir -p -- "$backup_dir/$region"
+	local t0 t1
+	t0=$(date +%s)
+	printf '%s\t%s\t%s\t-\t-\t-\trunning\n' "$region/$name" "$size" "$img" >"$d/result"
+	log "[$region/$name] syncing into $img"
+
+	local st
+	set +e
+	"$hash" "$img" 2>"$d/hash.err" |
+		"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$user@$addr" \
+			"$(remote_cmd "$rhash" --delta "$device")" 2>"$d/ssh.err" |
+		"$patch" --keep "$keep" --volume-name "$name" --volume-id "$id" \
+			--snapshot-time "$snap" "$img" 2>"$d/patch.err"
+	st=("${PIPESTATUS[@]}")
+	set -e
+	t1=$(date +%s)
+
+	local f line
+	for f in hash ssh patch; do
+		while IFS= read -r line; do
+			log "[$region/$name] $line"
+		done <"$d/$f.err"
+	done
+
+	local result="ok"
+	if [[ "${st[0]}" -ne 0 || "${st[1]}" -ne 0 || "${st[2]}" -ne 0 ]]; then
+		result="FAILED (hash ${st[0]}, ssh ${st[1]}, patch ${st[2]})"
+	fi
+	local changed="-" sent="-"
+	read -r changed sent < <(patch_stats "$d/patch.err")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$region/$name" "$size" "$changed" "$sent" \
+		"$((t1 - t0))s" "$img" "$result" >"$d/result"
+	if [[ "$result" != ok ]]; then
+		log "[$region/$name] $result: the image is still exactly its previous backup"
+		return 1
+	fi
+	log "[$region/$name] done in $((t1 - t0))s"
+}
+
+# patch_stats PATCH_STDERR: print "CHANGED SENT" (bytes) from dosvob-patch's
+# summary line, or "- -" when there is none.
+patch_stats() {
+	local f=$1 changed sent
+	changed=$(grep -Eo 'changed[= ][0-9]+' "$f" | tail -n 1 | grep -Eo '[0-9]+$' || true)
+	sent=$(grep -Eo '(received|bytes in|stream)[= ][0-9]+' "$f" | tail -n 1 | grep -Eo '[0-9]+$' || true)
+	printf '%s %s\n' "${changed:--}" "${sent:--}"
+}
+
+for ((i = 0; i < nvol; i++)); do
+	while [[ $(jobs -rp | wc -l) -ge "$jobs" ]]; do
+		wait -n || true
+	done
+	pid=""
+	run_group pid sync_volume "$i"
+	worker_pids+=("$pid")
+done
+for pid in "${worker_pids[@]}"; do
+	wait "$pid" || true
+done
+worker_pids=()
+# A volume counts as backed up only when its worker wrote "ok" as its
+# result: a worker that died on its own is a failure too.
+for ((i = 0; i < nvol; i++)); do
+	if [[ ! -f "$work/vol-$i/result" ]] || [[ "$(cut -f 7 "$work/vol-$i/result")" != ok ]]; then
+		volumes_failed=$((volumes_failed + 1))
+	fi
+done
+
+# ---- summary ---------------------------------------------------------------
+
+{
+	printf '%-32s %10s %12s %12s %7s  %s\n' VOLUME SIZE CHANGED TRANSFERRED TIME RESULT
+	for ((i = 0; i < nvol; i++)); do
+		f="$work/vol-$i/result"
+		if [[ ! -f "$f" ]]; then
+			printf '%-32s %10s %12s %12s %7s  %s\n' "volume $i" - - - - "not started"
+			continue
+		fi
+		IFS=$'\t' read -r vname vsize vchanged vsent vtime _ vresult <"$f"
+		printf '%-32s %10s %12s %12s %7s  %s\n' "$vname" "$(human_bytes "$vsize")" \
+			"$(human_bytes "$vchanged")" "$(human_bytes "$vsent")" "$vtime" "$vresult"
+	done
+} >"$summary_file"
+log "summary:"
+while IFS= read -r line; do
+	log "$line"
+done <"$summary_file"
+if [[ "$volumes_failed" -gt 0 ]]; then
+	log "$volumes_failed of $nvol volumes failed"
+fi
+
+do_teardown
+exit "$(final_code)"

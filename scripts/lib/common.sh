@@ -1,0 +1,135 @@
+# shellcheck shell=bash
+#
+# Shared functions for dosvob's shell scripts (backup-all.sh, restore.sh,
+# demo.sh). Source it; it defines functions and a few variables and runs
+# nothing else.
+#
+# Conventions: every message goes to stderr as one timestamped line
+# prefixed with the script's name; stdout carries data only.
+
+# DOSVOB_PROG is the name that prefixes every message; scripts set it.
+DOSVOB_PROG=${DOSVOB_PROG:-dosvob}
+
+# log MESSAGE...: one timestamped line on stderr.
+log() {
+	printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$DOSVOB_PROG" "$*" >&2
+}
+
+# warn MESSAGE...: like log, marked as a warning.
+warn() {
+	log "warning: $*"
+}
+
+# die CODE MESSAGE [HINT]: log the message (and a hint line) and exit.
+die() {
+	local code=$1 msg=$2 hint=${3:-}
+	log "$msg"
+	if [[ -n "$hint" ]]; then
+		log "hint: $hint"
+	fi
+	exit "$code"
+}
+
+# need_cmd CMD PACKAGE: fail with exit 1 and an install hint when CMD is
+# not on PATH.
+need_cmd() {
+	local cmd=$1 pkg=$2
+	if ! command -v "$cmd" >/dev/null 2>&1; then
+		die 1 "$cmd not found" "install it, e.g. apt-get install $pkg"
+	fi
+}
+
+# find_bin_dir SCRIPT_DIR: print the directory that holds the dosvob
+# binaries. $DOSVOB_BIN wins; then SCRIPT_DIR/../bin (where
+# `go build -o bin ./cmd/...` puts them in a checkout); then the directory of
+# dosvob-provision on PATH.
+find_bin_dir() {
+	local script_dir=$1 p
+	if [[ -n "${DOSVOB_BIN:-}" ]]; then
+		printf '%s\n' "$DOSVOB_BIN"
+		return 0
+	fi
+	if [[ -x "$script_dir/../bin/dosvob-provision" ]]; then
+		(cd "$script_dir/../bin" && pwd)
+		return 0
+	fi
+	if p=$(command -v dosvob-provision 2>/dev/null); then
+		dirname "$p"
+		return 0
+	fi
+	return 1
+}
+
+# check_bins DIR NAME...: fail unless every named binary is executable in DIR.
+check_bins() {
+	local dir=$1 b
+	shift
+	for b in "$@"; do
+		if [[ ! -x "$dir/$b" ]]; then
+			die 1 "$b not found in $dir" "build them: CGO_ENABLED=0 go build -o bin ./cmd/... (or pass --bin DIR)"
+		fi
+	done
+}
+
+# is_uint VALUE: true when VALUE is a non-negative decimal integer.
+is_uint() {
+	[[ "$1" =~ ^[0-9]+$ ]]
+}
+
+# human_bytes N: print N bytes with a binary unit (B, KiB, MiB, GiB, TiB).
+human_bytes() {
+	local n=$1
+	if ! is_uint "$n"; then
+		printf '%s' "-"
+		return 0
+	fi
+	awk -v n="$n" 'BEGIN {
+		split("B KiB MiB GiB TiB PiB", u, " ")
+		i = 1
+		while (n >= 1024 && i < 6) { n /= 1024; i++ }
+		if (i == 1) printf "%d %s", n, u[i]; else printf "%.1f %s", n, u[i]
+	}'
+}
+
+# ssh_opts_for RUN_JSON: fill the global array SSH_OPTS with the options that
+# pin the run's host key and use the run's key, nothing else: no user ssh
+# config, no agent, no trust on first use.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+SSH_OPTS=()
+ssh_opts_for() {
+	local run_json=$1 key known
+	key=$(jq -er '.private_key_path' "$run_json")
+	known=$(jq -er '.known_hosts_path' "$run_json")
+	# shellcheck disable=SC2034 # used by the scripts that source this file
+	SSH_OPTS=(
+		-F none
+		-i "$key"
+		-o IdentitiesOnly=yes
+		-o IdentityAgent=none
+		-o UserKnownHostsFile="$known"
+		-o GlobalKnownHostsFile=/dev/null
+		-o StrictHostKeyChecking=yes
+		-o UpdateHostKeys=no
+		-o BatchMode=yes
+		-o ConnectTimeout=30
+		-o ServerAliveInterval=15
+		-o ServerAliveCountMax=4
+		-o LogLevel=ERROR
+	)
+}
+
+# remote_cmd ARG...: print the arguments quoted for the remote shell.
+remote_cmd() {
+	local out="" a
+	for a in "$@"; do
+		out+="$(printf '%q' "$a") "
+	done
+	printf '%s\n' "${out% }"
+}
+
+# stop_group PID: send SIGTERM to the process group led by PID (a job
+# started with `set -m`), if it still exists.
+stop_group() {
+	local pid=$1
+	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+}
