@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+#
+# restore.sh: restore a dosvob image (or any kept version of it) into a NEW
+# DigitalOcean volume, in one command.
+#
+# Run `restore.sh --help` for usage and exit codes; docs/OPERATIONS.md has
+# the disaster-recovery walk-through.
+#
+# shellcheck source-path=SCRIPTDIR
+# Functions run from traps and as background jobs: not unreachable.
+# shellcheck disable=SC2317
+
+set -euo pipefail
+
+# shellcheck disable=SC2034 # read by lib/common.sh
+DOSVOB_PROG=restore
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/common.sh
+. "$script_dir/lib/common.sh"
+
+readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_REFUSED=4 EXIT_LOCKED=6 \
+	EXIT_PROVISION=7 EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
+
+usage() {
+	cat <<'EOF'
+Usage: restore.sh [options] --volume-name NAME --region REGION IMAGE
+
+Create a NEW DigitalOcean volume NAME in REGION and fill it with IMAGE (a
+dosvob backup image, or one of its kept versions with --version): a
+temporary droplet signs the empty volume, this machine computes the delta
+against the image, the droplet writes it onto the volume with dosvob-patch
+and checks it; then this script compares a SHA-256 of the volume with one of
+the image, deletes the temporary droplet and key, and leaves the new volume
+detached, ready to attach. It never writes into an existing volume: a NAME
+that exists in REGION is refused.
+
+On success it prints the new volume as one JSON object on stdout:
+  {"name":"...","id":"...","region":"...","size_gib":N,"sha256":"..."}
+
+Options:
+      --volume-name NAME  the new volume's name (required; must not exist)
+      --region REGION     the new volume's region (required)
+      --size-gib N        its size (default: the image size rounded up to a
+                          whole GiB, at least 1)
+      --version TIME      restore the kept version TIME (as listed by
+                          dosvob-patch versions IMAGE) instead of the newest
+                          backup; it is first written to a temporary file
+                          beside the image, and the image is not touched
+  -c, --config FILE       dosvob config (default: dosvob-provision's default)
+      --bin DIR           directory with the dosvob binaries (default:
+                          $DOSVOB_BIN, else ../bin beside this script, else
+                          the directory of dosvob-provision on PATH)
+      --lock FILE         hold this lock while reading the image (default:
+                          the backup directory's .dosvob-backup.lock when it
+                          exists), so a backup run cannot change it meanwhile
+      --ssh PROGRAM       ssh client to run (default: ssh)
+  -h, --help              show this help
+
+Exit codes:
+  0    restored and verified; the new volume is detached and kept
+  1    the restore failed (the new volume, if made, is kept: delete it or
+       run again with another name)
+  2    usage: bad options or arguments
+  4    refused: a volume NAME already exists in REGION
+  6    a backup run holds the lock on the backup directory
+  7    provisioning failed
+  8    teardown left temporary resources behind (run dosvob-teardown --all)
+  130  interrupted by SIGINT or SIGTERM
+
+Examples:
+  restore.sh --volume-name data-restored --region fra1 /srv/backups/fra1/data.img
+  restore.sh --volume-name data-monday --region fra1 \
+      --version 2026-11-16T04:00:00Z /srv/backups/fra1/data.img
+EOF
+}
+
+# ---- options ---------------------------------------------------------------
+
+volume_name=""
+region=""
+size_gib=""
+version=""
+config=""
+bin_dir=""
+lock_file=""
+ssh_prog=ssh
+
+usage_error() {
+	log "$1"
+	log "hint: see restore.sh --help"
+	exit "$EXIT_USAGE"
+}
+
+need_arg() {
+	if [[ $# -lt 2 || -z "$2" ]]; then
+		usage_error "option $1 needs a value"
+	fi
+}
+
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	-h | --help)
+		usage
+		exit "$EXIT_OK"
+		;;
+	--volume-name) need_arg "$@"; volume_name=$2; shift 2 ;;
+	--region) need_arg "$@"; region=$2; shift 2 ;;
+	--size-gib) need_arg "$@"; size_gib=$2; shift 2 ;;
+	--version) need_arg "$@"; version=$2; shift 2 ;;
+	-c | --config) need_arg "$@"; config=$2; shift 2 ;;
+	--bin) need_arg "$@"; bin_dir=$2; shift 2 ;;
+	--lock) need_arg "$@"; lock_file=$2; shift 2 ;;
+	--ssh) need_arg "$@"; ssh_prog=$2; shift 2 ;;
+	--) shift; break ;;
+	-*) usage_error "unknown option \"$1\"" ;;
+	*) break ;;
+	esac
+done
+if [[ $# -ne 1 ]]; then
+	usage_error "want exactly one IMAGE, got $# arguments"
+fi
+image=$1
+if [[ -z "$volume_name" ]]; then
+	usage_error "--volume-name is required"
+fi
+if [[ ! "$volume_name" =~ ^[a-z][a-z0-9-]{0,63}$ ]]; then
+	usage_error "invalid --volume-name \"$volume_name\": want lowercase letters, digits and dashes, starting with a letter, at most 64"
+fi
+if [[ -z "$region" ]]; then
+	usage_error "--region is required"
+fi
+if [[ -n "$size_gib" ]] && { ! is_uint "$size_gib" || [[ "$size_gib" -lt 1 ]]; }; then
+	usage_error "invalid --size-gib \"$size_gib\": want a whole number of at least 1"
+fi
+if [[ ! -f "$image" ]]; then
+	usage_error "image \"$image\" not found"
+fi
+if [[ -n "$config" && ! -f "$config" ]]; then
+	usage_error "config \"$config\" not found"
+fi
+
+need_cmd jq jq
+need_cmd flock util-linux
+need_cmd sha256sum coreutils
+need_cmd "$ssh_prog" openssh-client
+if [[ -z "$bin_dir" ]] && ! bin_dir=$(find_bin_dir "$script_dir"); then
+	die "$EXIT_FAILED" "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin ./cmd/... (or pass --bin DIR)"
+fi
+check_bins "$bin_dir" dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
+provision="$bin_dir/dosvob-provision"
+teardown="$bin_dir/dosvob-teardown"
+hash="$bin_dir/dosvob-hash"
+patch="$bin_dir/dosvob-patch"
+config_args=()
+if [[ -n "$config" ]]; then
+	config_args=(--config "$config")
+fi
+
+image_dir=$(cd "$(dirname "$image")" && pwd)
+image="$image_dir/$(basename "$image")"
+
+# ---- lock ------------------------------------------------------------------
+
+if [[ -z "$lock_file" && -e "$image_dir/../.dosvob-backup.lock" ]]; then
+	lock_file="$image_dir/../.dosvob-backup.lock"
+fi
+if [[ -n "$lock_file" ]]; then
+	exec 9>>"$lock_file"
+	if ! flock -n 9; then
+		die "$EXIT_LOCKED" "a backup run holds the lock $lock_file" "wait for it to finish, then restore"
+	fi
+fi
+
+# ---- state and cleanup -----------------------------------------------------
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/dosvob-restore.XXXXXX")
+run_json="$work/run.json"
+source_file="$image"
+version_file=""
+provisioned=0
+torn_down=0
+teardown_failed=0
+interrupted=0
+child_pid=""
+
+run_group() {
+	local -n pid_ref=$1
+	shift
+	set -m
+	"$@" 9>&- &
+	# shellcheck disable=SC2034 # a nameref: sets the caller's variable
+	pid_ref=$!
+	set +m
+}
+
+do_teardown() {
+	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
+	torn_down=1
+	trap '' INT TERM
+	local rc=0 pid=""
+	if jq -e '.run_id' "$run_json" >/dev/null 2>&1; then
+		log "deleting the temporary droplet and key of run $(jq -r '.run_id' "$run_json") (the new volume is kept)"
+		run_group pid "$teardown" "${config_args[@]}" <"$run_json"
+	else
+		log "deleting everything dosvob-ephemeral (provisioning did not finish)"
+		run_group pid "$teardown" "${config_args[@]}" --all </dev/null
+	fi
+	wait "$pid" || rc=$?
+	if [[ "$rc" -ne 0 ]]; then
+		teardown_failed=1
+		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
+		log "hint: run dosvob-teardown --all${config:+ --config $config} until it exits 0"
+	fi
+}
+
+on_signal() {
+	trap '' INT TERM
+	interrupted=1
+	log "received SIG$1: stopping, then deleting the temporary droplet"
+	if [[ -n "$child_pid" ]]; then
+		stop_group "$child_pid"
+		wait "$child_pid" 2>/dev/null || true
+	fi
+	exit "$EXIT_INTERRUPTED"
+}
+
+on_exit() {
+	local rc=$?
+	trap '' INT TERM
+	set +e
+	do_teardown
+	if [[ -n "$version_file" ]]; then
+		rm -f -- "$version_file"
+	fi
+	rm -rf -- "$work"
+	if [[ "$teardown_failed" -eq 1 ]]; then
+		rc=$EXIT_TEARDOWN
+	elif [[ "$interrupted" -eq 1 ]]; then
+		rc=$EXIT_INTERRUPTED
+	fi
+	exit "$rc"
+}
+
+trap on_exit EXIT
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+
+# run_bg CMD...: run CMD in its own process group and wait for it, so a
+# signal reaches this script first; returns CMD's exit code.
+run_bg() {
+	local rc=0
+	run_group child_pid "$@"
+	wait "$child_pid" || rc=$?
+	child_pid=""
+	return "$rc"
+}
+
+# ---- a kept version --------------------------------------------------------
+
+if [[ -n "$version" ]]; then
+	version_file="$image_dir/.restore-$(basename "$image")-$$.tmp"
+	log "writing version $version of $image to a temporary file"
+	rc=0
+	run_bg "$patch" restore-version --version "$version" --output "$version_file" "$image" </dev/null || rc=$?
+	if [[ "$rc" -ne 0 ]]; then
+		die "$EXIT_FAILED" "could not write version $version (dosvob-patch exit $rc)" "list the kept versions with: dosvob-patch versions $image"
+	fi
+	source_file=$version_file
+fi
+
+image_bytes=$(stat -c %s -- "$source_file")
+if [[ -z "$size_gib" ]]; then
+	gib=$((1024 * 1024 * 1024))
+	size_gib=$(((image_bytes + gib - 1) / gib))
+	if [[ "$size_gib" -lt 1 ]]; then
+		size_gib=1
+	fi
+elif [[ $((size_gib * 1024 * 1024 * 1024)) -lt "$image_bytes" ]]; then
+	usage_error "--size-gib $size_gib is smaller than the image ($(human_bytes "$image_bytes"))"
+fi
+
+# ---- provision -------------------------------------------------------------
+
+log "creating the new volume $volume_name ($size_gib GiB) in $region and a temporary droplet to fill it"
+provisioned=1
+rc=0
+run_bg "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
+	--region "$region" --size-gib "$size_gib" >"$run_json" </dev/null || rc=$?
+if [[ "$rc" -ne 0 ]]; then
+	if [[ "$rc" -eq "$EXIT_REFUSED" ]]; then
+		die "$EXIT_REFUSED" "refusing to restore into $volume_name: dosvob-provision refused (exit $rc)" \
+			"a restore always makes a new volume: choose a name that does not exist in $region"
+	fi
+	die "$EXIT_PROVISION" "provisioning failed (dosvob-provision exit $rc)"
+fi
+if ! jq -e '.run_id and (.volumes | length == 1) and (.droplets | length == 1)' "$run_json" >/dev/null 2>&1; then
+	die "$EXIT_PROVISION" "dosvob-provision printed no valid restore JSON (want one volume and one droplet)"
+fi
+ssh_opts_for "$run_json"
+device=$(jq -r '.volumes[0].device_path' "$run_json")
+new_id=$(jq -r '.volumes[0].copy_id' "$run_json")
+addr=$(jq -r '.droplets[0].address' "$run_json")
+port=$(jq -r '.droplets[0].port // 22' "$run_json")
+user=$(jq -r '.droplets[0].user // "root"' "$run_json")
+rhash=$(jq -r '.droplets[0].remote_hash_path' "$run_json")
+rpatch=$(jq -r '.droplets[0].remote_patch_path' "$run_json")
+target="$user@$addr"
+
+# ---- the pipe, the other way round ----------------------------------------
+
+restore_pipe() {
+	set +e # a background job: collect every stage's status, do not stop at the first
+	"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$(remote_cmd "$rhash" --raw "$device")" 2>"$work/sign.err" </dev/null |
+		"$hash" --delta "$source_file" 2>"$work/delta.err" |
+		"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$(remote_cmd "$rpatch" --raw "$device")" 2>"$work/apply.err"
+	local st=("${PIPESTATUS[@]}") f line
+	for f in sign delta apply; do
+		while IFS= read -r line; do
+			log "[$f] $line"
+		done <"$work/$f.err"
+	done
+	if [[ "${st[0]}" -ne 0 || "${st[1]}" -ne 0 || "${st[2]}" -ne 0 ]]; then
+		log "the restore pipe failed (remote sign ${st[0]}, local delta ${st[1]}, remote apply ${st[2]})"
+		return 1
+	fi
+}
+
+log "writing $(human_bytes "$image_bytes") from $source_file onto $volume_name ($device)"
+rc=0
+run_bg restore_pipe || rc=$?
+if [[ "$rc" -ne 0 ]]; then
+	die "$EXIT_FAILED" "restore into $volume_name failed; the new volume ($new_id) is kept but incomplete" \
+		"delete it in the control panel, or run restore.sh again with another --volume-name"
+fi
+
+# ---- verify ----------------------------------------------------------------
+
+log "verifying: SHA-256 of the first $(human_bytes "$image_bytes") of the volume against the image"
+remote_sum_cmd="head -c $image_bytes $(printf '%q' "$device") | sha256sum"
+remote_sum=""
+local_sum=""
+verify() {
+	"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$remote_sum_cmd" </dev/null >"$work/remote.sum" &
+	local rpid=$!
+	sha256sum <"$source_file" >"$work/local.sum"
+	wait "$rpid"
+}
+rc=0
+run_bg verify || rc=$?
+remote_sum=$(awk '{print $1}' "$work/remote.sum" 2>/dev/null || true)
+local_sum=$(awk '{print $1}' "$work/local.sum" 2>/dev/null || true)
+if [[ "$rc" -ne 0 || -z "$remote_sum" || "$remote_sum" != "$local_sum" ]]; then
+	die "$EXIT_FAILED" "verification failed: volume ${remote_sum:-unreadable}, image ${local_sum:-unreadable}; the new volume ($new_id) is kept" \
+		"delete it and run restore.sh again"
+fi
+log "verified: $local_sum"
+
+do_teardown
+if [[ "$teardown_failed" -eq 1 ]]; then
+	exit "$EXIT_TEARDOWN"
+fi
+log "done: $volume_name ($new_id) in $region holds the image and is detached, ready to attach"
+jq -cn --arg name "$volume_name" --arg id "$new_id" --arg region "$region" \
+	--argjson size "$size_gib" --arg sum "$local_sum" \
+	'{name: $name, id: $id, region: $region, size_gib: $size, sha256: $sum}'
