@@ -1,0 +1,28 @@
+// Package imagestore keeps a dosvob backup image and its state, and makes
+// every change to the image atomic.
+//
+// Beside each image IMAGE lives a state directory IMAGE.dosvob/ with the
+// manifest (what the image is a backup of, its digests, its kept versions),
+// the locks, the undo journal of a run in progress, the partial image of an
+// unfinished first backup, the record of the latest signing run and the
+// per-block hashes of the image. docs/MANIFEST.md describes the layout and
+// docs/CRASH-SAFETY.md the argument why a run that stops at any point leaves
+// the image exactly the previous backup or exactly the new one.
+//
+// The two ends of the pipe use it like this:
+//
+//	// dosvob-hash IMAGE
+//	s, err := imagestore.Open(path, imagestore.Options{Logf: logf}) // recovers first
+//	r, size, err := s.Content()         // the image, or the partial image
+//	g, err := s.BeginSigning(seed, bs)  // before the signature header
+//	g.Add(hash) ...                     // per block
+//	g.Finish(sigWriter.Digest())        // before the signature trailer
+//
+//	// dosvob-patch IMAGE
+//	s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: logf})
+//	res, err := s.Patch(ctx, stdin, imagestore.PatchOptions{...})
+//
+// Open, Begin and friends return errors wrapping the sentinels ErrLocked,
+// ErrNotOurs, ErrOtherVolume, ErrUnknownVersion, ErrBase, ErrCorrupt,
+// ErrNoVersion and ErrExists, which the commands map to exit codes.
+package imagestore

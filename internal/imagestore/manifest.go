@@ -1,0 +1,180 @@
+package imagestore
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ManifestVersion is the version of manifest.json this build reads and
+// writes. A manifest with another version is never rewritten (see
+// ErrUnknownVersion).
+const ManifestVersion = 1
+
+// ID identifies one image lineage: it is drawn at random when a first backup
+// starts and kept for the life of the image. The zero ID stands for "no
+// dosvob image": a missing file or a file dosvob did not create.
+type ID [16]byte
+
+// NewID draws a random ID.
+func NewID() ID {
+	var id ID
+	if _, err := rand.Read(id[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return id
+}
+
+func (id ID) IsZero() bool   { return id == ID{} }
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+func (id *ID) UnmarshalText(b []byte) error {
+	if len(b) != 32 {
+		return fmt.Errorf("bad image id %q", b)
+	}
+	_, err := hex.Decode(id[:], b)
+	return err
+}
+
+// Digest is a 64-bit digest, written in JSON as 16 hex digits.
+type Digest uint64
+
+func (d Digest) String() string { return fmt.Sprintf("%016x", uint64(d)) }
+func (d Digest) MarshalText() ([]byte, error) {
+	return []byte(d.String()), nil
+}
+func (d *Digest) UnmarshalText(b []byte) error {
+	var v uint64
+	if len(b) != 16 {
+		return fmt.Errorf("bad digest %q", b)
+	}
+	if _, err := fmt.Sscanf(string(b), "%016x", &v); err != nil {
+		return fmt.Errorf("bad digest %q", b)
+	}
+	*d = Digest(v)
+	return nil
+}
+
+// Source names the DigitalOcean volume an image is a backup of.
+type Source struct {
+	VolumeName   string    `json:"volume_name,omitempty"`
+	VolumeID     string    `json:"volume_id,omitempty"`
+	SnapshotTime time.Time `json:"snapshot_time,omitzero"`
+}
+
+// RunStats describes the run that made the current image.
+type RunStats struct {
+	Time         time.Time `json:"time"`
+	Seconds      float64   `json:"seconds"`
+	Blocks       int64     `json:"blocks"`
+	DataBlocks   int64     `json:"data_blocks"`
+	ZeroBlocks   int64     `json:"zero_blocks"`
+	BytesWritten int64     `json:"bytes_written"`
+	Resumed      bool      `json:"resumed,omitempty"`
+}
+
+// Version is a kept older backup, stored as a reverse delta in versions/.
+type Version struct {
+	Name         string    `json:"name"`          // UTC time of that backup, e.g. 20261122T074012Z
+	File         string    `json:"file"`          // file name in versions/
+	Time         time.Time `json:"time"`          // when that backup was made
+	Generation   uint64    `json:"generation"`    // generation of that backup
+	Size         int64     `json:"size"`          // image size of that backup
+	DeviceDigest Digest    `json:"device_digest"` // whole-image digest of that backup
+	DeltaBytes   int64     `json:"delta_bytes"`   // size of the reverse delta file
+}
+
+// Manifest is manifest.json in an image's state directory: what the image
+// is a backup of and how to check it. docs/MANIFEST.md describes it.
+type Manifest struct {
+	ManifestVersion int       `json:"manifest_version"`
+	FormatVersion   int       `json:"format_version"`
+	ImageID         ID        `json:"image_id"`
+	Generation      uint64    `json:"generation"`
+	Source          Source    `json:"source"`
+	DeviceSize      int64     `json:"device_size"`
+	BlockSize       int       `json:"block_size"`
+	DeviceDigest    Digest    `json:"device_digest"`
+	BlockDigest     Digest    `json:"block_digest"`
+	HashSeed        Digest    `json:"hash_seed"`
+	Hashes          string    `json:"hashes"` // per-block hash file in the state directory
+	BackupTime      time.Time `json:"backup_time"`
+	Keep            int       `json:"keep"`
+	LastRun         RunStats  `json:"last_run"`
+	Versions        []Version `json:"versions"`
+}
+
+// ErrUnknownVersion reports a manifest or journal written by a dosvob that
+// this build does not understand. dosvob refuses to touch such an image.
+var ErrUnknownVersion = errors.New("unknown state version")
+
+// readManifest reads dir/manifest.json; a missing file gives (nil, nil).
+func readManifest(dir string) (*Manifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, manifestName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var probe struct {
+		V int `json:"manifest_version"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", filepath.Join(dir, manifestName), err)
+	}
+	if probe.V != ManifestVersion {
+		return nil, fmt.Errorf("manifest %s has version %d, this dosvob knows %d: %w",
+			filepath.Join(dir, manifestName), probe.V, ManifestVersion, ErrUnknownVersion)
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", filepath.Join(dir, manifestName), err)
+	}
+	return &m, nil
+}
+
+// writeFileAtomic writes name through a temporary file: write, fsync,
+// rename, fsync the directory. Readers see the old or the new file, never a
+// mix, whatever happens.
+func writeFileAtomic(fs fsys, name string, data []byte) error {
+	tmp := name + ".tmp"
+	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, name); err != nil {
+		return err
+	}
+	return fs.SyncDir(filepath.Dir(name))
+}
+
+func writeJSONAtomic(fs fsys, name string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(fs, name, append(b, '\n'))
+}
+
+// versionName is the name of a backup made at t.
+func versionName(t time.Time) string { return t.UTC().Format("20060102T150405Z") }

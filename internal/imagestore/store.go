@@ -1,0 +1,379 @@
+package imagestore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/format"
+)
+
+// Names inside the state directory IMAGE.dosvob/ (docs/MANIFEST.md).
+const (
+	stateSuffix  = ".dosvob"
+	manifestName = "manifest.json"
+	lockName     = "lock"       // writer lock: held by patch, restore and recovery
+	stateLock    = "state.lock" // short lock around recovery and records
+	journalName  = "journal"    // undo journal of the run in progress
+	partialName  = "partial"    // image of an unfinished first backup
+	partialMeta  = "partial.json"
+	signName     = "sign.json" // the latest signing record
+	signHashes   = "sign.hashes"
+	versionsDir  = "versions"
+	newHashes    = "hashes.new" // per-block hashes being written by a run
+)
+
+// Errors the commands map to exit codes.
+var (
+	// ErrNotOurs: the image exists but has no dosvob manifest.
+	ErrNotOurs = errors.New("not a dosvob image")
+	// ErrOtherVolume: the manifest names another source volume.
+	ErrOtherVolume = errors.New("image belongs to another volume")
+	// ErrBase: a delta was made against other image content than IMAGE.
+	ErrBase = errors.New("delta does not fit the image")
+	// ErrCorrupt: a scrub found the image damaged.
+	ErrCorrupt = errors.New("image is corrupt")
+)
+
+// Options configure Open.
+type Options struct {
+	// Logf receives what recovery did and other notes for stderr. Nil
+	// discards them.
+	Logf func(format string, args ...any)
+	// Writer takes the writer lock for the life of the Store (patch,
+	// restore). Without it the Store only reads the image and records
+	// signing runs; it takes the writer lock just long enough to recover
+	// an interrupted run, if there is one.
+	Writer bool
+	// StateWait bounds the wait for the short state lock (default 30s).
+	StateWait time.Duration
+
+	fs fsys // tests replace the file system
+}
+
+// Store is an image and its state directory.
+type Store struct {
+	path string // the image
+	dir  string // its state directory
+	opts Options
+	fs   fsys
+
+	writer   *flock
+	manifest *Manifest
+	partial  *partialRecord
+	base     format.Base
+	content  string // file holding the current content: path, the partial, or ""
+	open     []io.Closer
+}
+
+// partialRecord is partial.json: the identity of a first backup in progress.
+type partialRecord struct {
+	ImageID    ID     `json:"image_id"`
+	Generation uint64 `json:"generation"`
+}
+
+// StateDir returns the state directory of an image.
+func StateDir(image string) string { return image + stateSuffix }
+
+// Open opens the image at path and its state directory (created if
+// missing), recovering an interrupted run first. With opts.Writer it holds
+// the writer lock until Close and fails with a *LockedError (ErrLocked) if
+// another process has it.
+func Open(path string, opts Options) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(abs); err == nil && !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%q is not a regular file", path)
+	}
+	if opts.fs == nil {
+		opts.fs = newOSFS()
+	}
+	if opts.StateWait == 0 {
+		opts.StateWait = 30 * time.Second
+	}
+	s := &Store{path: abs, dir: StateDir(abs), opts: opts, fs: opts.fs}
+	if err := os.MkdirAll(filepath.Join(s.dir, versionsDir), 0o755); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	st, err := s.lockState()
+	if err != nil {
+		return nil, err
+	}
+	defer st.unlock()
+	if opts.Writer {
+		if s.writer, err = s.tryWriter(); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.recover(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) logf(format string, args ...any) {
+	if s.opts.Logf != nil {
+		s.opts.Logf(format, args...)
+	}
+}
+
+func (s *Store) lockState() (*flock, error) {
+	l, err := lockFile(filepath.Join(s.dir, stateLock), s.opts.StateWait)
+	if errors.Is(err, ErrLocked) {
+		return nil, &LockedError{Path: s.path}
+	}
+	return l, err
+}
+
+func (s *Store) tryWriter() (*flock, error) {
+	l, err := lockFile(filepath.Join(s.dir, lockName), 0)
+	if errors.Is(err, ErrLocked) {
+		return nil, &LockedError{Path: s.path}
+	}
+	return l, err
+}
+
+func exists(name string) bool {
+	_, err := os.Lstat(name)
+	return err == nil
+}
+
+func (s *Store) join(name string) string { return filepath.Join(s.dir, name) }
+
+// load reads the manifest and the partial record and works out the base.
+func (s *Store) load() error {
+	m, err := readManifest(s.dir)
+	if err != nil {
+		return err
+	}
+	s.manifest = m
+	s.partial = nil
+	if b, err := os.ReadFile(s.join(partialMeta)); err == nil {
+		var p partialRecord
+		if json.Unmarshal(b, &p) == nil && exists(s.join(partialName)) {
+			s.partial = &p
+		}
+	}
+	s.base = format.Base{}
+	s.content = ""
+	if fi, err := os.Stat(s.path); err == nil {
+		s.content = s.path
+		s.base.Size = uint64(fi.Size())
+		if m != nil {
+			s.base.ImageID = m.ImageID
+			s.base.Generation = m.Generation
+		}
+	} else if s.partial != nil {
+		fi, err := os.Stat(s.join(partialName))
+		if err != nil {
+			return err
+		}
+		s.content = s.join(partialName)
+		s.base = format.Base{ImageID: s.partial.ImageID, Generation: s.partial.Generation, Size: uint64(fi.Size())}
+	}
+	return nil
+}
+
+// Path is the image's path.
+func (s *Store) Path() string { return s.path }
+
+// Manifest returns the image's manifest, nil if it has none.
+func (s *Store) Manifest() *Manifest { return s.manifest }
+
+// Base is the identity of the current content: the image, or the partial
+// image of an interrupted first backup, or the zero Base when there is
+// neither.
+func (s *Store) Base() format.Base { return s.base }
+
+// Partial reports whether the content is a partial first backup.
+func (s *Store) Partial() bool { return s.content != "" && s.content != s.path }
+
+// Content opens the current content (the image or the partial image) for
+// reading. A Store with no content yet returns an empty reader and size 0.
+// The file is closed by Close.
+func (s *Store) Content() (io.ReaderAt, int64, error) {
+	if s.content == "" {
+		return strings.NewReader(""), 0, nil
+	}
+	f, err := os.Open(s.content)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	s.open = append(s.open, f)
+	return f, fi.Size(), nil
+}
+
+// Close releases the files and the writer lock.
+func (s *Store) Close() error {
+	for _, c := range s.open {
+		c.Close()
+	}
+	s.open = nil
+	s.writer.unlock()
+	s.writer = nil
+	return nil
+}
+
+// needsRecovery reports whether an earlier run left work behind.
+func (s *Store) needsRecovery() bool {
+	if exists(s.join(journalName)) {
+		return true
+	}
+	return !exists(s.path) && exists(s.join(partialName)) && exists(s.join(manifestName))
+}
+
+// recover finishes or undoes an interrupted run. The caller holds the state
+// lock.
+func (s *Store) recover() error {
+	if !s.needsRecovery() {
+		if s.writer != nil {
+			s.sweep()
+		}
+		return nil
+	}
+	if s.writer == nil {
+		w, err := s.tryWriter()
+		if err != nil {
+			// A writer is mid-run: its journal is live, not left over.
+			return err
+		}
+		defer w.unlock()
+	}
+	m, err := readManifest(s.dir)
+	if err != nil {
+		return err
+	}
+	if exists(s.join(journalName)) {
+		if err := s.recoverJournal(m); err != nil {
+			return err
+		}
+	}
+	if !exists(s.path) && exists(s.join(partialName)) && m != nil {
+		if err := s.recoverRename(m); err != nil {
+			return err
+		}
+	}
+	s.sweep()
+	return nil
+}
+
+func (s *Store) recoverJournal(m *Manifest) error {
+	jf, err := s.fs.OpenFile(s.join(journalName), os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer jf.Close()
+	jr, err := openJournal(jf)
+	if errors.Is(err, errNoJournal) {
+		s.logf("recovery: removed the incomplete journal of an interrupted run; %s was not touched", s.path)
+		return s.removeDurably(journalName)
+	}
+	if err != nil {
+		return err
+	}
+	h := jr.h
+	var curID ID
+	var curGen uint64
+	if m != nil {
+		curID, curGen = m.ImageID, m.Generation
+	}
+	switch {
+	case curID == h.NewID && curGen == h.NewGen:
+		s.logf("recovery: the interrupted run on %s had committed (generation %d); finished its cleanup", s.path, h.NewGen)
+	case curID == h.OldID && curGen == h.OldGen:
+		img, err := s.fs.OpenFile(s.path, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("recovery: %w", err)
+		}
+		n, err := rollback(jr, img)
+		if cerr := img.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("recovery: rolling back %s: %w", s.path, err)
+		}
+		s.logf("recovery: rolled back an interrupted run on %s: restored %d blocks and the size of %d bytes (generation %d)",
+			s.path, n, h.OldSize, h.OldGen)
+	default:
+		return fmt.Errorf("recovery: journal of %s is for image %s generation %d->%d, manifest says %s generation %d: %w",
+			s.path, h.OldID, h.OldGen, h.NewGen, curID, curGen, ErrUnknownVersion)
+	}
+	return s.removeDurably(journalName)
+}
+
+// recoverRename finishes a first backup whose manifest was committed but
+// whose partial image was not yet moved into place.
+func (s *Store) recoverRename(m *Manifest) error {
+	b, err := os.ReadFile(s.join(partialMeta))
+	if err != nil {
+		return nil // no record: the partial is not the committed one
+	}
+	var p partialRecord
+	if json.Unmarshal(b, &p) != nil || p.ImageID != m.ImageID {
+		return nil
+	}
+	if err := s.fs.Rename(s.join(partialName), s.path); err != nil {
+		return fmt.Errorf("recovery: %w", err)
+	}
+	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
+		return err
+	}
+	s.logf("recovery: the interrupted first backup of %s had committed; moved it into place", s.path)
+	return s.removeDurably(partialMeta)
+}
+
+func (s *Store) removeDurably(name string) error {
+	if err := s.fs.Remove(s.join(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return s.fs.SyncDir(s.dir)
+}
+
+// sweep removes leftovers no committed state refers to: temporary files,
+// per-block hash files and versions the manifest does not list. The caller
+// holds the writer lock and the state lock.
+func (s *Store) sweep() {
+	m, err := readManifest(s.dir)
+	if err != nil {
+		return
+	}
+	keep := map[string]bool{}
+	if m != nil {
+		keep[m.Hashes] = true
+		for _, v := range m.Versions {
+			keep[v.File] = true
+		}
+	}
+	ents, _ := os.ReadDir(s.dir)
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasSuffix(n, ".tmp") || n == newHashes ||
+			(strings.HasPrefix(n, "hashes-") && !keep[n]) {
+			os.Remove(s.join(n))
+		}
+	}
+	vents, _ := os.ReadDir(s.join(versionsDir))
+	for _, e := range vents {
+		if !keep[e.Name()] {
+			s.logf("removed version file %s that no manifest lists", e.Name())
+			os.Remove(filepath.Join(s.dir, versionsDir, e.Name()))
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package imagestore
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestFirstBackupAndIncrementals(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 300*1024+123)
+	syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: -1}})
+	if exists(filepath.Join(StateDir(img), partialName)) {
+		t.Fatal("partial image left after a committed first backup")
+	}
+	// No change: no records at all.
+	d, st := makeDelta(t, img, dev, testBS)
+	if st.data+st.zero != 0 {
+		t.Fatalf("unchanged device: %d data and %d zero records", st.data, st.zero)
+	}
+	if _, err := patch(t, img, d, PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, img, dev)
+	for _, size := range []int{len(dev), len(dev) + 50000, len(dev) - 70001, 4096 * 10} {
+		next := mutate(r, dev, 20)
+		if size > len(next) {
+			next = append(next, device(r, size-len(next))...)
+		}
+		next = next[:size]
+		res := syncTo(t, img, next, PatchOptions{})
+		if res.Manifest.DeviceSize != int64(size) || res.Manifest.Generation < 2 {
+			t.Fatalf("manifest: size %d generation %d", res.Manifest.DeviceSize, res.Manifest.Generation)
+		}
+		dev = next
+	}
+	// A device that became all zeros.
+	syncTo(t, img, make([]byte, len(dev)), PatchOptions{})
+}
+
+func TestBaseMismatchWritesNothing(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 64*1024)
+	syncTo(t, img, dev, PatchOptions{})
+	next := mutate(r, dev, 5)
+	stale, _ := makeDelta(t, img, next, testBS)
+	// A newer signing run makes the first delta stale.
+	makeDelta(t, img, next, testBS)
+	_, err := patch(t, img, stale, PatchOptions{})
+	if !errors.Is(err, ErrBase) {
+		t.Fatalf("stale delta: got %v, want ErrBase", err)
+	}
+	mustEqual(t, img, dev)
+}
+
+func TestNoClobber(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	dir := t.TempDir()
+	img := filepath.Join(dir, "user.img")
+	user := device(r, 40*1024)
+	os.WriteFile(img, user, 0o644)
+	dev := device(r, 48*1024)
+	d, _ := makeDelta(t, img, dev, testBS)
+	if _, err := patch(t, img, d, PatchOptions{}); !errors.Is(err, ErrNotOurs) {
+		t.Fatalf("foreign file: got %v, want ErrNotOurs", err)
+	}
+	mustEqual(t, img, user)
+	if _, err := patch(t, img, d, PatchOptions{TxOptions: TxOptions{Force: true, Source: Source{VolumeName: "a", VolumeID: "1"}}}); err != nil {
+		t.Fatalf("--force: %v", err)
+	}
+	mustEqual(t, img, dev)
+	next := mutate(r, dev, 3)
+	d, _ = makeDelta(t, img, next, testBS)
+	_, err := patch(t, img, d, PatchOptions{TxOptions: TxOptions{Source: Source{VolumeName: "b", VolumeID: "2"}}})
+	if !errors.Is(err, ErrOtherVolume) {
+		t.Fatalf("other volume: got %v, want ErrOtherVolume", err)
+	}
+	mustEqual(t, img, dev)
+}
+
+func TestLocked(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "vol.img")
+	s, err := Open(img, Options{Writer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := Open(img, Options{Writer: true}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second writer: got %v, want ErrLocked", err)
+	}
+	// A reader (dosvob-hash) is not blocked by a writer with nothing to recover.
+	h, err := Open(img, Options{})
+	if err != nil {
+		t.Fatalf("reader beside a writer: %v", err)
+	}
+	h.Close()
+}
+
+func TestVerifyFindsFlippedByte(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 200*1024)
+	syncTo(t, img, dev, PatchOptions{})
+	rep, err := Verify(context.Background(), img, nil, t.Logf)
+	if err != nil || !rep.Intact() {
+		t.Fatalf("intact image: %v %+v", err, rep)
+	}
+	f, _ := os.OpenFile(img, os.O_RDWR, 0)
+	off := int64(123457)
+	b := []byte{0}
+	f.ReadAt(b, off)
+	b[0] ^= 0x10
+	f.WriteAt(b, off)
+	f.Close()
+	rep, err = Verify(context.Background(), img, nil, t.Logf)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("flipped byte: got %v, want ErrCorrupt", err)
+	}
+	if want := off / testBS * testBS; rep.FirstBad != want {
+		t.Fatalf("first bad offset %d, want %d", rep.FirstBad, want)
+	}
+}

@@ -1,0 +1,697 @@
+package imagestore
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/format"
+)
+
+// batchBytes bounds the blocks a transaction holds before it journals and
+// writes them: one journal fsync per batch, and bounded memory.
+const batchBytes = 4 << 20
+
+// TxOptions configure a patch run.
+type TxOptions struct {
+	// Keep is the number of previous versions to keep as reverse deltas;
+	// negative means "as the manifest says" (0 for a new image).
+	Keep int
+	// Force writes over a file that has no dosvob manifest, or whose
+	// manifest names another volume.
+	Force bool
+	// Source names the volume; empty fields keep what the manifest says.
+	Source Source
+	// Now returns the time of the run (default time.Now).
+	Now func() time.Time
+}
+
+// Tx is one patch run on a Store: it applies a delta's records and commits
+// them atomically, or undoes them.
+type Tx struct {
+	s    *Store
+	hdr  format.DeltaHeader
+	opts TxOptions
+	sign *signRecord
+	old  *Manifest // nil: no manifest
+
+	inPlace   bool // writing over the existing image (journaled)
+	img       file
+	imgName   string
+	oldSize   int64 // size of the content before the run
+	newSize   int64
+	bs        int64
+	newID     ID
+	newGen    uint64
+	jw        *journalWriter
+	journaled []uint64 // bitmap over old blocks
+	written   []uint64 // bitmap over new blocks: hash in hashes.new
+	hashes    file     // hashes.new
+	hbuf      []byte   // contiguous run of hashes not yet written
+	hstart    uint64   // block index of hbuf[0:8]
+	hasher    *format.Hasher
+	zeroFull  uint64 // hash of an all-zero full block
+	zeroLast  uint64 // hash of an all-zero last block
+	pending   []pendingOp
+	pendBytes int
+	stats     RunStats
+	start     time.Time
+	done      bool
+}
+
+type pendingOp struct {
+	index uint64
+	data  []byte // nil: punch
+}
+
+func setBit(b []uint64, i uint64)      { b[i/64] |= 1 << (i % 64) }
+func hasBit(b []uint64, i uint64) bool { return b[i/64]&(1<<(i%64)) != 0 }
+
+// CheckOwner refuses (ErrNotOurs, ErrOtherVolume) to write into an image
+// that dosvob did not make or that belongs to another volume, unless force.
+// dosvob-patch calls it before it reads the stream; Begin calls it again.
+func (s *Store) CheckOwner(src Source, force bool) error {
+	if force {
+		return nil
+	}
+	if exists(s.path) && s.manifest == nil {
+		return fmt.Errorf("%q exists and has no dosvob manifest (%s): %w", s.path, filepath.Join(s.dir, manifestName), ErrNotOurs)
+	}
+	if m := s.manifest; m != nil {
+		if src.VolumeID != "" && m.Source.VolumeID != "" && src.VolumeID != m.Source.VolumeID {
+			return fmt.Errorf("%q is a backup of volume id %q, not %q: %w", s.path, m.Source.VolumeID, src.VolumeID, ErrOtherVolume)
+		}
+		if src.VolumeName != "" && m.Source.VolumeName != "" && src.VolumeName != m.Source.VolumeName {
+			return fmt.Errorf("%q is a backup of volume %q, not %q: %w", s.path, m.Source.VolumeName, src.VolumeName, ErrOtherVolume)
+		}
+	}
+	return nil
+}
+
+// baseError is a mismatch between a delta and the image, found before any
+// write.
+func baseError(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrBase)
+}
+
+// Begin starts applying a delta with header h. It checks, before writing
+// anything, that h was made against the current content and the latest
+// signing run of it. The Store must have been opened with Options.Writer.
+func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
+	if s.writer == nil {
+		return nil, errors.New("store opened without the writer lock")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	st, err := s.lockState()
+	if err != nil {
+		return nil, err
+	}
+	defer st.unlock()
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if err := s.CheckOwner(opts.Source, opts.Force); err != nil {
+		return nil, err
+	}
+	sign, err := readSign(s.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, baseError("no dosvob-hash run of %s is recorded; the delta must come from signatures made by dosvob-hash %s", s.path, s.path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if uint64(sign.Seed) != h.Seed {
+		return nil, baseError("delta seed %s is not the seed %s of the latest dosvob-hash of %s", Digest(h.Seed), sign.Seed, s.path)
+	}
+	if sign.BlockSize != h.BlockSize {
+		return nil, baseError("delta block size %d, signature block size %d", h.BlockSize, sign.BlockSize)
+	}
+	if h.Base != sign.base() || h.Base != s.base {
+		return nil, baseError("delta base (image %s generation %d size %d) is not the current content of %s (image %s generation %d size %d)",
+			ID(h.Base.ImageID), h.Base.Generation, h.Base.Size, s.path, ID(s.base.ImageID), s.base.Generation, s.base.Size)
+	}
+	if h.DeviceSize > 1<<62 {
+		return nil, baseError("device size %d is too large", h.DeviceSize)
+	}
+	blocks := h.Blocks()
+	tx := &Tx{
+		s: s, hdr: h, opts: opts, sign: sign, old: s.manifest,
+		oldSize: int64(s.base.Size), newSize: int64(h.DeviceSize), bs: int64(h.BlockSize),
+		written: make([]uint64, blocks/64+1),
+		hasher:  format.NewHasher(h.Seed),
+		start:   time.Now(),
+	}
+	tx.journaled = make([]uint64, uint64(tx.oldSize)/uint64(tx.bs)/64+2)
+	zero := make([]byte, h.BlockSize)
+	tx.zeroFull = format.HashBlock(h.Seed, zero)
+	if blocks > 0 {
+		tx.zeroLast = format.HashBlock(h.Seed, zero[:h.BlockLen(blocks-1)])
+	}
+	if err := tx.open(); err != nil {
+		tx.closeFiles()
+		return nil, err
+	}
+	return tx, nil
+}
+
+func (tx *Tx) open() error {
+	s, fs := tx.s, tx.s.fs
+	var err error
+	tx.hashes, err = fs.OpenFile(s.join(newHashes), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if exists(s.path) {
+		// An existing image: every overwrite is journaled first.
+		tx.inPlace = true
+		tx.imgName = s.path
+		var oldID ID
+		var oldGen uint64
+		if tx.old != nil {
+			oldID, oldGen = tx.old.ImageID, tx.old.Generation
+		}
+		tx.newID, tx.newGen = oldID, oldGen+1
+		if oldID.IsZero() {
+			tx.newID = NewID()
+		}
+		tx.jw, err = createJournal(fs, s.join(journalName), journalHeader{
+			BlockSize: int(tx.bs), OldID: oldID, OldGen: oldGen, OldSize: tx.oldSize,
+			NewID: tx.newID, NewGen: tx.newGen, NewSize: tx.newSize,
+		})
+		if err != nil {
+			return err
+		}
+		if err := tx.jw.sync(); err != nil {
+			return err
+		}
+		if err := fs.SyncDir(s.dir); err != nil {
+			return err
+		}
+		tx.img, err = fs.OpenFile(s.path, os.O_RDWR, 0)
+		return err
+	}
+	// A first backup goes to the partial image, which becomes IMAGE only
+	// at commit; an interrupted one is resumed.
+	tx.imgName = s.join(partialName)
+	tx.newGen = 1
+	if s.partial != nil && s.partial.ImageID == ID(tx.hdr.Base.ImageID) {
+		tx.newID = s.partial.ImageID
+		tx.stats.Resumed = true
+		tx.img, err = fs.OpenFile(tx.imgName, os.O_RDWR, 0)
+		return err
+	}
+	tx.newID = NewID()
+	if err := writeJSONAtomic(fs, s.join(partialMeta), &partialRecord{ImageID: tx.newID}); err != nil {
+		return err
+	}
+	tx.img, err = fs.OpenFile(tx.imgName, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	return fs.SyncDir(s.dir)
+}
+
+func (tx *Tx) check(i uint64) error {
+	if tx.done {
+		return errors.New("transaction is finished")
+	}
+	if i >= tx.hdr.Blocks() {
+		return fmt.Errorf("block %d past the device's %d blocks", i, tx.hdr.Blocks())
+	}
+	if hasBit(tx.written, i) {
+		return fmt.Errorf("block %d written twice", i)
+	}
+	return nil
+}
+
+// WriteBlock sets block i to b (of length Header.BlockLen(i)).
+func (tx *Tx) WriteBlock(i uint64, b []byte) error {
+	if err := tx.check(i); err != nil {
+		return err
+	}
+	if len(b) != tx.hdr.BlockLen(i) {
+		return fmt.Errorf("block %d has %d bytes, want %d", i, len(b), tx.hdr.BlockLen(i))
+	}
+	if err := tx.recordHash(i, tx.hasher.Sum(b)); err != nil {
+		return err
+	}
+	tx.stats.DataBlocks++
+	tx.stats.BytesWritten += int64(len(b))
+	off := int64(i) * tx.bs
+	if !tx.inPlace || off >= tx.oldSize {
+		// Beyond the old content: nothing to undo but the size.
+		_, err := tx.img.WriteAt(b, off)
+		return err
+	}
+	tx.pending = append(tx.pending, pendingOp{index: i, data: append([]byte(nil), b...)})
+	tx.pendBytes += len(b)
+	if tx.pendBytes >= batchBytes {
+		return tx.flush()
+	}
+	return nil
+}
+
+// ZeroBlock makes block i all zeros, as a hole.
+func (tx *Tx) ZeroBlock(i uint64) error {
+	if err := tx.check(i); err != nil {
+		return err
+	}
+	h := tx.zeroFull
+	if i == tx.hdr.Blocks()-1 {
+		h = tx.zeroLast
+	}
+	if err := tx.recordHash(i, h); err != nil {
+		return err
+	}
+	tx.stats.ZeroBlocks++
+	off := int64(i) * tx.bs
+	if off >= tx.oldSize {
+		return nil // past the old end: a hole already
+	}
+	if !tx.inPlace {
+		return tx.img.Punch(off, int64(tx.hdr.BlockLen(i)))
+	}
+	tx.pending = append(tx.pending, pendingOp{index: i})
+	tx.pendBytes += 64
+	if tx.pendBytes >= batchBytes {
+		return tx.flush()
+	}
+	return nil
+}
+
+// recordHash keeps the new hash of block i for the digest check and the
+// signature cache.
+func (tx *Tx) recordHash(i, h uint64) error {
+	if len(tx.hbuf) > 0 && (tx.hstart+uint64(len(tx.hbuf)/8) != i || len(tx.hbuf) >= 64<<10) {
+		if err := tx.flushHashes(); err != nil {
+			return err
+		}
+	}
+	if len(tx.hbuf) == 0 {
+		tx.hstart = i
+	}
+	tx.hbuf = binary.LittleEndian.AppendUint64(tx.hbuf, h)
+	setBit(tx.written, i)
+	return nil
+}
+
+func (tx *Tx) flushHashes() error {
+	if len(tx.hbuf) == 0 {
+		return nil
+	}
+	_, err := tx.hashes.WriteAt(tx.hbuf, int64(tx.hstart)*8)
+	tx.hbuf = tx.hbuf[:0]
+	return err
+}
+
+// oldLen is the length of block i in the content before the run.
+func (tx *Tx) oldLen(i uint64) int {
+	return format.BlockLen(uint64(tx.oldSize), uint32(tx.bs), i)
+}
+
+// journalOld appends the old contents of block i to the journal (once).
+func (tx *Tx) journalOld(i uint64, buf []byte) error {
+	if hasBit(tx.journaled, i) {
+		return nil
+	}
+	n := tx.oldLen(i)
+	if n == 0 {
+		return nil
+	}
+	b := buf[:n]
+	if _, err := tx.img.ReadAt(b, int64(i)*tx.bs); err != nil && err != io.EOF {
+		return fmt.Errorf("read old block %d: %w", i, err)
+	}
+	tx.jw.add(journalEntry{zero: allZero(b), index: int64(i), n: n, data: b})
+	setBit(tx.journaled, i)
+	return nil
+}
+
+// flush journals the old contents of the pending blocks, fsyncs the
+// journal, and only then writes the blocks in place.
+func (tx *Tx) flush() error {
+	if len(tx.pending) == 0 {
+		return nil
+	}
+	buf := make([]byte, tx.bs)
+	for _, p := range tx.pending {
+		if err := tx.journalOld(p.index, buf); err != nil {
+			return err
+		}
+	}
+	if err := tx.jw.sync(); err != nil {
+		return err
+	}
+	for _, p := range tx.pending {
+		off := int64(p.index) * tx.bs
+		if p.data == nil {
+			if err := tx.img.Punch(off, int64(tx.hdr.BlockLen(p.index))); err != nil {
+				return err
+			}
+		} else if _, err := tx.img.WriteAt(p.data, off); err != nil {
+			return err
+		}
+	}
+	tx.pending = tx.pending[:0]
+	tx.pendBytes = 0
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Result describes a committed run.
+type Result struct {
+	Manifest *Manifest
+	Stats    RunStats
+	Pruned   []string // versions deleted by --keep
+	Kept     string   // the version this run kept, if any
+}
+
+// Commit checks the End record against what was applied and, if it all
+// agrees, makes the new content the image atomically. On a mismatch it
+// undoes the run and returns an ErrBase error.
+func (tx *Tx) Commit(end format.End) (*Result, error) {
+	res, err := tx.commit(end)
+	if err != nil && !tx.done {
+		if aerr := tx.Abort(); aerr != nil {
+			err = fmt.Errorf("%w (and undoing the run failed: %v)", err, aerr)
+		}
+	}
+	return res, err
+}
+
+func (tx *Tx) commit(end format.End) (*Result, error) {
+	if tx.done {
+		return nil, errors.New("transaction is finished")
+	}
+	s, fs := tx.s, tx.s.fs
+	if err := tx.flush(); err != nil {
+		return nil, err
+	}
+	if err := tx.flushHashes(); err != nil {
+		return nil, err
+	}
+	blocks := tx.hdr.Blocks()
+	if end.Blocks != blocks || end.DataRecords != uint64(tx.stats.DataBlocks) || end.ZeroRecords != uint64(tx.stats.ZeroBlocks) {
+		return nil, baseError("end record counts %d blocks, %d data, %d zero; applied %d, %d, %d",
+			end.Blocks, end.DataRecords, end.ZeroRecords, blocks, tx.stats.DataBlocks, tx.stats.ZeroBlocks)
+	}
+	sign, err := readSign(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("signing record: %w", err)
+	}
+	if sign.Seed != tx.sign.Seed {
+		return nil, baseError("another dosvob-hash of %s started during this run", s.path)
+	}
+	if !sign.Done {
+		return nil, baseError("dosvob-hash of %s did not finish its signature", s.path)
+	}
+	if uint64(sign.SigDigest) != end.SigDigest {
+		return nil, baseError("delta was made against signature digest %s, dosvob-hash recorded %s", Digest(end.SigDigest), sign.SigDigest)
+	}
+
+	// The new per-block hashes: the delta's for blocks it carried, the
+	// signature's for the others. Their digest must be the device's.
+	cacheName := fmt.Sprintf("hashes-%d", tx.newGen)
+	oldDigest, newDigest, err := tx.writeCache(s.join(cacheName+".tmp"), sign)
+	if err != nil {
+		return nil, err
+	}
+	if newDigest != end.BlockDigest {
+		return nil, baseError("block digest of the patched image %s, end record says %s", Digest(newDigest), Digest(end.BlockDigest))
+	}
+
+	// Shrinking cuts old blocks away: journal them first.
+	if tx.inPlace && tx.newSize < tx.oldSize {
+		buf := make([]byte, tx.bs)
+		for i := uint64(tx.newSize) / uint64(tx.bs); i < format.BlockCount(uint64(tx.oldSize), uint32(tx.bs)); i++ {
+			if err := tx.journalOld(i, buf); err != nil {
+				return nil, err
+			}
+			if len(tx.jw.buf) >= batchBytes {
+				if err := tx.jw.sync(); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if err := tx.jw.sync(); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.img.Truncate(tx.newSize); err != nil {
+		return nil, err
+	}
+	if err := tx.img.Sync(); err != nil {
+		return nil, err
+	}
+	if err := fs.Rename(s.join(cacheName+".tmp"), s.join(cacheName)); err != nil {
+		return nil, err
+	}
+
+	now := tx.opts.Now().UTC()
+	m := &Manifest{}
+	if tx.old != nil && tx.inPlace {
+		*m = *tx.old
+		m.Versions = append([]Version(nil), tx.old.Versions...)
+	}
+	keep := tx.opts.Keep
+	if keep < 0 {
+		keep = m.Keep
+	}
+	res := &Result{Manifest: m}
+
+	// The old image becomes a version: the journal as a reverse delta.
+	if keep > 0 && tx.inPlace && tx.old != nil {
+		v, err := tx.writeVersion(oldDigest)
+		if err != nil {
+			return nil, fmt.Errorf("keep version: %w", err)
+		}
+		m.Versions = append([]Version{v}, m.Versions...)
+		res.Kept = v.Name
+	}
+	var pruned []Version
+	if len(m.Versions) > keep {
+		pruned = m.Versions[keep:]
+		m.Versions = m.Versions[:keep:keep]
+	}
+	m.ManifestVersion = ManifestVersion
+	m.FormatVersion = format.Version
+	m.ImageID = tx.newID
+	m.Generation = tx.newGen
+	m.Keep = keep
+	if tx.opts.Source.VolumeName != "" {
+		m.Source.VolumeName = tx.opts.Source.VolumeName
+	}
+	if tx.opts.Source.VolumeID != "" {
+		m.Source.VolumeID = tx.opts.Source.VolumeID
+	}
+	m.Source.SnapshotTime = tx.opts.Source.SnapshotTime
+	m.DeviceSize = tx.newSize
+	m.BlockSize = int(tx.bs)
+	m.DeviceDigest = Digest(end.DeviceDigest)
+	m.BlockDigest = Digest(end.BlockDigest)
+	m.HashSeed = Digest(tx.hdr.Seed)
+	m.Hashes = cacheName
+	m.BackupTime = now
+	if !m.Source.SnapshotTime.IsZero() {
+		m.BackupTime = m.Source.SnapshotTime.UTC()
+	}
+	tx.stats.Time = now
+	tx.stats.Seconds = time.Since(tx.start).Seconds()
+	tx.stats.Blocks = int64(blocks)
+	m.LastRun = tx.stats
+	if m.Versions == nil {
+		m.Versions = []Version{}
+	}
+
+	// The commit point: the manifest names the new generation.
+	if err := writeJSONAtomic(fs, s.join(manifestName), m); err != nil {
+		return nil, err
+	}
+	tx.done = true
+	tx.closeFiles()
+
+	if !tx.inPlace {
+		if err := fs.Rename(tx.imgName, s.path); err != nil {
+			return nil, fmt.Errorf("committed, but moving the image into place failed (the next run finishes it): %w", err)
+		}
+		if err := fs.SyncDir(filepath.Dir(s.path)); err != nil {
+			return nil, err
+		}
+		fs.Remove(s.join(partialMeta))
+	}
+	fs.Remove(s.join(journalName))
+	fs.Remove(s.join(signName))
+	fs.Remove(s.join(signHashes))
+	if tx.old != nil && tx.old.Hashes != "" && tx.old.Hashes != cacheName {
+		fs.Remove(s.join(tx.old.Hashes))
+	}
+	for _, v := range pruned {
+		fs.Remove(filepath.Join(s.dir, versionsDir, v.File))
+		res.Pruned = append(res.Pruned, v.Name)
+	}
+	if err := fs.SyncDir(s.dir); err != nil {
+		return nil, err
+	}
+	s.manifest = m
+	res.Stats = tx.stats
+	return res, nil
+}
+
+// writeCache writes the new per-block hashes to name and returns the digest
+// of the old content's hashes and of the new ones.
+func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest uint64, err error) {
+	s := tx.s
+	sr, err := openSignHashes(s.dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("signature hashes: %w", err)
+	}
+	defer sr.close()
+	oldBlocks := format.BlockCount(uint64(tx.oldSize), uint32(tx.bs))
+	if sign.Blocks != oldBlocks {
+		return 0, 0, baseError("dosvob-hash recorded %d block hashes, the content has %d blocks", sign.Blocks, oldBlocks)
+	}
+	out, err := s.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer out.Close()
+	var off int64
+	w := bufio.NewWriterSize(fileWriter{f: out, off: &off}, 64<<10)
+	// hashes.new has holes and may end early where the delta carried
+	// nothing: those read as zeros, and the bitmap says which count.
+	nr := bufio.NewReaderSize(io.MultiReader(io.NewSectionReader(tx.hashes, 0, 1<<62), zeros{}), 64<<10)
+	od, nd := format.NewBlockDigester(), format.NewBlockDigester()
+	blocks := tx.hdr.Blocks()
+	var b [8]byte
+	for i := uint64(0); i < max(blocks, oldBlocks); i++ {
+		var oh uint64
+		if i < oldBlocks {
+			if oh, err = sr.next(); err != nil {
+				return 0, 0, fmt.Errorf("signature hashes: %w", err)
+			}
+			od.Add(oh)
+		}
+		if i >= blocks {
+			continue
+		}
+		if _, err := io.ReadFull(nr, b[:]); err != nil {
+			return 0, 0, fmt.Errorf("new hashes: %w", err)
+		}
+		h := binary.LittleEndian.Uint64(b[:])
+		if !hasBit(tx.written, i) {
+			if i >= oldBlocks {
+				return 0, 0, baseError("the delta carries nothing for block %d, past the old content", i)
+			}
+			h = oh
+		}
+		nd.Add(h)
+		binary.LittleEndian.PutUint64(b[:], h)
+		w.Write(b[:])
+	}
+	if err := w.Flush(); err != nil {
+		return 0, 0, err
+	}
+	if err := out.Sync(); err != nil {
+		return 0, 0, err
+	}
+	return od.Sum64(), nd.Sum64(), nil
+}
+
+func (tx *Tx) closeFiles() {
+	for _, f := range []file{tx.img, tx.hashes} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if tx.jw != nil {
+		tx.jw.close()
+	}
+	tx.img, tx.hashes, tx.jw = nil, nil, nil
+}
+
+// Abort undoes the run: an existing image gets its old contents and size
+// back from the journal; a partial first backup is kept as it is, as the
+// base of the next run. Abort after Commit does nothing.
+func (tx *Tx) Abort() error {
+	if tx.done {
+		return nil
+	}
+	tx.done = true
+	s := tx.s
+	var err error
+	if tx.inPlace && tx.jw != nil {
+		tx.pending = nil
+		if serr := tx.jw.sync(); serr != nil {
+			err = serr
+		}
+		tx.closeFiles()
+		if err == nil {
+			err = s.rollbackNow()
+		}
+	} else {
+		if tx.img != nil {
+			tx.img.Sync()
+		}
+		tx.closeFiles()
+	}
+	s.fs.Remove(s.join(newHashes))
+	return err
+}
+
+// rollbackNow undoes the journaled run on the image (Abort).
+func (s *Store) rollbackNow() error {
+	jf, err := s.fs.OpenFile(s.join(journalName), os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer jf.Close()
+	jr, err := openJournal(jf)
+	if errors.Is(err, errNoJournal) {
+		return s.removeDurably(journalName)
+	}
+	if err != nil {
+		return err
+	}
+	img, err := s.fs.OpenFile(s.path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	n, err := rollback(jr, img)
+	if cerr := img.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	s.logf("rolled back %s: restored %d blocks; the image is the previous backup", s.path, n)
+	return s.removeDurably(journalName)
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}

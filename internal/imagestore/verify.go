@@ -1,0 +1,130 @@
+package imagestore
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/dosvob/dosvob/internal/format"
+)
+
+// Report is the outcome of a scrub.
+type Report struct {
+	Size      int64  // bytes read
+	Blocks    uint64 // blocks checked
+	Digest    Digest // whole-image digest computed
+	Want      Digest // whole-image digest in the manifest
+	BadBlocks uint64 // blocks whose hash differs from the recorded one
+	FirstBad  int64  // offset of the first bad block, -1 if none found
+	// PerBlock says whether per-block hashes were available to name the
+	// first bad block (without them only the whole-image digest is checked).
+	PerBlock bool
+}
+
+// Intact reports whether the image matched its manifest.
+func (r *Report) Intact() bool { return r.Digest == r.Want && r.BadBlocks == 0 && r.FirstBad < 0 }
+
+// Verify re-reads the image at path and checks it against its manifest: the
+// whole-image digest (End.DeviceDigest of the run that made it) and the
+// recorded per-block hashes, which name the first bad block. It returns an
+// error wrapping ErrCorrupt (with the first bad offset) when the image is
+// damaged; ErrNotOurs when it has no manifest; ErrLocked when a patch is
+// running on it. Like every Open, it first recovers an interrupted run.
+// progress, if set, is called with the bytes read so far and the total.
+func Verify(ctx context.Context, path string, progress func(done, total int64), logf func(string, ...any)) (*Report, error) {
+	s, err := Open(path, Options{Writer: true, Logf: logf})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.verify(ctx, progress)
+}
+
+func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*Report, error) {
+	m := s.manifest
+	if m == nil {
+		if exists(s.path) {
+			return nil, fmt.Errorf("%q has no dosvob manifest: %w", s.path, ErrNotOurs)
+		}
+		return nil, fmt.Errorf("%q: %w", s.path, os.ErrNotExist)
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Want: m.DeviceDigest, FirstBad: -1}
+	bs := m.BlockSize
+	if !format.ValidBlockSize(uint32(bs)) {
+		return nil, fmt.Errorf("manifest block size %d: %w", bs, ErrCorrupt)
+	}
+	blocks := format.BlockCount(uint64(m.DeviceSize), uint32(bs))
+	var hr *bufio.Reader
+	if hf, err := os.Open(s.join(m.Hashes)); err == nil {
+		defer hf.Close()
+		if st, err := hf.Stat(); err == nil && st.Size() == int64(blocks)*8 {
+			hr = bufio.NewReaderSize(hf, 64<<10)
+			rep.PerBlock = true
+		}
+	}
+	hasher := format.NewHasher(uint64(m.HashSeed))
+	d := xxhash.New()
+	buf := make([]byte, bs)
+	total := fi.Size()
+	var off int64
+	for i := uint64(0); ; i++ {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		n, rerr := io.ReadFull(f, buf)
+		if n > 0 {
+			d.Write(buf[:n])
+			if hr != nil && i < blocks {
+				var b [8]byte
+				if _, err := io.ReadFull(hr, b[:]); err != nil {
+					return nil, err
+				}
+				if hasher.Sum(buf[:n]) != binary.LittleEndian.Uint64(b[:]) || n != format.BlockLen(uint64(m.DeviceSize), uint32(bs), i) {
+					rep.BadBlocks++
+					if rep.FirstBad < 0 {
+						rep.FirstBad = off
+					}
+				}
+			}
+			rep.Blocks++
+			off += int64(n)
+			rep.Size = off
+		}
+		if progress != nil && (i%64 == 0 || rerr != nil) {
+			progress(off, total)
+		}
+		if rerr == io.EOF || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			break
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+	}
+	rep.Digest = Digest(d.Sum64())
+	if rep.Size != m.DeviceSize && rep.FirstBad < 0 {
+		rep.FirstBad = min(rep.Size, m.DeviceSize)
+	}
+	switch {
+	case rep.Size != m.DeviceSize:
+		return rep, fmt.Errorf("%q is %d bytes, the manifest says %d (first bad offset %d): %w", s.path, rep.Size, m.DeviceSize, rep.FirstBad, ErrCorrupt)
+	case rep.FirstBad >= 0:
+		return rep, fmt.Errorf("%q is damaged: %d bad blocks, the first at offset %d: %w", s.path, rep.BadBlocks, rep.FirstBad, ErrCorrupt)
+	case rep.Digest != rep.Want:
+		return rep, fmt.Errorf("%q is damaged: digest %s, the manifest recorded %s (no per-block hashes to locate it): %w", s.path, rep.Digest, rep.Want, ErrCorrupt)
+	}
+	return rep, nil
+}

@@ -1,0 +1,293 @@
+package imagestore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/dosvob/dosvob/internal/format"
+)
+
+// Kept versions. When a run overwrites an image whose manifest keeps N > 0
+// versions, the journal of the run (the old contents of every block it
+// changed, plus the old size) is written out as a reverse delta in the delta
+// stream format: its header's Base is the new image, its DeviceSize the old
+// size, its records the old blocks, and its End record carries the old
+// image's digests. Applying the reverse deltas newest first to a copy of
+// the image walks back through the versions.
+
+// ErrNoVersion reports a version name the manifest does not list.
+var ErrNoVersion = errors.New("no such version")
+
+// ErrExists reports an output file that already exists.
+var ErrExists = errors.New("file exists")
+
+func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
+	s, fs := tx.s, tx.s.fs
+	name := versionName(tx.old.BackupTime)
+	taken := func(n string) bool {
+		return slices.ContainsFunc(tx.old.Versions, func(v Version) bool { return v.Name == n })
+	}
+	for k := 2; taken(name); k++ {
+		name = fmt.Sprintf("%s-%d", versionName(tx.old.BackupTime), k)
+	}
+	v := Version{
+		Name: name, File: name + ".delta", Time: tx.old.BackupTime,
+		Generation: tx.old.Generation, Size: tx.oldSize, DeviceDigest: tx.old.DeviceDigest,
+	}
+	if err := tx.jw.sync(); err != nil {
+		return v, err
+	}
+	jr, err := openJournal(tx.jw.f)
+	if err != nil {
+		return v, err
+	}
+	var refs []entryRef
+	seen := map[int64]bool{}
+	for {
+		off := jr.off
+		e, err := jr.next()
+		if err == io.EOF {
+			break
+		}
+		if !seen[e.index] { // the first entry of a block holds its old bytes
+			seen[e.index] = true
+			refs = append(refs, entryRef{off: off, index: e.index})
+		}
+	}
+	slices.SortFunc(refs, func(a, b entryRef) int { return int(a.index - b.index) })
+
+	dir := filepath.Join(s.dir, versionsDir)
+	tmp := filepath.Join(dir, v.File+".tmp")
+	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return v, err
+	}
+	defer f.Close()
+	var size int64
+	bw := bufio.NewWriterSize(fileWriter{f: f, off: &size}, 256<<10)
+	dw, err := format.NewDeltaWriter(bw, format.DeltaHeader{
+		BlockSize: uint32(tx.bs), DeviceSize: uint64(tx.oldSize), Seed: tx.hdr.Seed,
+		Base: format.Base{ImageID: tx.newID, Generation: tx.newGen, Size: uint64(tx.newSize)},
+	}, format.DeltaOptions{})
+	if err != nil {
+		return v, err
+	}
+	for _, r := range refs {
+		jr.off = r.off
+		e, err := jr.next()
+		if err != nil {
+			dw.Abort()
+			return v, fmt.Errorf("journal changed while writing a version")
+		}
+		if e.zero {
+			err = dw.Zero(uint64(e.index))
+		} else {
+			err = dw.Data(uint64(e.index), e.data)
+		}
+		if err != nil {
+			dw.Abort()
+			return v, err
+		}
+	}
+	if _, err := dw.Close(format.End{BlockDigest: oldBlockDigest, DeviceDigest: uint64(tx.old.DeviceDigest)}); err != nil {
+		return v, err
+	}
+	if err := bw.Flush(); err != nil {
+		return v, err
+	}
+	if err := f.Sync(); err != nil {
+		return v, err
+	}
+	if err := fs.Rename(tmp, filepath.Join(dir, v.File)); err != nil {
+		return v, err
+	}
+	v.DeltaBytes = size
+	return v, fs.SyncDir(dir)
+}
+
+// RestoreVersion writes the kept version called name (see Manifest.Versions;
+// "latest" means the newest) into the new file out, without touching the
+// image: it copies the image and applies the reverse deltas from the newest
+// back to that version, then checks the result against the version's
+// whole-image digest. out must not exist. The Store must hold the writer
+// lock, so that the image does not change meanwhile.
+func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, error) {
+	m := s.manifest
+	if m == nil {
+		return Version{}, fmt.Errorf("%q has no dosvob manifest: %w", s.path, ErrNotOurs)
+	}
+	if s.writer == nil {
+		return Version{}, errors.New("store opened without the writer lock")
+	}
+	k := -1
+	for i, v := range m.Versions {
+		if v.Name == name || (name == "latest" && i == 0) {
+			k = i
+			break
+		}
+	}
+	if k < 0 {
+		var names []string
+		for _, v := range m.Versions {
+			names = append(names, v.Name)
+		}
+		have := "none"
+		if len(names) > 0 {
+			have = strings.Join(names, ", ")
+		}
+		return Version{}, fmt.Errorf("%q has no version %q (kept: %s): %w", s.path, name, have, ErrNoVersion)
+	}
+	want := m.Versions[k]
+	if _, err := os.Lstat(out); err == nil {
+		return want, fmt.Errorf("%q already exists: %w", out, ErrExists)
+	}
+	tmp := out + ".dosvob-tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return want, err
+	}
+	ok := false
+	defer func() {
+		f.Close()
+		if !ok {
+			os.Remove(tmp)
+		}
+	}()
+	if err := sparseCopy(ctx, f, s.path); err != nil {
+		return want, err
+	}
+	base := format.Base{ImageID: m.ImageID, Generation: m.Generation, Size: uint64(m.DeviceSize)}
+	for j := 0; j <= k; j++ {
+		v := m.Versions[j]
+		if err := applyVersion(ctx, f, filepath.Join(s.dir, versionsDir, v.File), base); err != nil {
+			return want, fmt.Errorf("version %s: %w", v.Name, err)
+		}
+		base = format.Base{ImageID: m.ImageID, Generation: v.Generation, Size: uint64(v.Size)}
+	}
+	d, err := digestFile(ctx, f, nil)
+	if err != nil {
+		return want, err
+	}
+	if Digest(d) != want.DeviceDigest {
+		return want, fmt.Errorf("restored version %s has digest %s, the manifest recorded %s: %w", want.Name, Digest(d), want.DeviceDigest, ErrCorrupt)
+	}
+	if err := f.Sync(); err != nil {
+		return want, err
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return want, err
+	}
+	ok = true
+	return want, syncDir(filepath.Dir(out))
+}
+
+// applyVersion applies one reverse delta to f, which must hold base.
+func applyVersion(ctx context.Context, f *os.File, name string, base format.Base) error {
+	vf, err := os.Open(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("version file %q is missing: %w", name, ErrCorrupt)
+	}
+	if err != nil {
+		return err
+	}
+	defer vf.Close()
+	dr, err := format.NewDeltaReader(bufio.NewReaderSize(vf, 256<<10))
+	if err != nil {
+		return fmt.Errorf("version file %q: %w: %w", name, err, ErrCorrupt)
+	}
+	defer dr.Close()
+	h := dr.Header()
+	if h.Base != base {
+		return fmt.Errorf("version file %q applies to generation %d of size %d, not generation %d of size %d: %w",
+			name, h.Base.Generation, h.Base.Size, base.Generation, base.Size, ErrCorrupt)
+	}
+	for n := 0; ; n++ {
+		if n%256 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		rec, err := dr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("version file %q: %w: %w", name, err, ErrCorrupt)
+		}
+		off := int64(rec.Index) * int64(h.BlockSize)
+		if rec.Type == format.RecordZero {
+			err = punch(f, off, int64(h.BlockLen(rec.Index)))
+		} else {
+			_, err = f.WriteAt(rec.Bytes, off)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return f.Truncate(int64(h.DeviceSize))
+}
+
+// sparseCopy copies the file src into f, leaving holes for zero runs.
+func sparseCopy(ctx context.Context, f *os.File, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n, err := io.ReadFull(in, buf)
+		if n > 0 && !allZero(buf[:n]) {
+			if _, werr := f.WriteAt(buf[:n], off); werr != nil {
+				return werr
+			}
+		}
+		off += int64(n)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return f.Truncate(fi.Size())
+}
+
+// digestFile returns xxhash64 (seed 0) of the whole content of r, the
+// DeviceDigest of the delta format.
+func digestFile(ctx context.Context, r io.ReaderAt, progress func(done int64)) (uint64, error) {
+	d := xxhash.New()
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		n, err := r.ReadAt(buf, off)
+		d.Write(buf[:n])
+		off += int64(n)
+		if progress != nil {
+			progress(off)
+		}
+		if err == io.EOF {
+			return d.Sum64(), nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
