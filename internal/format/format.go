@@ -1,0 +1,224 @@
+// Package format encodes and decodes dosvob's two wire streams: the
+// signature stream (one xxhash64 per block of an image) and the delta stream
+// (the blocks of a device that differ from a signature, zstd-compressed).
+//
+// Both streams start with a fixed binary header that a reader validates
+// completely before it returns, so a consumer can refuse a stream before it
+// writes anything. Both end with a record that proves the stream is complete:
+// the signature trailer (block count and digest of everything before it) and
+// the delta End record (counts and digests). A reader reports io.EOF only
+// after that final record has been checked; any other end is an error.
+//
+// As with compress/gzip, the contents of a delta stream are tentative until
+// DeltaReader.Next has returned io.EOF: a consumer that applies Data and Zero
+// records as they arrive must be able to undo them if the stream then fails.
+//
+// The byte-level specification is docs/FORMAT.md.
+package format
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Version is the only stream version this package reads and writes.
+const Version = 1
+
+// Magic strings, distinct per stream type.
+const (
+	SigMagic   = "DOSVOB\x00S"
+	DeltaMagic = "DOSVOB\x00D"
+)
+
+// Header and record sizes in bytes.
+const (
+	SigHeaderSize   = 64
+	SigTrailerSize  = 16
+	DeltaHeaderSize = 72
+	endRecordSize   = 1 + 8*8 // type byte, 7 fields, record digest
+)
+
+// Block size limits. A block size must be a power of two in this range.
+const (
+	MinBlockSize = 4 << 10
+	MaxBlockSize = 16 << 20
+)
+
+// MaxWindow is the largest zstd window a delta stream may use. Readers refuse
+// frames that declare a larger one, which bounds their memory.
+const MaxWindow = 8 << 20
+
+// Sentinel errors. Every error a reader returns for bad input is a
+// *ParseError wrapping one of these (or io.ErrUnexpectedEOF).
+var (
+	ErrMagic        = errors.New("bad magic")
+	ErrVersion      = errors.New("unsupported version")
+	ErrFlags        = errors.New("unknown flags")
+	ErrChecksum     = errors.New("checksum mismatch")
+	ErrBlockSize    = errors.New("invalid block size")
+	ErrRecord       = errors.New("invalid record")
+	ErrCount        = errors.New("count mismatch")
+	ErrCompression  = errors.New("corrupt compressed data")
+	ErrTrailingData = errors.New("trailing data after end of stream")
+)
+
+// ParseError reports malformed input. Err is one of the sentinel errors or
+// io.ErrUnexpectedEOF; errors.Is sees through it.
+type ParseError struct {
+	Stream string // "signature stream" or "delta stream"
+	Msg    string // what is wrong, with the bad value quoted
+	Err    error
+}
+
+func (e *ParseError) Error() string { return e.Stream + ": " + e.Msg }
+func (e *ParseError) Unwrap() error { return e.Err }
+
+func sigErr(err error, format string, args ...any) error {
+	return &ParseError{Stream: "signature stream", Msg: fmt.Sprintf(format, args...), Err: err}
+}
+
+func deltaErr(err error, format string, args ...any) error {
+	return &ParseError{Stream: "delta stream", Msg: fmt.Sprintf(format, args...), Err: err}
+}
+
+// Base identifies the image content a signature was made from.
+type Base struct {
+	// ImageID is the random id the store gave the image when it created it;
+	// all zero when there is no image yet.
+	ImageID [16]byte
+	// Generation is the store's commit counter for the image (0 for a new
+	// or partial image).
+	Generation uint64
+	// Size is the image size in bytes.
+	Size uint64
+}
+
+// SigHeader is the header of a signature stream.
+type SigHeader struct {
+	BlockSize uint32
+	Seed      uint64 // xxhash64 seed of every block hash
+	Base      Base
+}
+
+// Blocks is the number of block hashes that follow the header.
+func (h SigHeader) Blocks() uint64 { return BlockCount(h.Base.Size, h.BlockSize) }
+
+// DeltaHeader is the plain (uncompressed) header of a delta stream. Seed and
+// Base echo the signature the delta was computed against.
+type DeltaHeader struct {
+	BlockSize  uint32
+	DeviceSize uint64
+	Seed       uint64
+	Base       Base
+}
+
+// Blocks is the number of blocks of the device.
+func (h DeltaHeader) Blocks() uint64 { return BlockCount(h.DeviceSize, h.BlockSize) }
+
+// BlockLen is the length of block i of the device: BlockSize, or less for a
+// short last block.
+func (h DeltaHeader) BlockLen(i uint64) int { return BlockLen(h.DeviceSize, h.BlockSize, i) }
+
+// End is the final record of a delta stream.
+type End struct {
+	Blocks      uint64 // number of blocks of the device
+	DataRecords uint64 // number of Data records in the stream
+	ZeroRecords uint64 // number of Zero records in the stream
+	BytesRead   uint64 // bytes the producer read from the device (informational)
+	// SigDigest is the signature stream digest as the producer received it
+	// (the digest in its trailer). The consumer compares it with the digest
+	// of the signature stream it expected the delta to be made against.
+	SigDigest uint64
+	// BlockDigest is xxhash64 (seed 0) over the little-endian 64-bit
+	// per-block hashes xxhash64(Seed, block) of the whole device.
+	BlockDigest uint64
+	// DeviceDigest is xxhash64 (seed 0) of the entire device content.
+	DeviceDigest uint64
+}
+
+// BlockCount returns ceil(size/blockSize).
+func BlockCount(size uint64, blockSize uint32) uint64 {
+	if blockSize == 0 {
+		return 0
+	}
+	n := size / uint64(blockSize)
+	if size%uint64(blockSize) != 0 {
+		n++
+	}
+	return n
+}
+
+// BlockLen returns the length of block i of a content of the given size.
+func BlockLen(size uint64, blockSize uint32, i uint64) int {
+	if i >= BlockCount(size, blockSize) {
+		return 0
+	}
+	off := i * uint64(blockSize)
+	if rest := size - off; rest < uint64(blockSize) {
+		return int(rest)
+	}
+	return int(blockSize)
+}
+
+// ValidBlockSize reports whether n is a power of two in [MinBlockSize, MaxBlockSize].
+func ValidBlockSize(n uint32) bool {
+	return n >= MinBlockSize && n <= MaxBlockSize && bits.OnesCount32(n) == 1
+}
+
+// HashBlock returns the per-block hash xxhash64(seed, b).
+func HashBlock(seed uint64, b []byte) uint64 {
+	d := xxhash.NewWithSeed(seed)
+	d.Write(b)
+	return d.Sum64()
+}
+
+// Hasher computes per-block hashes without allocating.
+type Hasher struct {
+	d    *xxhash.Digest
+	seed uint64
+}
+
+// NewHasher returns a Hasher for the given seed.
+func NewHasher(seed uint64) *Hasher { return &Hasher{d: xxhash.NewWithSeed(seed), seed: seed} }
+
+// Sum returns xxhash64(seed, b).
+func (h *Hasher) Sum(b []byte) uint64 {
+	h.d.ResetWithSeed(h.seed)
+	h.d.Write(b)
+	return h.d.Sum64()
+}
+
+// BlockDigester computes End.BlockDigest from the per-block hashes in order.
+type BlockDigester struct {
+	d   *xxhash.Digest
+	buf [8]byte
+}
+
+// NewBlockDigester returns an empty BlockDigester.
+func NewBlockDigester() *BlockDigester { return &BlockDigester{d: xxhash.New()} }
+
+// Add appends the hash of the next block.
+func (b *BlockDigester) Add(h uint64) {
+	binary.LittleEndian.PutUint64(b.buf[:], h)
+	b.d.Write(b.buf[:])
+}
+
+// Sum64 returns the digest of the hashes added so far.
+func (b *BlockDigester) Sum64() uint64 { return b.d.Sum64() }
+
+func checkHeaderCommon(errf func(error, string, ...any) error, version, flags uint16, blockSize uint32) error {
+	if version != Version {
+		return errf(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
+	}
+	if flags != 0 {
+		return errf(ErrFlags, "unknown flags %#04x", flags)
+	}
+	if !ValidBlockSize(blockSize) {
+		return errf(ErrBlockSize, "invalid block size %d (want a power of two from %d to %d)", blockSize, MinBlockSize, MaxBlockSize)
+	}
+	return nil
+}

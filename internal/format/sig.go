@@ -1,0 +1,246 @@
+package format
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// SigWriter writes a signature stream.
+//
+// The caller adds exactly Header.Blocks() hashes, then calls Close, which
+// writes the trailer. Digest is available before Close, so a caller can record
+// it durably before the trailer makes the stream complete.
+type SigWriter struct {
+	w      *bufio.Writer
+	hdr    SigHeader
+	n      uint64 // hashes written
+	digest *xxhash.Digest
+	buf    [8]byte
+	err    error
+}
+
+// NewSigWriter validates h and writes the signature stream header to w.
+func NewSigWriter(w io.Writer, h SigHeader) (*SigWriter, error) {
+	if !ValidBlockSize(h.BlockSize) {
+		return nil, fmt.Errorf("invalid block size %d (want a power of two from %d to %d)", h.BlockSize, MinBlockSize, MaxBlockSize)
+	}
+	sw := &SigWriter{w: bufio.NewWriterSize(w, 32<<10), hdr: h, digest: xxhash.New()}
+	b := MarshalSigHeader(h)
+	sw.digest.Write(b)
+	if _, err := sw.w.Write(b); err != nil {
+		return nil, err
+	}
+	return sw, nil
+}
+
+// MarshalSigHeader returns the 64-byte encoding of h.
+func MarshalSigHeader(h SigHeader) []byte {
+	b := make([]byte, SigHeaderSize)
+	copy(b, SigMagic)
+	binary.LittleEndian.PutUint16(b[8:], Version)
+	binary.LittleEndian.PutUint16(b[10:], 0) // flags
+	binary.LittleEndian.PutUint32(b[12:], h.BlockSize)
+	binary.LittleEndian.PutUint64(b[16:], h.Seed)
+	copy(b[24:40], h.Base.ImageID[:])
+	binary.LittleEndian.PutUint64(b[40:], h.Base.Generation)
+	binary.LittleEndian.PutUint64(b[48:], h.Base.Size)
+	binary.LittleEndian.PutUint64(b[56:], xxhash.Sum64(b[:56]))
+	return b
+}
+
+// Header returns the header the writer was created with.
+func (sw *SigWriter) Header() SigHeader { return sw.hdr }
+
+// Add writes the hash of the next block.
+func (sw *SigWriter) Add(h uint64) error {
+	if sw.err != nil {
+		return sw.err
+	}
+	if sw.n >= sw.hdr.Blocks() {
+		sw.err = fmt.Errorf("signature stream: more than %d block hashes", sw.hdr.Blocks())
+		return sw.err
+	}
+	binary.LittleEndian.PutUint64(sw.buf[:], h)
+	sw.digest.Write(sw.buf[:])
+	sw.n++
+	if _, err := sw.w.Write(sw.buf[:]); err != nil {
+		sw.err = err
+	}
+	return sw.err
+}
+
+// Flush writes buffered hashes to the underlying writer.
+func (sw *SigWriter) Flush() error {
+	if sw.err != nil {
+		return sw.err
+	}
+	sw.err = sw.w.Flush()
+	return sw.err
+}
+
+// Digest returns the digest of the stream so far: xxhash64 (seed 0) of the
+// header and the hashes. After all hashes are added it is the digest the
+// trailer will carry (End.SigDigest on the delta side).
+func (sw *SigWriter) Digest() uint64 { return sw.digest.Sum64() }
+
+// Close writes the trailer and flushes. It fails if fewer hashes than blocks
+// were added. It does not close the underlying writer.
+func (sw *SigWriter) Close() error {
+	if sw.err != nil {
+		return sw.err
+	}
+	if sw.n != sw.hdr.Blocks() {
+		sw.err = fmt.Errorf("signature stream: %d of %d block hashes written", sw.n, sw.hdr.Blocks())
+		return sw.err
+	}
+	var t [SigTrailerSize]byte
+	binary.LittleEndian.PutUint64(t[0:], sw.n)
+	binary.LittleEndian.PutUint64(t[8:], sw.digest.Sum64())
+	if _, err := sw.w.Write(t[:]); err != nil {
+		sw.err = err
+		return err
+	}
+	sw.err = sw.w.Flush()
+	if sw.err == nil {
+		sw.err = errors.New("signature stream: writer is closed")
+		return nil
+	}
+	return sw.err
+}
+
+// SigReader reads a signature stream.
+type SigReader struct {
+	r      *bufio.Reader
+	hdr    SigHeader
+	n      uint64 // hashes read
+	digest *xxhash.Digest
+	buf    [8]byte
+	err    error
+}
+
+// NewSigReader reads and validates the header of a signature stream. It
+// reads nothing beyond the header.
+func NewSigReader(r io.Reader) (*SigReader, error) {
+	br := bufio.NewReaderSize(r, 32<<10)
+	b := make([]byte, SigHeaderSize)
+	h, err := parseSigHeader(br, b)
+	if err != nil {
+		return nil, err
+	}
+	sr := &SigReader{r: br, hdr: h, digest: xxhash.New()}
+	sr.digest.Write(b)
+	return sr, nil
+}
+
+// readPrefix reads the 10 bytes of magic and version into b and checks
+// them. A stream of the other type is named as such.
+func readPrefix(r io.Reader, b []byte, magic, other, otherName string, errf func(error, string, ...any) error) error {
+	n, err := io.ReadFull(r, b[:10])
+	if n < 8 && !bytes.HasPrefix([]byte(magic), b[:n]) || n >= 8 && string(b[:8]) != magic {
+		got := b[:min(n, 8)]
+		if string(got) == other {
+			return errf(ErrMagic, "bad magic %q: this is a %s", got, otherName)
+		}
+		return errf(ErrMagic, "bad magic %q (want %q)", got, magic)
+	}
+	if n == 0 && err == io.EOF {
+		return errf(io.ErrUnexpectedEOF, "empty stream")
+	}
+	if err != nil {
+		return readErr(errf, err, "truncated header (%d of at least 10 bytes)", n)
+	}
+	return nil
+}
+
+// readErr turns a read error into a ParseError for truncation, or wraps an
+// I/O error.
+func readErr(errf func(error, string, ...any) error, err error, format string, args ...any) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return errf(io.ErrUnexpectedEOF, format, args...)
+	}
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return fmt.Errorf("reading %s: %w", errf(nil, "").(*ParseError).Stream, err)
+}
+
+func parseSigHeader(r io.Reader, b []byte) (SigHeader, error) {
+	var h SigHeader
+	if err := readPrefix(r, b, SigMagic, DeltaMagic, "delta stream, not a signature stream", sigErr); err != nil {
+		return h, err
+	}
+	version := binary.LittleEndian.Uint16(b[8:])
+	if version != Version {
+		return h, sigErr(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
+	}
+	if n, err := io.ReadFull(r, b[10:]); err != nil {
+		return h, readErr(sigErr, err, "truncated header (%d of %d bytes)", 10+n, SigHeaderSize)
+	}
+	if got, want := binary.LittleEndian.Uint64(b[56:]), xxhash.Sum64(b[:56]); got != want {
+		return h, sigErr(ErrChecksum, "header checksum %#016x, computed %#016x", got, want)
+	}
+	h.BlockSize = binary.LittleEndian.Uint32(b[12:])
+	if err := checkHeaderCommon(sigErr, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {
+		return h, err
+	}
+	h.Seed = binary.LittleEndian.Uint64(b[16:])
+	copy(h.Base.ImageID[:], b[24:40])
+	h.Base.Generation = binary.LittleEndian.Uint64(b[40:])
+	h.Base.Size = binary.LittleEndian.Uint64(b[48:])
+	return h, nil
+}
+
+// Header returns the validated header.
+func (sr *SigReader) Header() SigHeader { return sr.hdr }
+
+// Next returns the hash of the next block. After the last block it reads and
+// checks the trailer and returns io.EOF; any problem is a *ParseError (or an
+// I/O error from the underlying reader). Errors are sticky.
+func (sr *SigReader) Next() (uint64, error) {
+	if sr.err != nil {
+		return 0, sr.err
+	}
+	blocks := sr.hdr.Blocks()
+	if sr.n < blocks {
+		if _, err := io.ReadFull(sr.r, sr.buf[:]); err != nil {
+			sr.err = readErr(sigErr, err, "truncated after %d of %d block hashes", sr.n, blocks)
+			return 0, sr.err
+		}
+		sr.digest.Write(sr.buf[:])
+		sr.n++
+		return binary.LittleEndian.Uint64(sr.buf[:]), nil
+	}
+	sr.err = sr.readTrailer()
+	return 0, sr.err
+}
+
+func (sr *SigReader) readTrailer() error {
+	var t [SigTrailerSize]byte
+	if n, err := io.ReadFull(sr.r, t[:]); err != nil {
+		return readErr(sigErr, err, "truncated trailer (%d of %d bytes)", n, SigTrailerSize)
+	}
+	if got := binary.LittleEndian.Uint64(t[0:]); got != sr.n {
+		return sigErr(ErrCount, "trailer counts %d block hashes, stream has %d", got, sr.n)
+	}
+	if got, want := binary.LittleEndian.Uint64(t[8:]), sr.digest.Sum64(); got != want {
+		return sigErr(ErrChecksum, "trailer digest %#016x, computed %#016x", got, want)
+	}
+	if _, err := sr.r.ReadByte(); err != io.EOF {
+		if err != nil {
+			return readErr(sigErr, err, "")
+		}
+		return sigErr(ErrTrailingData, "data after the trailer")
+	}
+	return io.EOF
+}
+
+// Digest returns the digest of the header and the hashes read so far. After
+// Next has returned io.EOF it is the verified digest of the whole stream.
+func (sr *SigReader) Digest() uint64 { return sr.digest.Sum64() }
