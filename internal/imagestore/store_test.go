@@ -1,6 +1,7 @@
 package imagestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -124,4 +125,44 @@ func TestVerifyFindsFlippedByte(t *testing.T) {
 	if want := off / testBS * testBS; rep.FirstBad != want {
 		t.Fatalf("first bad offset %d, want %d", rep.FirstBad, want)
 	}
+}
+
+func TestInterruptedFirstBackupResumes(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 400*1024)
+	full, st1 := makeDelta(t, img, dev, testBS)
+	// The stream breaks at 60%.
+	if _, err := patch(t, img, full[:len(full)*6/10], PatchOptions{}); err == nil {
+		t.Fatal("a cut stream committed")
+	}
+	if exists(img) {
+		t.Fatal("an interrupted first backup created the image")
+	}
+	part, err := os.ReadFile(filepath.Join(StateDir(img), partialName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := 0
+	for i := 0; i+testBS <= len(part) && i+testBS <= len(dev); i += testBS {
+		if !allZero(dev[i:i+testBS]) && bytes.Equal(part[i:i+testBS], dev[i:i+testBS]) {
+			have++
+		}
+	}
+	if have == 0 {
+		t.Fatal("the partial image holds no block")
+	}
+	d, st2 := makeDelta(t, img, dev, testBS)
+	t.Logf("first attempt: %d data records; %d landed; resume sends %d (%d of %d bytes)", st1.data, have, st2.data, st2.bytes, st1.bytes)
+	if st2.data != st1.data-have {
+		t.Fatalf("resume sends %d data records, want %d (%d minus the %d already there)", st2.data, st1.data-have, st1.data, have)
+	}
+	res, err := patch(t, img, d, PatchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Stats.Resumed {
+		t.Error("run not reported as resumed")
+	}
+	mustEqual(t, img, dev)
 }

@@ -15,7 +15,7 @@ import (
 
 // batchBytes bounds the blocks a transaction holds before it journals and
 // writes them: one journal fsync per batch, and bounded memory.
-const batchBytes = 4 << 20
+var batchBytes = 4 << 20
 
 // TxOptions configure a patch run.
 type TxOptions struct {
