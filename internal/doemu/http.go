@@ -1,0 +1,319 @@
+package doemu
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// apiError is an error answered with DigitalOcean's error body
+// {"id","message","request_id"}.
+type apiError struct {
+	status  int
+	id      string
+	message string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.status, e.id, e.message) }
+
+func errNotFound() *apiError {
+	return &apiError{http.StatusNotFound, "not_found", "The resource you were accessing could not be found."}
+}
+
+func errUnprocessable(format string, args ...any) *apiError {
+	return &apiError{http.StatusUnprocessableEntity, "unprocessable_entity", fmt.Sprintf(format, args...)}
+}
+
+func errConflict(format string, args ...any) *apiError {
+	return &apiError{http.StatusConflict, "conflict", fmt.Sprintf(format, args...)}
+}
+
+func errBadRequest(format string, args ...any) *apiError {
+	return &apiError{http.StatusBadRequest, "bad_request", fmt.Sprintf(format, args...)}
+}
+
+func errTooMany(message string) *apiError {
+	return &apiError{http.StatusTooManyRequests, "too_many_requests", message}
+}
+
+// reply is what a handler answers: a status and a JSON body (nil: no body).
+type reply struct {
+	status int
+	body   any
+}
+
+type handlerFunc func(r *request) (reply, error)
+
+// request is one API call as handlers see it.
+type request struct {
+	*http.Request
+	params  map[string]string
+	errored bool          // Fault.ActionErrored: actions started by it end errored
+	linger  time.Duration // Fault.LingerDetach; 0 = default
+	body    []byte
+}
+
+func (r *request) param(name string) string { return r.params[name] }
+
+// decode reads the JSON body into v. An empty body leaves v unchanged.
+func (r *request) decode(v any) error {
+	if len(strings.TrimSpace(string(r.body))) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(r.body, v); err != nil {
+		return errBadRequest("unable to parse request body: %v", err)
+	}
+	return nil
+}
+
+type route struct {
+	method string
+	parts  []string // ":name" segments are parameters
+	h      handlerFunc
+}
+
+func (e *Emulator) routes() []route {
+	var rs []route
+	add := func(method, pattern string, h handlerFunc) {
+		rs = append(rs, route{method, strings.Split(strings.Trim(pattern, "/"), "/"), h})
+	}
+	add("GET", "/v2/account", e.getAccount)
+	add("GET", "/v2/account/keys", e.listKeys)
+	add("POST", "/v2/account/keys", e.createKey)
+	add("GET", "/v2/account/keys/:key", e.getKey)
+	add("PUT", "/v2/account/keys/:key", e.updateKey)
+	add("DELETE", "/v2/account/keys/:key", e.deleteKey)
+	add("GET", "/v2/regions", e.listRegions)
+	add("GET", "/v2/sizes", e.listSizes)
+	add("GET", "/v2/actions", e.listActions)
+	add("GET", "/v2/actions/:action", e.getAction)
+
+	add("GET", "/v2/volumes", e.listVolumes)
+	add("POST", "/v2/volumes", e.createVolume)
+	add("DELETE", "/v2/volumes", e.deleteVolumeByName)
+	add("POST", "/v2/volumes/actions", e.volumeActionByName)
+	add("GET", "/v2/volumes/snapshots/:snapshot", e.getSnapshot)
+	add("DELETE", "/v2/volumes/snapshots/:snapshot", e.deleteSnapshot)
+	add("GET", "/v2/volumes/:volume", e.getVolume)
+	add("DELETE", "/v2/volumes/:volume", e.deleteVolume)
+	add("GET", "/v2/volumes/:volume/snapshots", e.listVolumeSnapshots)
+	add("POST", "/v2/volumes/:volume/snapshots", e.createSnapshot)
+	add("GET", "/v2/volumes/:volume/actions", e.listVolumeActions)
+	add("POST", "/v2/volumes/:volume/actions", e.volumeAction)
+	add("GET", "/v2/volumes/:volume/actions/:action", e.getVolumeAction)
+
+	add("GET", "/v2/snapshots", e.listSnapshots)
+	add("GET", "/v2/snapshots/:snapshot", e.getSnapshot)
+	add("DELETE", "/v2/snapshots/:snapshot", e.deleteSnapshot)
+
+	add("GET", "/v2/droplets", e.listDroplets)
+	add("POST", "/v2/droplets", e.createDroplet)
+	add("DELETE", "/v2/droplets", e.deleteDropletsByTag)
+	add("GET", "/v2/droplets/:droplet", e.getDroplet)
+	add("DELETE", "/v2/droplets/:droplet", e.deleteDroplet)
+	add("GET", "/v2/droplets/:droplet/actions", e.listDropletActions)
+	add("POST", "/v2/droplets/:droplet/actions", e.dropletAction)
+	add("GET", "/v2/droplets/:droplet/actions/:action", e.getDropletAction)
+
+	add("GET", "/v2/tags", e.listTags)
+	add("POST", "/v2/tags", e.createTag)
+	add("GET", "/v2/tags/:tag", e.getTag)
+	add("DELETE", "/v2/tags/:tag", e.deleteTag)
+	add("POST", "/v2/tags/:tag/resources", e.tagResources)
+	add("DELETE", "/v2/tags/:tag/resources", e.untagResources)
+	return rs
+}
+
+// match finds the handler for method and path. It reports whether the path
+// exists at all (for 405 versus 404).
+func match(rs []route, method, path string) (handlerFunc, map[string]string, bool) {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	pathKnown := false
+	for _, rt := range rs {
+		if len(rt.parts) != len(parts) {
+			continue
+		}
+		params := map[string]string{}
+		ok := true
+		for i, p := range rt.parts {
+			if strings.HasPrefix(p, ":") {
+				if parts[i] == "" {
+					ok = false
+					break
+				}
+				params[p[1:]] = parts[i]
+			} else if p != parts[i] {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		pathKnown = true
+		if rt.method == method {
+			return rt.h, params, true
+		}
+	}
+	return nil, nil, pathKnown
+}
+
+// ServeHTTP answers one API request: authentication, rate limit, faults, then
+// the endpoint.
+func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
+	reqID := newUUID()
+	w.Header().Set("x-request-id", reqID)
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+
+	limit, remaining, reset, over := e.countRequest()
+	w.Header().Set("ratelimit-limit", strconv.Itoa(limit))
+	w.Header().Set("ratelimit-remaining", strconv.Itoa(remaining))
+	w.Header().Set("ratelimit-reset", strconv.FormatInt(reset.Unix(), 10))
+
+	if !e.checkToken(hr) {
+		writeError(w, reqID, &apiError{http.StatusUnauthorized, "unauthorized", "Unable to authenticate you"})
+		return
+	}
+	if over {
+		secs := int(time.Until(reset).Seconds()) + 1
+		w.Header().Set("retry-after", strconv.Itoa(secs))
+		writeError(w, reqID, errTooMany("API Rate limit exceeded."))
+		return
+	}
+
+	body, err := io.ReadAll(io.LimitReader(hr.Body, 1<<20))
+	if err != nil {
+		writeError(w, reqID, errBadRequest("unable to read request body"))
+		return
+	}
+	h, params, known := match(e.rts, hr.Method, hr.URL.Path)
+	if h == nil {
+		if known {
+			writeError(w, reqID, &apiError{http.StatusMethodNotAllowed, "method_not_allowed", "Method Not Allowed"})
+		} else {
+			writeError(w, reqID, errNotFound())
+		}
+		return
+	}
+	r := &request{Request: hr, params: params, body: body}
+
+	f := e.takeFault(hr.Method, hr.URL.Path)
+	if f != nil {
+		e.logf("fault on %s %s: %+v", hr.Method, hr.URL.Path, *f)
+		if f.Delay > 0 {
+			select {
+			case <-time.After(f.Delay):
+			case <-hr.Context().Done():
+				return
+			case <-e.closing:
+				return
+			}
+		}
+		if f.Hang {
+			select {
+			case <-hr.Context().Done():
+			case <-e.closing:
+			}
+			return
+		}
+		r.errored = f.ActionErrored
+		r.linger = f.LingerDetach
+		if f.Status != 0 && !f.AfterCommit {
+			e.writeFault(w, reqID, f)
+			return
+		}
+	}
+
+	rep, err := h(r)
+	e.logf("%s %s -> %d", hr.Method, hr.URL.RequestURI(), statusOf(rep, err))
+	if f != nil && f.Status != 0 && f.AfterCommit {
+		e.writeFault(w, reqID, f)
+		return
+	}
+	if err != nil {
+		ae, ok := err.(*apiError)
+		if !ok {
+			ae = &apiError{http.StatusInternalServerError, "server_error", "Server Error"}
+			e.logf("internal error: %v", err)
+		}
+		writeError(w, reqID, ae)
+		return
+	}
+	if rep.body == nil {
+		w.Header().Del("Content-Type")
+		w.WriteHeader(rep.status)
+		return
+	}
+	b, err := json.Marshal(rep.body)
+	if err != nil {
+		writeError(w, reqID, &apiError{http.StatusInternalServerError, "server_error", "Server Error"})
+		return
+	}
+	w.WriteHeader(rep.status)
+	w.Write(append(b, '\n'))
+}
+
+func statusOf(rep reply, err error) int {
+	if err != nil {
+		if ae, ok := err.(*apiError); ok {
+			return ae.status
+		}
+		return 500
+	}
+	return rep.status
+}
+
+func (e *Emulator) writeFault(w http.ResponseWriter, reqID string, f *Fault) {
+	if f.RetryAfter != "" {
+		w.Header().Set("retry-after", f.RetryAfter)
+	}
+	ae := &apiError{f.Status, "server_error", "Server Error"}
+	switch {
+	case f.Status == http.StatusTooManyRequests:
+		ae.id, ae.message = "too_many_requests", "API Rate limit exceeded."
+	case f.Status == http.StatusBadGateway:
+		ae.id, ae.message = "bad_gateway", "Bad Gateway"
+	case f.Status == http.StatusServiceUnavailable:
+		ae.id, ae.message = "service_unavailable", "Service Unavailable"
+	case f.Status < 500:
+		ae.id, ae.message = strings.ToLower(strings.ReplaceAll(http.StatusText(f.Status), " ", "_")), http.StatusText(f.Status)
+	}
+	if f.Message != "" {
+		ae.message = f.Message
+	}
+	writeError(w, reqID, ae)
+}
+
+func writeError(w http.ResponseWriter, reqID string, ae *apiError) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(ae.status)
+	b, _ := json.Marshal(map[string]string{"id": ae.id, "message": ae.message, "request_id": reqID})
+	w.Write(append(b, '\n'))
+}
+
+// countRequest counts one request against the rate budget.
+func (e *Emulator) countRequest() (limit, remaining int, reset time.Time, over bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	if now.Sub(e.rate.start) >= e.opts.RateWindow {
+		e.rate.start, e.rate.used = now, 0
+	}
+	e.requests++
+	e.rate.used++
+	limit = e.opts.RequestLimit
+	remaining = limit - e.rate.used
+	if remaining < 0 {
+		remaining = 0
+	}
+	return limit, remaining, e.rate.start.Add(e.opts.RateWindow), e.rate.used > limit
+}
+
+type rateState struct {
+	start time.Time
+	used  int
+}

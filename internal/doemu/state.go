@@ -1,0 +1,155 @@
+package doemu
+
+import (
+	"slices"
+	"sort"
+	"time"
+)
+
+// Volume is a block-storage volume as State reports it.
+type Volume struct {
+	ID              string
+	Name            string
+	Region          string
+	SizeGigabytes   int64
+	Description     string
+	Tags            []string
+	DropletIDs      []int
+	FilesystemType  string
+	FilesystemLabel string
+	SnapshotID      string // the snapshot it was created from, if any
+	CreatedAt       time.Time
+}
+
+// Snapshot is a volume snapshot as State reports it.
+type Snapshot struct {
+	ID            string
+	Name          string
+	ResourceID    string // the source volume
+	ResourceType  string // "volume"
+	Region        string
+	MinDiskSize   int
+	SizeGigabytes float64
+	Tags          []string
+	CreatedAt     time.Time
+}
+
+// Droplet is a droplet as State reports it.
+type Droplet struct {
+	ID        int
+	Name      string
+	Region    string
+	Size      string
+	Image     string
+	Status    string // "new", "active" or "off"
+	Tags      []string
+	VolumeIDs []string
+	SSHKeyIDs []int  // the account keys named at creation
+	UserData  string // as given at creation
+	IPv4      string // empty until active
+	SSHPort   int    // port of the droplet's sshd on IPv4 (0 without Options.SSH)
+	Root      string // the droplet's directory: DOSVOB_ROOT in its SSH sessions
+	CreatedAt time.Time
+}
+
+// Key is an account SSH key.
+type Key struct {
+	ID          int
+	Name        string
+	Fingerprint string
+	PublicKey   string
+}
+
+// State is a deep copy of every resource in the emulated account, each list
+// sorted (volumes and snapshots by region and name then ID, droplets and
+// keys by ID, tags by name), so two States compare with reflect.DeepEqual.
+type State struct {
+	Volumes   []Volume
+	Snapshots []Snapshot
+	Droplets  []Droplet
+	Keys      []Key
+	Tags      []string
+}
+
+// State returns a deep copy of every resource.
+func (e *Emulator) State() State {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var s State
+	for _, v := range e.volumes {
+		c := v.Volume
+		c.Tags = slices.Clone(c.Tags)
+		c.DropletIDs = slices.Clone(c.DropletIDs)
+		s.Volumes = append(s.Volumes, c)
+	}
+	sort.Slice(s.Volumes, func(i, j int) bool {
+		a, b := s.Volumes[i], s.Volumes[j]
+		if a.Region != b.Region {
+			return a.Region < b.Region
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.ID < b.ID
+	})
+	for _, sn := range e.snapshots {
+		c := sn.Snapshot
+		c.Tags = slices.Clone(c.Tags)
+		s.Snapshots = append(s.Snapshots, c)
+	}
+	sort.Slice(s.Snapshots, func(i, j int) bool {
+		a, b := s.Snapshots[i], s.Snapshots[j]
+		if a.Region != b.Region {
+			return a.Region < b.Region
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.ID < b.ID
+	})
+	for _, d := range e.droplets {
+		c := d.Droplet
+		c.Tags = slices.Clone(c.Tags)
+		c.VolumeIDs = slices.Clone(c.VolumeIDs)
+		c.SSHKeyIDs = slices.Clone(c.SSHKeyIDs)
+		s.Droplets = append(s.Droplets, c)
+	}
+	sort.Slice(s.Droplets, func(i, j int) bool { return s.Droplets[i].ID < s.Droplets[j].ID })
+	for _, k := range e.keys {
+		s.Keys = append(s.Keys, *k)
+	}
+	sort.Slice(s.Keys, func(i, j int) bool { return s.Keys[i].ID < s.Keys[j].ID })
+	for _, t := range e.tags {
+		s.Tags = append(s.Tags, t)
+	}
+	sort.Strings(s.Tags)
+	return s
+}
+
+// VolumeFile returns the backing file of a volume ("" if there is none).
+// Tests write into it to give a volume content.
+func (e *Emulator) VolumeFile(volumeID string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if v, ok := e.volumes[volumeID]; ok {
+		return v.file
+	}
+	return ""
+}
+
+// SnapshotFile returns the frozen backing file of a snapshot ("" if none).
+func (e *Emulator) SnapshotFile(snapshotID string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s, ok := e.snapshots[snapshotID]; ok {
+		return s.file
+	}
+	return ""
+}
+
+// Requests returns how many API requests the emulator has answered.
+func (e *Emulator) Requests() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.requests
+}
