@@ -1,0 +1,180 @@
+// Package blocksync computes signatures of images and deltas of devices
+// against them: the work behind `dosvob-hash IMAGE` and
+// `dosvob-hash --delta DEVICE`.
+//
+// Both read their source with several reads in flight (network block
+// storage serves a deep queue much faster than one read at a time) and in
+// bounded memory: a few block buffers, whatever the size of the source.
+// Delta reads the device while the signature still arrives and compares
+// each block as soon as both its hash and its signature are there; it never
+// waits for the whole signature stream.
+//
+// The package knows nothing of image stores, SSH or DigitalOcean: callers
+// hand it an io.ReaderAt and stream writers (internal/format).
+package blocksync
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/dosvob/dosvob/internal/format"
+)
+
+// Counters are the live figures of a run. Sign and Delta update them as
+// they go; another goroutine may read them at any time (for progress).
+type Counters struct {
+	Total     atomic.Uint64 // blocks to scan
+	Blocks    atomic.Uint64 // blocks scanned so far
+	Data      atomic.Uint64 // Data records written
+	Zero      atomic.Uint64 // Zero records written
+	BytesRead atomic.Uint64 // bytes read from the source
+	BytesSent atomic.Uint64 // bytes written to the output stream
+}
+
+// Options tune Sign and Delta. The zero value is good.
+type Options struct {
+	// Readers is the number of reads in flight; 0 means DefaultReaders.
+	Readers int
+	// Counters, if set, receives live figures.
+	Counters *Counters
+	// Level and Concurrency configure the delta's compressor (Delta only).
+	Level       int
+	Concurrency int
+	// OnHash, if set, is called with each block hash in order before it is
+	// written to the signature (Sign only).
+	OnHash func(index, hash uint64) error
+}
+
+func (o *Options) counters() *Counters {
+	if o.Counters == nil {
+		o.Counters = new(Counters)
+	}
+	return o.Counters
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Uint64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
+// Sign reads src (the content sw's header describes: Base.Size bytes) and
+// adds the hash of every block to sw. It does not write the trailer: the
+// caller records sw.Digest() where it must and then calls sw.Close.
+func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Options) error {
+	h := sw.Header()
+	c := opts.counters()
+	c.Total.Store(h.Blocks())
+	return readBlocks(ctx, src, h.Base.Size, h.BlockSize, h.Seed, opts.Readers, func(b *block) error {
+		if opts.OnHash != nil {
+			if err := opts.OnHash(b.index, b.hash); err != nil {
+				return err
+			}
+		}
+		if err := sw.Add(b.hash); err != nil {
+			return err
+		}
+		c.Blocks.Add(1)
+		c.BytesRead.Add(uint64(len(b.buf)))
+		return nil
+	})
+}
+
+// ErrSignature wraps the errors of the incoming signature stream, so that
+// callers can tell a bad input stream from a failing device.
+var ErrSignature = errors.New("bad signature stream")
+
+type sigError struct{ err error }
+
+func (e *sigError) Error() string { return e.err.Error() }
+func (e *sigError) Unwrap() []error {
+	return []error{e.err, ErrSignature}
+}
+
+// Delta reads the device dev (devSize bytes) and the signature stream sr
+// at the same time and writes to w a delta stream that turns the signed
+// content into the device: a Data record for each block whose hash differs
+// from its signature or that lies past the signed content's end, a Zero
+// record instead when such a block is all zeros, and the End record. It
+// returns the End record it wrote.
+//
+// Errors of the signature stream wrap ErrSignature (and the
+// *format.ParseError, if any). On error the delta stream is left without an
+// End record, so that no reader accepts it.
+func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize uint64, w io.Writer, opts Options) (format.End, error) {
+	sh := sr.Header()
+	c := opts.counters()
+	hdr := format.DeltaHeader{BlockSize: sh.BlockSize, DeviceSize: devSize, Seed: sh.Seed, Base: sh.Base}
+	c.Total.Store(hdr.Blocks())
+	dw, err := format.NewDeltaWriter(countingWriter{w, &c.BytesSent}, hdr, format.DeltaOptions{Level: opts.Level, Concurrency: opts.Concurrency})
+	if err != nil {
+		return format.End{}, err
+	}
+	sigBlocks := sh.Blocks()
+	zero := make([]byte, min(uint64(sh.BlockSize), devSize))
+	bd := format.NewBlockDigester()
+	dd := xxhash.New()
+	err = readBlocks(ctx, dev, devSize, sh.BlockSize, sh.Seed, opts.Readers, func(b *block) error {
+		bd.Add(b.hash)
+		dd.Write(b.buf)
+		c.Blocks.Add(1)
+		c.BytesRead.Add(uint64(len(b.buf)))
+		if b.index < sigBlocks {
+			want, err := sr.Next()
+			if err != nil {
+				return &sigError{err}
+			}
+			if want == b.hash {
+				return nil
+			}
+		}
+		if bytes.Equal(b.buf, zero[:len(b.buf)]) {
+			c.Zero.Add(1)
+			return dw.Zero(b.index)
+		}
+		c.Data.Add(1)
+		return dw.Data(b.index, b.buf)
+	})
+	if err == nil {
+		err = drainSig(sr)
+	}
+	if err != nil {
+		dw.Abort()
+		return format.End{}, err
+	}
+	end, err := dw.Close(format.End{
+		BytesRead:    c.BytesRead.Load(),
+		SigDigest:    sr.Digest(),
+		BlockDigest:  bd.Sum64(),
+		DeviceDigest: dd.Sum64(),
+	})
+	if err != nil {
+		return format.End{}, fmt.Errorf("writing delta stream: %w", err)
+	}
+	return end, nil
+}
+
+// drainSig reads the signatures of blocks past the device's end and the
+// trailer, which must be valid.
+func drainSig(sr *format.SigReader) error {
+	for {
+		_, err := sr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return &sigError{err}
+		}
+	}
+}
