@@ -132,3 +132,10 @@ func Size(f *os.File) (uint64, error) {
 		return 0, fmt.Errorf("%q is neither a block device nor a regular file", f.Name())
 	}
 }
+
+// DefaultBlockSize is the block size dosvob-hash signs with unless told
+// otherwise; docs/BENCHMARKS.md has the measurements behind it.
+const DefaultBlockSize = 64 << 10
+
+// DefaultZstdThreads is the number of compression goroutines of a delta.
+const DefaultZstdThreads = 2

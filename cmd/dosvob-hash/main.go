@@ -1,0 +1,373 @@
+// Command dosvob-hash is both ends of dosvob's block comparison.
+//
+//	dosvob-hash backup.img | dosvob-hash --delta /dev/sdb | dosvob-patch backup.img
+//
+// "dosvob-hash IMAGE" writes the signature stream of a local backup image:
+// one hash per block. "dosvob-hash --delta DEVICE" runs next to the device
+// (over ssh on the droplet), reads that signature stream on stdin and the
+// device at the same time, and writes the delta stream: only the blocks that
+// changed. "dosvob-hash --verify IMAGE" re-reads an image and checks it
+// against its manifest. The work lives in internal/blocksync,
+// internal/format and internal/imagestore; this file is flags and wiring.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/blocksync"
+	"github.com/dosvob/dosvob/internal/cliutil"
+	"github.com/dosvob/dosvob/internal/format"
+	"github.com/dosvob/dosvob/internal/imagestore"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+)
+
+const name = "dosvob-hash"
+
+func main() { cliutil.Run(newApp(os.Stdin, os.Stdout, os.Stderr)) }
+
+// run is main for the CLI tests: it returns the exit code.
+func run() int { return cliutil.RunArgs(newApp(os.Stdin, os.Stdout, os.Stderr), os.Args, os.Stderr) }
+
+const description = `dosvob-hash IMAGE writes the signature stream of IMAGE to standard output:
+a header (block size, a random per-run seed, the identity and size of the
+image) and one xxhash64 per block. A missing IMAGE (the first backup) gives
+the valid signature of an empty image. If an earlier run on IMAGE was
+interrupted, it is first finished or undone (and the partial image of an
+interrupted first backup is what gets signed, so only the rest travels).
+The signing run is recorded in IMAGE.dosvob/, so that dosvob-patch accepts
+only a delta made against exactly this signature.
+
+dosvob-hash --delta DEVICE reads such a signature stream on standard input
+and DEVICE (a block device or a regular file) at the same time, with several
+reads in flight, and writes a zstd-compressed delta stream to standard
+output: the blocks whose hash differs or that lie past the end of the signed
+image, a payload-free zero record for each such block that is all zeros, and
+an end record with counts and digests of the whole device. Its memory use is
+a few blocks, whatever the size of DEVICE.
+
+dosvob-hash --verify IMAGE (the scrub) re-reads IMAGE and checks it against
+the digests in its manifest; it prints the first bad offset if it is not
+intact.
+
+Standard output carries the stream only. Progress (blocks, bytes, rate, ETA)
+goes to standard error when it is a terminal or with --progress; a summary
+line follows at the end unless --quiet. docs/FORMAT.md specifies the streams.
+
+Exit codes: 0 ok; 1 failure (I/O error on IMAGE or DEVICE); 2 usage;
+3 bad signature stream on standard input (truncated, corrupt, wrong type or
+version); 4 refused (IMAGE's state was written by an unknown dosvob version,
+or --verify on a file that is not a dosvob image); 5 --verify found IMAGE
+damaged; 6 locked (another dosvob run holds IMAGE); 130 interrupted.`
+
+const examples = `
+EXAMPLES:
+   # a backup, first or incremental, with no network:
+   dosvob-hash backup.img | dosvob-hash --delta /dev/sdb | dosvob-patch backup.img
+
+   # the same over ssh, as scripts/backup-all.sh runs it:
+   dosvob-hash data.img |
+     ssh root@host dosvob-hash --delta /dev/disk/by-id/scsi-0DO_Volume_data |
+     dosvob-patch data.img
+
+   # smaller blocks, 16 reads in flight on a slow network disk:
+   dosvob-hash --block-size 16K data.img | dosvob-hash --delta --readers 16 /dev/sdb | dosvob-patch data.img
+
+   # scrub: is the backup still intact?
+   dosvob-hash --verify data.img
+`
+
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                   name,
+		Usage:                  "sign a backup image, compute a device's delta against it, or verify an image",
+		UsageText:              "dosvob-hash [flags] IMAGE > SIGNATURE\ndosvob-hash --delta [flags] DEVICE < SIGNATURE > DELTA\ndosvob-hash --verify [flags] IMAGE",
+		Description:            description,
+		CustomAppHelpTemplate:  cli.AppHelpTemplate + examples,
+		HideHelpCommand:        true,
+		UseShortOptionHandling: true,
+		Reader:                 stdin,
+		Writer:                 stderr, // help and messages; stdout carries data only
+		ErrWriter:              stderr,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "delta", Aliases: []string{"d"}, Usage: "read a signature on stdin and DEVICE; write the delta to stdout"},
+			&cli.BoolFlag{Name: "verify", Usage: "re-read IMAGE and check it against its manifest (scrub)"},
+			&cli.StringFlag{Name: "block-size", Aliases: []string{"b"}, DefaultText: sizeString(blocksync.DefaultBlockSize) + ", or the image's",
+				Usage: "block `SIZE` when signing (4K to 16M, a power of two; K and M suffixes); the delta side takes it from the signature"},
+			&cli.IntFlag{Name: "readers", Value: blocksync.DefaultReaders, Usage: "`N` reads in flight"},
+			&cli.IntFlag{Name: "level", Value: format.DefaultLevel, Usage: "zstd compression `LEVEL` of the delta: 1 fastest, 2 default, 3 better, 4 best"},
+			&cli.IntFlag{Name: "zstd-threads", Value: blocksync.DefaultZstdThreads, Usage: "`N` compression goroutines for the delta"},
+			&cli.BoolFlag{Name: "progress", Usage: "show progress on stderr even when it is not a terminal"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no summary line"},
+		},
+		Action: func(c *cli.Context) error {
+			return action(c, stdin, stdout, stderr)
+		},
+	}
+}
+
+func action(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
+	if c.Bool("delta") && c.Bool("verify") {
+		return cliutil.Usagef("--delta and --verify do not go together")
+	}
+	what := "IMAGE"
+	if c.Bool("delta") {
+		what = "DEVICE"
+	}
+	switch {
+	case c.NArg() == 0:
+		return cliutil.WithHint(cliutil.Usagef("missing %s argument", what), "run '"+name+" --help' for usage")
+	case c.NArg() > 1:
+		return cliutil.WithHint(cliutil.Usagef("want one %s argument, got %d: %q", what, c.NArg(), c.Args().Slice()), "put flags before "+what)
+	case c.Args().First() == "":
+		return cliutil.Usagef("empty %s argument", what)
+	}
+	path := c.Args().First()
+	readers := c.Int("readers")
+	if readers < 1 || readers > blocksync.MaxReaders {
+		return cliutil.Usagef("--readers %d is out of range (1 to %d)", readers, blocksync.MaxReaders)
+	}
+	level := c.Int("level")
+	if level < format.LevelFastest || level > format.LevelBest {
+		return cliutil.Usagef("--level %d is out of range (%d to %d)", level, format.LevelFastest, format.LevelBest)
+	}
+	threads := c.Int("zstd-threads")
+	if threads < 1 || threads > 64 {
+		return cliutil.Usagef("--zstd-threads %d is out of range (1 to 64)", threads)
+	}
+	var blockSize uint32
+	if c.IsSet("block-size") {
+		if c.Bool("delta") || c.Bool("verify") {
+			return cliutil.WithHint(cliutil.Usagef("--block-size applies to signing only"),
+				"the delta side takes the block size from the signature header")
+		}
+		v := c.String("block-size")
+		n, err := parseSize(v)
+		if err != nil || !format.ValidBlockSize(n) {
+			return cliutil.Usagef("--block-size %q is not a power of two from 4K to 16M", v)
+		}
+		blockSize = n
+	}
+	o := output{w: stderr, quiet: c.Bool("quiet")}
+	o.progress = !o.quiet && (c.Bool("progress") || isTerminal(stderr))
+	opts := blocksync.Options{Readers: readers, Level: level, Concurrency: threads, Counters: new(blocksync.Counters)}
+	switch {
+	case c.Bool("verify"):
+		return verify(c.Context, path, o)
+	case c.Bool("delta"):
+		if isTerminal(stdin) {
+			return cliutil.WithHint(cliutil.Usagef("no signature stream on standard input (it is a terminal)"),
+				"pipe a signature into it: dosvob-hash IMAGE | dosvob-hash --delta "+path+" | dosvob-patch IMAGE")
+		}
+		if isTerminal(stdout) {
+			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary delta stream to a terminal"), "pipe it into dosvob-patch IMAGE")
+		}
+		return delta(c.Context, path, stdin, stdout, o, opts)
+	default:
+		if isTerminal(stdout) {
+			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary signature stream to a terminal"),
+				"pipe it into dosvob-hash --delta DEVICE")
+		}
+		return sign(c.Context, path, blockSize, stdout, o, opts)
+	}
+}
+
+// sign writes the signature stream of the image at path.
+func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, o output, opts blocksync.Options) error {
+	s, err := imagestore.Open(path, imagestore.Options{Logf: o.logf})
+	if err != nil {
+		return storeErr(err, path)
+	}
+	defer s.Close()
+	src, size, err := s.Content()
+	if err != nil {
+		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
+	}
+	base := s.Base()
+	if uint64(size) != base.Size {
+		return fmt.Errorf("%q changed size while opening it (%d, then %d bytes)", path, base.Size, size)
+	}
+	if blockSize == 0 {
+		blockSize = blocksync.DefaultBlockSize
+		if m := s.Manifest(); m != nil && format.ValidBlockSize(uint32(m.BlockSize)) {
+			blockSize = uint32(m.BlockSize) // keep the image's recorded per-block hashes comparable
+		}
+	}
+	var seedb [8]byte
+	if _, err := rand.Read(seedb[:]); err != nil {
+		return err
+	}
+	seed := binary.LittleEndian.Uint64(seedb[:])
+	rec, err := s.BeginSigning(seed, blockSize)
+	if err != nil {
+		return storeErr(err, path)
+	}
+	sw, err := format.NewSigWriter(stdout, format.SigHeader{BlockSize: blockSize, Seed: seed, Base: base})
+	if err != nil {
+		rec.Abort()
+		return err
+	}
+	opts.OnHash = func(_, h uint64) error { return rec.Add(h) }
+	stop := o.start("sign", opts.Counters)
+	err = blocksync.Sign(ctx, src, sw, opts)
+	if err == nil {
+		// The record must be complete before the trailer lets a delta
+		// stream finish.
+		err = rec.Finish(sw.Digest())
+	} else {
+		rec.Abort()
+	}
+	if err == nil {
+		err = sw.Close()
+	}
+	el := stop()
+	if err != nil {
+		return deviceErr(err, path)
+	}
+	c := opts.Counters
+	what := "image"
+	if s.Partial() {
+		what = "partial image"
+	}
+	o.summary("signed %s %s: %d blocks of %s, %s read, %s sent in %s (%s/s)", what, path,
+		c.Blocks.Load(), sizeString(uint64(blockSize)), sizeString(c.BytesRead.Load()),
+		sizeString(format.SigHeaderSize+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(c.BytesRead.Load(), el))
+	return nil
+}
+
+// delta writes the delta stream of the device at path against the
+// signature on stdin.
+func delta(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
+	}
+	defer f.Close()
+	size, err := blocksync.Size(f)
+	if err != nil {
+		return err
+	}
+	sr, err := format.NewSigReader(stdin)
+	if err != nil {
+		return sigErr(err)
+	}
+	stop := o.start("delta", opts.Counters)
+	end, err := blocksync.Delta(ctx, sr, f, size, stdout, opts)
+	el := stop()
+	if err != nil {
+		if errors.Is(err, blocksync.ErrSignature) {
+			return sigErr(err)
+		}
+		return deviceErr(err, path)
+	}
+	c := opts.Counters
+	o.summary("delta of %s: %d blocks scanned, %d changed, %d zero, %s read, %s sent in %s (%s/s)", path,
+		end.Blocks, end.DataRecords, end.ZeroRecords, sizeString(c.BytesRead.Load()), sizeString(c.BytesSent.Load()),
+		seconds(el), rate(c.BytesRead.Load(), el))
+	return nil
+}
+
+// verify scrubs the image at path.
+func verify(ctx context.Context, path string, o output) error {
+	var progress func(done, total int64)
+	start := time.Now()
+	p := &progressLine{w: o.w, start: start}
+	if o.progress {
+		progress = func(done, total int64) { p.show(uint64(done), uint64(total), uint64(done), 0, "") }
+	}
+	rep, err := imagestore.Verify(ctx, path, progress, o.logf)
+	p.finish()
+	el := time.Since(start)
+	if err != nil {
+		if errors.Is(err, imagestore.ErrCorrupt) {
+			return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+				"do not patch over it: restore it from another copy, or move it aside and make a new first backup")
+		}
+		return storeErr(err, path)
+	}
+	o.summary("%s is intact: %d blocks, %s read in %s (%s/s), digest %s", path, rep.Blocks, sizeString(uint64(rep.Size)),
+		seconds(el), rate(uint64(rep.Size), el), rep.Digest)
+	return nil
+}
+
+// sigErr maps a bad signature stream to exit code 3.
+func sigErr(err error) error {
+	hint := "standard input must be the output of 'dosvob-hash IMAGE', complete"
+	var pe *format.ParseError
+	if errors.As(err, &pe) && errors.Is(err, format.ErrVersion) {
+		hint = "use the same dosvob version on both ends"
+	}
+	return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err), hint)
+}
+
+// storeErr maps image store errors to exit codes.
+func storeErr(err error, path string) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, imagestore.ErrLocked):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run is using "+path+"; wait for it to finish")
+	case errors.Is(err, imagestore.ErrUnknownVersion):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "a newer dosvob wrote this state; use that version")
+	case errors.Is(err, imagestore.ErrNotOurs):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "only images written by dosvob-patch have a manifest to verify against")
+	case errors.Is(err, fs.ErrNotExist):
+		return cliutil.Exit(cliutil.ExitFailure, unwrapPath(err))
+	}
+	return err
+}
+
+// deviceErr maps an error of the signing or delta run.
+func deviceErr(err error, path string) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+// unwrapPath turns "open /x: no such file or directory" into the bare cause
+// when the caller names the path itself.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func isTerminal(f any) bool {
+	o, ok := f.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(o.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// parseSize parses a block size: bytes, or a number with a K or M suffix
+// (KiB and MiB also accepted).
+func parseSize(s string) (uint32, error) {
+	mult := uint64(1)
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "IB"), "B")
+	switch {
+	case strings.HasSuffix(t, "K"):
+		mult, t = 1<<10, strings.TrimSuffix(t, "K")
+	case strings.HasSuffix(t, "M"):
+		mult, t = 1<<20, strings.TrimSuffix(t, "M")
+	}
+	n, err := strconv.ParseUint(t, 10, 32)
+	if err != nil || n*mult > 1<<31 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return uint32(n * mult), nil
+}
