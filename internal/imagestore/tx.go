@@ -80,7 +80,7 @@ func (s *Store) CheckOwner(src Source, force bool) error {
 		return nil
 	}
 	if exists(s.path) && s.manifest == nil {
-		return fmt.Errorf("%q exists and has no dosvob manifest (%s): %w", s.path, filepath.Join(s.dir, manifestName), ErrNotOurs)
+		return fmt.Errorf("%q exists and has no dosvob manifest: %w", s.path, ErrNotOurs)
 	}
 	if m := s.manifest; m != nil {
 		if src.VolumeID != "" && m.Source.VolumeID != "" && src.VolumeID != m.Source.VolumeID {

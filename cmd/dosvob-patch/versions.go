@@ -1,0 +1,83 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/cliutil"
+	"github.com/dosvob/dosvob/internal/imagestore"
+	"github.com/urfave/cli/v2"
+)
+
+func openForReading(img string, stderr io.Writer) (*imagestore.Store, error) {
+	logf := func(f string, a ...any) { fmt.Fprintf(stderr, name+": "+f+"\n", a...) }
+	s, err := imagestore.Open(img, imagestore.Options{Logf: logf})
+	if err != nil {
+		return nil, mapErr(err, img)
+	}
+	if s.Manifest() == nil {
+		s.Close()
+		return nil, cliutil.Exitf(cliutil.ExitFailure, "%q has no dosvob manifest: no versions", img)
+	}
+	return s, nil
+}
+
+func versionsCmd(c *cli.Context, stdout, stderr io.Writer) error {
+	img, err := imageArg(c)
+	if err != nil {
+		return err
+	}
+	s, err := openForReading(img, stderr)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	vs := s.Manifest().Versions
+	if c.Bool("json") {
+		b, err := json.MarshalIndent(vs, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	fmt.Fprintf(stdout, "%-20s %-20s %14s %14s\n", "VERSION", "TIME", "SIZE", "DELTA_BYTES")
+	for _, v := range vs {
+		fmt.Fprintf(stdout, "%-20s %-20s %14d %14d\n", v.Name, v.Time.UTC().Format(time.RFC3339), v.Size, v.DeltaBytes)
+	}
+	return nil
+}
+
+// versionName accepts a version's name or its time in RFC 3339.
+func versionName(v string) string {
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t.UTC().Format("20060102T150405Z")
+	}
+	return strings.TrimSpace(v)
+}
+
+func restoreCmd(c *cli.Context, stderr io.Writer) error {
+	img, err := imageArg(c)
+	if err != nil {
+		return err
+	}
+	logf := func(f string, a ...any) { fmt.Fprintf(stderr, name+": "+f+"\n", a...) }
+	s, err := imagestore.Open(img, imagestore.Options{Writer: true, Logf: logf})
+	if err != nil {
+		return mapErr(err, img)
+	}
+	defer s.Close()
+	if s.Manifest() == nil {
+		return cliutil.Exitf(cliutil.ExitFailure, "%q has no dosvob manifest: no versions", img)
+	}
+	out := c.String("output")
+	v, err := s.RestoreVersion(c.Context, versionName(c.String("version")), out)
+	if err != nil {
+		return mapErr(err, img)
+	}
+	fmt.Fprintf(stderr, "%s: wrote version %s of %s (%d bytes, digest %s verified) to %s\n", name, v.Name, img, v.Size, v.DeviceDigest, out)
+	return nil
+}
