@@ -1,0 +1,273 @@
+// Command dosvob-teardown deletes the temporary DigitalOcean resources of a
+// dosvob run (droplets first, then, once detached, volume copies, snapshots
+// and the run's SSH key) and the run's local key files. Given no run, it
+// deletes every dosvob resource in the account, as after a crash that lost
+// the run state.
+//
+// It never touches a resource that does not carry both of dosvob's marks:
+// the name prefix "dosvob-ephemeral-" and the tag "dosvob-ephemeral" (an
+// SSH key: the prefix followed by a run id).
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dosvob/dosvob/internal/cliutil"
+	"github.com/dosvob/dosvob/internal/cloud"
+	"github.com/dosvob/dosvob/internal/config"
+)
+
+func main() { cliutil.Run(app()) }
+
+func app() *cli.App {
+	return &cli.App{
+		Name:      "dosvob-teardown",
+		Usage:     "delete the temporary DigitalOcean resources of a dosvob run",
+		UsageText: "dosvob-teardown [flags] RUN.json | - \n   dosvob-teardown [flags] --run RUN-ID\n   dosvob-teardown [flags] --all",
+		Description: "Which run: the run JSON that dosvob-provision printed (a file, or \"-\" or a pipe on\n" +
+			"stdin), or --run ID. With none of these, or with --all: every dosvob resource in the account.\n" +
+			"Exits 0 when nothing is left, 8 listing what is left otherwise. Safe to repeat.",
+		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"DOSVOB_CONFIG"},
+				Usage: "config file (default: $XDG_CONFIG_HOME/dosvob/conf.json or ~/.config/dosvob/conf.json)"},
+			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"DOSVOB_STATE_DIR"},
+				Usage: "run state directory (default: the config's state_dir, else $XDG_STATE_HOME/dosvob or ~/.local/state/dosvob)"},
+			&cli.StringFlag{Name: "api-url", EnvVars: []string{"DOSVOB_API_URL"}, Usage: "DigitalOcean API base URL (default: the config's api_url, else DigitalOcean's)"},
+			&cli.StringFlag{Name: "run", Usage: "tear down the run with this id"},
+			&cli.BoolFlag{Name: "all", Usage: "tear down every dosvob resource in the account"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "list what would be deleted; delete nothing"},
+			&cli.DurationFlag{Name: "detach-wait", Value: 0, Usage: "how long to wait for volumes to detach from deleted droplets (default 5m)"},
+			&cli.DurationFlag{Name: "poll-interval", Hidden: true},
+			&cli.DurationFlag{Name: "request-timeout", Hidden: true},
+			&cli.DurationFlag{Name: "retry-backoff", Hidden: true},
+		},
+		Action: run,
+	}
+}
+
+type logger struct {
+	token *string
+}
+
+func (l logger) logf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if *l.token != "" {
+		msg = cloud.Scrub(errors.New(msg), *l.token).Error()
+	}
+	fmt.Fprintf(os.Stderr, "dosvob-teardown: %s\n", msg)
+}
+
+// stdinIsData reports whether stdin is a pipe or a file rather than a
+// terminal or nothing.
+func stdinIsData() bool {
+	st, err := os.Stdin.Stat()
+	if err != nil {
+		return false
+	}
+	m := st.Mode()
+	return m&os.ModeNamedPipe != 0 || m.IsRegular()
+}
+
+func readRunJSON(r io.Reader, what string) (*cloud.Run, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil
+	}
+	var run cloud.Run
+	if err := json.Unmarshal(data, &run); err != nil {
+		return nil, cliutil.Usagef("%s: not a run JSON document: %v", what, err)
+	}
+	if !cloud.ValidRunID(run.RunID) {
+		return nil, cliutil.Usagef("%s: invalid run_id %q", what, run.RunID)
+	}
+	return &run, nil
+}
+
+func run(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return cliutil.Usagef("unexpected argument %q", c.Args().Get(1))
+	}
+	var token string
+	lg := logger{token: &token}
+
+	// Which run?
+	var runID string
+	var fromJSON *cloud.Run
+	switch {
+	case c.NArg() == 1:
+		if c.IsSet("run") || c.Bool("all") {
+			return cliutil.Usagef("give a run JSON, --run or --all, not several")
+		}
+		arg := c.Args().First()
+		var r io.Reader = os.Stdin
+		if arg != "-" {
+			f, err := os.Open(arg)
+			if err != nil {
+				return cliutil.Usagef("%v", err)
+			}
+			defer f.Close()
+			r = f
+		}
+		run, err := readRunJSON(r, arg)
+		if err != nil {
+			return err
+		}
+		if run == nil {
+			return cliutil.Usagef("%s: empty", arg)
+		}
+		fromJSON = run
+	case c.IsSet("run"):
+		if c.Bool("all") {
+			return cliutil.Usagef("give --run or --all, not both")
+		}
+		runID = c.String("run")
+		if !cloud.ValidRunID(runID) {
+			return cliutil.Usagef("--run: invalid run id %q (want e.g. \"20260102-150405-a1b2c3\")", runID)
+		}
+	case !c.Bool("all") && stdinIsData():
+		run, err := readRunJSON(os.Stdin, "stdin")
+		if err != nil {
+			return err
+		}
+		fromJSON = run // nil when stdin is empty: everything
+	}
+	if fromJSON != nil {
+		runID = fromJSON.RunID
+	}
+
+	path, explicit := c.String("config"), c.IsSet("config")
+	if !explicit {
+		path = config.DefaultPath()
+	}
+	cfg, err := config.Load(path, explicit)
+	if err != nil {
+		return cloud.ExitError(err, "")
+	}
+	if c.IsSet("api-url") {
+		cfg.APIURL = c.String("api-url")
+		if _, err := config.Parse([]byte(fmt.Sprintf(`{"api_url": %q}`, cfg.APIURL))); err != nil {
+			return cliutil.Usagef("--api-url: invalid URL %q", cfg.APIURL)
+		}
+	}
+	tok, err := cfg.Token(os.Getenv)
+	if err != nil {
+		return cloud.ExitError(err, "")
+	}
+	token = tok.Reveal()
+	api, err := cloud.NewAPI(cloud.APIOptions{
+		BaseURL: cfg.API(), Token: token, Logf: lg.logf,
+		RequestTimeout: c.Duration("request-timeout"), Backoff: c.Duration("retry-backoff"), Poll: c.Duration("poll-interval"),
+	})
+	if err != nil {
+		return cloud.ExitError(err, token)
+	}
+	dir := cfg.State()
+	if c.IsSet("state-dir") {
+		dir = c.String("state-dir")
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return err
+	}
+	store, err := cloud.OpenStore(dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+
+	scope := cloud.Scope{RunID: runID}
+	if runID != "" {
+		st, err := store.Load(runID)
+		switch {
+		case err == nil:
+			scope.State = st
+		case errors.Is(err, os.ErrNotExist):
+			if fromJSON != nil {
+				// The JSON alone: enough to know a restore's kept volume.
+				scope.State = &cloud.State{RunID: runID, Mode: fromJSON.Mode}
+				for _, v := range fromJSON.Volumes {
+					scope.State.Volumes = append(scope.State.Volumes, cloud.VolumeState{RunVolume: v})
+				}
+			}
+		default:
+			lg.logf("ignoring the run state: %v", err)
+		}
+	}
+
+	if c.Bool("dry-run") {
+		inv, err := api.Discover(c.Context, scope)
+		if err != nil {
+			return cloud.ExitError(err, token)
+		}
+		for _, r := range inv.All() {
+			if r.Kept {
+				fmt.Printf("would wait for the detach of (and keep) %s\n", r)
+				continue
+			}
+			fmt.Printf("would delete %s\n", r)
+		}
+		local, err := localRuns(store, runID)
+		if err != nil {
+			return err
+		}
+		for _, id := range local {
+			fmt.Printf("would delete the local state and keys of run %s (%s)\n", id, store.RunDir(id))
+		}
+		if len(inv.All()) == 0 && len(local) == 0 {
+			fmt.Println("nothing to delete")
+		}
+		return nil
+	}
+
+	if err := store.Lock(); err != nil {
+		return cloud.ExitError(err, token)
+	}
+	defer store.Unlock()
+	what := "every dosvob resource"
+	if runID != "" {
+		what = "run " + runID
+	}
+	lg.logf("tearing down %s", what)
+	if err := api.Teardown(c.Context, scope, cloud.TeardownOptions{Logf: lg.logf, DetachWait: c.Duration("detach-wait")}); err != nil {
+		return cloud.ExitError(err, token)
+	}
+	local, err := localRuns(store, runID)
+	if err != nil {
+		return err
+	}
+	for _, id := range local {
+		if err := store.Remove(id); err != nil {
+			return fmt.Errorf("removing the local state of run %s: %w", id, err)
+		}
+	}
+	lg.logf("done: nothing of %s is left", what)
+	return nil
+}
+
+// localRuns lists the local run directories that a teardown of runID (""
+// for all) removes.
+func localRuns(store *cloud.Store, runID string) ([]string, error) {
+	ids, err := store.Runs()
+	if err != nil {
+		return nil, err
+	}
+	if runID == "" {
+		return ids, nil
+	}
+	for _, id := range ids {
+		if id == runID {
+			return []string{id}, nil
+		}
+	}
+	return nil, nil
+}

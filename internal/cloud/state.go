@@ -1,0 +1,306 @@
+package cloud
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// StateVersion is the version of state.json. A reader refuses others.
+const StateVersion = 1
+
+// Run modes.
+const (
+	ModeBackup  = "backup"
+	ModeRestore = "restore"
+)
+
+// Run is the document dosvob-provision prints on stdout (docs/RUN-JSON.md).
+type Run struct {
+	RunID          string       `json:"run_id"`
+	CreatedAt      time.Time    `json:"created_at"`
+	Mode           string       `json:"mode"`
+	PrivateKeyPath string       `json:"private_key_path"`
+	KnownHostsPath string       `json:"known_hosts_path"`
+	Droplets       []RunDroplet `json:"droplets"`
+	Volumes        []RunVolume  `json:"volumes"`
+}
+
+// RunDroplet is one droplet of a run.
+type RunDroplet struct {
+	ID              int    `json:"id"`
+	Name            string `json:"name"`
+	Region          string `json:"region"`
+	Address         string `json:"address"`
+	Port            int    `json:"port"`
+	User            string `json:"user"`
+	HostKey         string `json:"host_key"`
+	RemoteHashPath  string `json:"remote_hash_path"`
+	RemotePatchPath string `json:"remote_patch_path,omitempty"`
+}
+
+// RunVolume is one volume of a run: in a backup the copy of a source
+// volume, in a restore the new volume to fill.
+type RunVolume struct {
+	SourceName        string    `json:"source_name,omitempty"`
+	SourceID          string    `json:"source_id,omitempty"`
+	Region            string    `json:"region"`
+	SnapshotID        string    `json:"snapshot_id,omitempty"`
+	SnapshotCreatedAt time.Time `json:"snapshot_created_at,omitzero"`
+	CopyName          string    `json:"copy_name"`
+	CopyID            string    `json:"copy_id"`
+	SizeBytes         int64     `json:"size_bytes"`
+	DropletID         int       `json:"droplet_id"`
+	DevicePath        string    `json:"device_path"`
+	Kept              bool      `json:"kept,omitempty"`
+}
+
+// State is what the state directory keeps of a run: everything in Run,
+// plus what teardown needs after a crash. Every resource's name is written
+// before it is created, and its id as soon as it is known.
+type State struct {
+	Version   int       `json:"version"`
+	RunID     string    `json:"run_id"`
+	CreatedAt time.Time `json:"created_at"`
+	Mode      string    `json:"mode"`
+	// Status is "provisioning", "ready", "failed" or "interrupted".
+	Status   string         `json:"status"`
+	Error    string         `json:"error,omitempty"`
+	Key      KeyState       `json:"ssh_key"`
+	Droplets []DropletState `json:"droplets"`
+	Volumes  []VolumeState  `json:"volumes"`
+}
+
+// KeyState is the run's account SSH key.
+type KeyState struct {
+	Name        string `json:"name"`
+	ID          int    `json:"id,omitempty"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+// DropletState is a droplet of the run; ID 0 until created.
+type DropletState struct {
+	RunDroplet
+	Size string `json:"size"`
+}
+
+// VolumeState is a volume of the run.
+type VolumeState struct {
+	RunVolume
+	SizeGiB      int64  `json:"size_gigabytes"`
+	SnapshotName string `json:"snapshot_name,omitempty"`
+	// SnapshotDeleted is set once the snapshot is gone; SnapshotID stays
+	// for the record but is left out of the run JSON.
+	SnapshotDeleted bool   `json:"snapshot_deleted,omitempty"`
+	DropletName     string `json:"droplet_name,omitempty"`
+}
+
+// Run returns the run document for s, with the key paths of store.
+func (s *State) Run(st *Store) Run {
+	r := Run{
+		RunID:          s.RunID,
+		CreatedAt:      s.CreatedAt,
+		Mode:           s.Mode,
+		PrivateKeyPath: st.KeyPath(s.RunID),
+		KnownHostsPath: st.KnownHostsPath(s.RunID),
+		Droplets:       []RunDroplet{},
+		Volumes:        []RunVolume{},
+	}
+	for _, d := range s.Droplets {
+		r.Droplets = append(r.Droplets, d.RunDroplet)
+	}
+	for _, v := range s.Volumes {
+		rv := v.RunVolume
+		if v.SnapshotDeleted {
+			rv.SnapshotID = ""
+		}
+		r.Volumes = append(r.Volumes, rv)
+	}
+	return r
+}
+
+// Store is the state directory: <dir>/runs/<run-id>/{state.json,
+// id_ed25519, known_hosts} and <dir>/lock.
+type Store struct {
+	Dir string
+	// AfterSave, if set, is called after every successful Save with the
+	// number of saves so far. Tests use it to kill the process between
+	// steps.
+	AfterSave func(n int)
+
+	mu    sync.Mutex
+	saves int
+	lock  *os.File
+}
+
+// ErrLocked is returned by Lock when another dosvob process holds the lock.
+var ErrLocked = errors.New("another dosvob-provision or dosvob-teardown is running")
+
+// OpenStore makes the state directory (mode 0700) if needed.
+func OpenStore(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("no state directory")
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "runs"), 0o700); err != nil {
+		return nil, err
+	}
+	return &Store{Dir: dir}, nil
+}
+
+// Lock takes the state directory's lock without waiting.
+func (s *Store) Lock() error {
+	f, err := os.OpenFile(filepath.Join(s.Dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w (lock %s)", ErrLocked, f.Name())
+		}
+		return err
+	}
+	s.lock = f
+	return nil
+}
+
+// Unlock releases the lock.
+func (s *Store) Unlock() {
+	if s.lock != nil {
+		s.lock.Close()
+		s.lock = nil
+	}
+}
+
+// RunDir is the directory of one run.
+func (s *Store) RunDir(id string) string { return filepath.Join(s.Dir, "runs", id) }
+
+// KeyPath is the run's private key file.
+func (s *Store) KeyPath(id string) string { return filepath.Join(s.RunDir(id), "id_ed25519") }
+
+// KnownHostsPath is the run's known_hosts file.
+func (s *Store) KnownHostsPath(id string) string { return filepath.Join(s.RunDir(id), "known_hosts") }
+
+func (s *Store) statePath(id string) string { return filepath.Join(s.RunDir(id), "state.json") }
+
+// Create makes the run directory. It fails if the run exists.
+func (s *Store) Create(id string) error {
+	if !ValidRunID(id) {
+		return fmt.Errorf("invalid run id %q", id)
+	}
+	return os.Mkdir(s.RunDir(id), 0o700)
+}
+
+// Save writes st atomically (temporary file, fsync, rename, fsync of the
+// directory): after a crash state.json is the old or the new version.
+func (s *Store) Save(st *State) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.Version = StateVersion
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := WriteFileAtomic(s.statePath(st.RunID), append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save run state: %w", err)
+	}
+	s.saves++
+	if s.AfterSave != nil {
+		s.AfterSave(s.saves)
+	}
+	return nil
+}
+
+// Load reads a run's state.
+func (s *Store) Load(id string) (*State, error) {
+	if !ValidRunID(id) {
+		return nil, fmt.Errorf("invalid run id %q", id)
+	}
+	data, err := os.ReadFile(s.statePath(id))
+	if err != nil {
+		return nil, err
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("run state %s: %w", s.statePath(id), err)
+	}
+	if st.Version != StateVersion {
+		return nil, fmt.Errorf("run state %s: unsupported version %d", s.statePath(id), st.Version)
+	}
+	if st.RunID != id {
+		return nil, fmt.Errorf("run state %s: holds run %q", s.statePath(id), st.RunID)
+	}
+	return &st, nil
+}
+
+// Runs lists the run ids that have a directory, oldest first.
+func (s *Store) Runs() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.Dir, "runs"))
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range ents {
+		if e.IsDir() && ValidRunID(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// Remove deletes a run's directory: its state and its key files.
+func (s *Store) Remove(id string) error {
+	if !ValidRunID(id) {
+		return fmt.Errorf("invalid run id %q", id)
+	}
+	return os.RemoveAll(s.RunDir(id))
+}
+
+// WriteFileAtomic writes data to path through a temporary file and a
+// rename, with fsyncs, so path is never seen half-written.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,340 @@
+package cloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Resource is one DigitalOcean resource that teardown found.
+type Resource struct {
+	Kind   string `json:"kind"` // "droplet", "volume", "snapshot", "ssh_key"
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Region string `json:"region,omitempty"`
+	RunID  string `json:"run_id,omitempty"`
+	// Kept marks a restore's new volume: teardown waits for it to be
+	// detached and never deletes it.
+	Kept bool `json:"kept,omitempty"`
+	// AttachedTo lists the droplets a volume is attached to.
+	AttachedTo []int `json:"attached_to,omitempty"`
+	// Note says why a resource is left after a teardown.
+	Note string `json:"note,omitempty"`
+}
+
+func (r Resource) String() string {
+	s := fmt.Sprintf("%s %s (%s)", r.Kind, r.Name, r.ID)
+	if r.Region != "" {
+		s += " in " + r.Region
+	}
+	if r.Kept {
+		s += ", kept"
+	}
+	if r.Note != "" {
+		s += ": " + r.Note
+	}
+	return s
+}
+
+// Inventory is every resource of a run, or of every run.
+type Inventory struct {
+	Droplets  []Resource `json:"droplets"`
+	Volumes   []Resource `json:"volumes"`
+	Snapshots []Resource `json:"snapshots"`
+	Keys      []Resource `json:"ssh_keys"`
+}
+
+// All returns the resources in teardown order.
+func (inv *Inventory) All() []Resource {
+	var all []Resource
+	all = append(all, inv.Droplets...)
+	all = append(all, inv.Volumes...)
+	all = append(all, inv.Snapshots...)
+	all = append(all, inv.Keys...)
+	return all
+}
+
+// Deletable returns the resources teardown would delete (kept volumes are
+// only detached).
+func (inv *Inventory) Deletable() []Resource {
+	var out []Resource
+	for _, r := range inv.All() {
+		if !r.Kept {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Empty reports whether nothing is left to delete.
+func (inv *Inventory) Empty() bool { return len(inv.Deletable()) == 0 }
+
+// RunIDs returns the runs the inventory's resources belong to.
+func (inv *Inventory) RunIDs() []string {
+	var ids []string
+	for _, r := range inv.All() {
+		if r.RunID != "" && !slices.Contains(ids, r.RunID) {
+			ids = append(ids, r.RunID)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Scope says what to tear down: one run (RunID, and its state if there is
+// one), or every dosvob resource in the account (RunID "").
+type Scope struct {
+	RunID string
+	State *State
+}
+
+func (s Scope) matches(name string, tags []string) bool {
+	if !IsOurs(name, tags) {
+		return false
+	}
+	return s.RunID == "" || slices.Contains(tags, RunTag(s.RunID))
+}
+
+// Discover lists what exists of the scope. A resource counts only when it
+// carries both marks (see IsOurs); a restore's kept volume is listed, as
+// Kept, only when the run's state names it.
+func (a *API) Discover(ctx context.Context, scope Scope) (*Inventory, error) {
+	inv := &Inventory{}
+	tag := Tag
+	if scope.RunID != "" {
+		tag = RunTag(scope.RunID)
+	}
+	droplets, err := a.ListDropletsByTag(ctx, tag)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range droplets {
+		if scope.matches(d.Name, d.Tags) {
+			region := ""
+			if d.Region != nil {
+				region = d.Region.Slug
+			}
+			inv.Droplets = append(inv.Droplets, Resource{Kind: "droplet", ID: fmt.Sprint(d.ID), Name: d.Name, Region: region, RunID: RunOf(d.Tags)})
+		}
+	}
+	vols, err := a.ListVolumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	kept := map[string]bool{}
+	if scope.State != nil {
+		for _, v := range scope.State.Volumes {
+			if v.Kept && v.CopyID != "" {
+				kept[v.CopyID] = true
+			}
+		}
+	}
+	for _, v := range vols {
+		region := ""
+		if v.Region != nil {
+			region = v.Region.Slug
+		}
+		r := Resource{Kind: "volume", ID: v.ID, Name: v.Name, Region: region, RunID: RunOf(v.Tags), AttachedTo: v.DropletIDs}
+		switch {
+		case scope.matches(v.Name, v.Tags):
+			inv.Volumes = append(inv.Volumes, r)
+		case kept[v.ID]:
+			r.Kept = true
+			r.RunID = scope.RunID
+			inv.Volumes = append(inv.Volumes, r)
+		}
+	}
+	snaps, err := a.ListVolumeSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range snaps {
+		if scope.matches(s.Name, s.Tags) {
+			region := ""
+			if len(s.Regions) > 0 {
+				region = s.Regions[0]
+			}
+			inv.Snapshots = append(inv.Snapshots, Resource{Kind: "snapshot", ID: s.ID, Name: s.Name, Region: region, RunID: RunOf(s.Tags)})
+		}
+	}
+	keys, err := a.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if !IsOurKey(k.Name) {
+			continue
+		}
+		if scope.RunID != "" && k.Name != KeyName(scope.RunID) {
+			continue
+		}
+		inv.Keys = append(inv.Keys, Resource{Kind: "ssh_key", ID: fmt.Sprint(k.ID), Name: k.Name, RunID: KeyRunID(k.Name)})
+	}
+	return inv, nil
+}
+
+// IncompleteError lists what a teardown could not remove.
+type IncompleteError struct {
+	Left []Resource
+}
+
+func (e *IncompleteError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "teardown incomplete: %d resource(s) left", len(e.Left))
+	for _, r := range e.Left {
+		b.WriteString("\n  ")
+		b.WriteString(r.String())
+	}
+	return b.String()
+}
+
+// TeardownOptions tune a teardown.
+type TeardownOptions struct {
+	// DetachWait bounds the wait for volumes to detach after their
+	// droplets are deleted (default 5m).
+	DetachWait time.Duration
+	// ActionWait bounds one detach action (default 5m).
+	ActionWait time.Duration
+	Logf       func(format string, args ...any)
+}
+
+// Teardown deletes everything of the scope, in order: droplets; then, once
+// their volumes have detached, volumes (never a kept one); snapshots; SSH
+// keys. Nothing without both marks is ever touched. It is idempotent: what
+// is already gone counts as deleted. On return it lists again, and what is
+// still there (other than kept volumes, which must merely be detached) is
+// returned in an *IncompleteError.
+func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) error {
+	if o.DetachWait <= 0 {
+		o.DetachWait = 5 * time.Minute
+	}
+	if o.ActionWait <= 0 {
+		o.ActionWait = 5 * time.Minute
+	}
+	logf := o.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	inv, err := a.Discover(ctx, scope)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	ours := map[int]bool{}
+	for _, d := range inv.Droplets {
+		var id int
+		fmt.Sscan(d.ID, &id)
+		ours[id] = true
+		logf("deleting %s", d)
+		note(a.DeleteDroplet(ctx, id))
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	// Volumes detach from a deleted droplet after a while; deleting an
+	// attached volume fails. Wait, then detach what lingers.
+	waitDetached := func(timeout time.Duration) []Resource {
+		var pending []Resource
+		a.pollUntil(ctx, timeout, func(ctx context.Context) (bool, error) {
+			pending = pending[:0]
+			for _, v := range inv.Volumes {
+				gv, err := a.GetVolume(ctx, v.ID)
+				if IsNotFound(err) {
+					continue
+				}
+				if err != nil {
+					return false, err
+				}
+				if len(gv.DropletIDs) > 0 {
+					v.AttachedTo = gv.DropletIDs
+					pending = append(pending, v)
+				}
+			}
+			return len(pending) == 0, nil
+		})
+		return pending
+	}
+	if len(inv.Volumes) > 0 {
+		pending := waitDetached(o.DetachWait)
+		for _, v := range pending {
+			for _, did := range v.AttachedTo {
+				if !ours[did] {
+					continue // never touch a droplet that is not dosvob's
+				}
+				logf("volume %s still attached to deleted droplet %d: detaching it", v.Name, did)
+				if err := a.Detach(ctx, v.ID, did, o.ActionWait); err != nil && !IsNotFound(err) {
+					note(err)
+				}
+			}
+		}
+		if len(pending) > 0 {
+			waitDetached(o.ActionWait)
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for _, v := range inv.Volumes {
+		if v.Kept {
+			continue
+		}
+		logf("deleting %s", v)
+		note(a.DeleteVolume(ctx, v.ID))
+	}
+	for _, s := range inv.Snapshots {
+		logf("deleting %s", s)
+		note(a.DeleteSnapshot(ctx, s.ID))
+	}
+	for _, k := range inv.Keys {
+		var id int
+		fmt.Sscan(k.ID, &id)
+		logf("deleting %s", k)
+		note(a.DeleteKey(ctx, id))
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	left, err := a.Discover(ctx, scope)
+	if err != nil {
+		return err
+	}
+	var rest []Resource
+	for _, r := range left.All() {
+		if r.Kept {
+			if len(r.AttachedTo) > 0 {
+				r.Note = "kept volume still attached"
+				rest = append(rest, r)
+			}
+			continue
+		}
+		rest = append(rest, r)
+	}
+	if len(rest) > 0 {
+		for i := range rest {
+			if rest[i].Note == "" && len(rest[i].AttachedTo) > 0 {
+				rest[i].Note = fmt.Sprintf("attached to droplet(s) %v", rest[i].AttachedTo)
+			}
+		}
+		ie := &IncompleteError{Left: rest}
+		if len(errs) > 0 {
+			return fmt.Errorf("%w\nlast error: %v", ie, errs[len(errs)-1])
+		}
+		return ie
+	}
+	if len(errs) > 0 {
+		logf("finished despite errors on the way: %v", errors.Join(errs...))
+	}
+	return nil
+}
