@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/imagestore"
+)
+
+// TestKill kills the real dosvob-patch binary with SIGKILL at random
+// moments: at a chosen mutating step (the DOSVOB_TEST_CRASH_AT hook, which
+// reaches every journal write, fsync, truncate and rename), from outside
+// at a random time while the stream is still arriving, and by cutting the
+// stream at a random offset. After each, recovery must give exactly the
+// old image or exactly the new one, and the next run must complete the
+// backup. The seed is logged; set DOSVOB_KILL_SEED to replay a run.
+func TestKill(t *testing.T) {
+	bin := buildBinary(t)
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("DOSVOB_KILL_SEED"); v != "" {
+		seed, _ = strconv.ParseUint(v, 10, 64)
+	}
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 99))
+	dir := t.TempDir()
+	img := filepath.Join(dir, "vol.img")
+
+	var cur []byte // nil: no image yet
+	var hookKills, outsideKills, cuts, committed, rolledBack, iters int
+	for iters = 0; hookKills+outsideKills+cuts < 60; iters++ {
+		var next []byte
+		switch {
+		case cur == nil:
+			next = device(r, 200*1024+r.IntN(50000))
+		case r.IntN(6) == 0:
+			next = append(mutate(r, cur, 4), device(r, r.IntN(60000))...) // grown
+		case r.IntN(6) == 0:
+			next = mutate(r, cur, 4)[:len(cur)-r.IntN(len(cur)/3)] // shrunk
+		default:
+			next = mutate(r, cur, 1+r.IntN(30))
+		}
+		delta, err := makeDelta(img, next, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "--keep", "2", "--quiet", img)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		mode := r.IntN(3)
+		if mode == 0 {
+			cmd.Env = append(os.Environ(), "DOSVOB_TEST_CRASH_AT="+strconv.Itoa(1+r.IntN(45)))
+		}
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		feed := delta
+		if mode == 2 {
+			feed = delta[:r.IntN(len(delta))]
+		}
+		var killer *time.Timer
+		if mode == 1 {
+			killer = time.AfterFunc(time.Duration(r.IntN(40_000))*time.Microsecond, func() { cmd.Process.Kill() })
+		}
+		go func() {
+			// Trickle the stream so that outside kills land mid-run.
+			for len(feed) > 0 {
+				n := min(len(feed), 8192)
+				if _, err := in.Write(feed[:n]); err != nil {
+					break
+				}
+				feed = feed[n:]
+				if mode == 1 {
+					time.Sleep(200 * time.Microsecond)
+				}
+			}
+			in.Close()
+		}()
+		err = cmd.Wait()
+		if killer != nil {
+			killer.Stop()
+		}
+		var ee *exec.ExitError
+		killed := errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signaled()
+		switch {
+		case killed && mode == 0:
+			hookKills++
+		case killed:
+			outsideKills++
+		case mode == 2 && err != nil:
+			cuts++
+			if code := ee.ExitCode(); code != 3 {
+				t.Fatalf("iteration %d: cut stream gave exit %d, want 3: %s", iters, code, stderr.String())
+			}
+		case err != nil:
+			t.Fatalf("iteration %d: dosvob-patch failed: %v\n%s", iters, err, stderr.String())
+		}
+
+		// Recovery (what the next dosvob-hash or dosvob-patch does first).
+		var notes []string
+		s, err := imagestore.Open(img, imagestore.Options{Writer: true, Logf: func(f string, a ...any) { notes = append(notes, f) }})
+		if err != nil {
+			t.Fatalf("iteration %d: recovery: %v", iters, err)
+		}
+		s.Close()
+		got, err := os.ReadFile(img)
+		switch {
+		case err == nil && bytes.Equal(got, next):
+			committed++
+		case cur == nil && errors.Is(err, os.ErrNotExist):
+			rolledBack++
+		case err == nil && bytes.Equal(got, cur):
+			rolledBack++
+		default:
+			t.Fatalf("iteration %d (mode %d): after recovery the image is neither old nor new (%v, %d bytes)\n%s",
+				iters, mode, err, len(got), stderr.String())
+		}
+		if !bytes.Equal(got, next) {
+			// The next run completes the backup.
+			delta, err := makeDelta(img, next, 4096)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "--quiet", img)
+			cmd.Stdin = bytes.NewReader(delta)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("iteration %d: the run after the kill failed: %v\n%s", iters, err, out)
+			}
+			if got, _ := os.ReadFile(img); !bytes.Equal(got, next) {
+				t.Fatalf("iteration %d: the run after the kill did not complete the backup", iters)
+			}
+		}
+		cur = next
+	}
+	t.Logf("%d runs: %d killed at a step, %d killed from outside, %d streams cut; afterwards %d were the new image, %d the old",
+		iters, hookKills, outsideKills, cuts, committed, rolledBack)
+	if hookKills < 10 || outsideKills+cuts < 10 {
+		t.Fatalf("too few kills of each kind: %d at a step, %d outside, %d cuts", hookKills, outsideKills, cuts)
+	}
+}
