@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTwoPatchesAtOnce: while one dosvob-patch is running on an image (here
+// waiting for its stream), a second one fails fast with exit 6.
+func TestTwoPatchesAtOnce(t *testing.T) {
+	bin := buildBinary(t)
+	img := filepath.Join(t.TempDir(), "vol.img")
+	first := exec.Command(bin, img)
+	in, err := first.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var firstErr bytes.Buffer
+	first.Stderr = &firstErr
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { in.Close(); first.Wait() }()
+	// Wait until the first one holds the lock.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		second := exec.Command(bin, img)
+		second.Stdin = strings.NewReader("")
+		out, err := second.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 6 {
+			if !strings.Contains(string(out), "is locked by another dosvob process") {
+				t.Fatalf("exit 6 without a clear message: %s", out)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second dosvob-patch never reported locked: %v %s", err, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	start := time.Now()
+	second := exec.Command(bin, img)
+	second.Stdin = strings.NewReader("")
+	second.Run()
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("locked run took %v to fail; want fast", el)
+	}
+	in.Close()
+	first.Wait()
+}
+
+// TestRealPipe runs the three real binaries as a user does:
+// dosvob-hash IMG | dosvob-hash --delta DEV | dosvob-patch IMG.
+func TestRealPipe(t *testing.T) {
+	bin := buildBinary(t)
+	hash := filepath.Join(filepath.Dir(bin), "dosvob-hash")
+	if _, err := os.Stat("../dosvob-hash"); err != nil {
+		t.Skip("cmd/dosvob-hash is not in this tree")
+	}
+	if _, err := os.Stat(hash); err != nil {
+		if out, err := exec.Command("go", "build", "-o", hash, "../dosvob-hash").CombinedOutput(); err != nil {
+			t.Fatalf("build dosvob-hash: %v\n%s", err, out)
+		}
+	}
+	dir := t.TempDir()
+	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+	r := rand.New(rand.NewPCG(31, 32))
+	cur := device(r, 3<<20)
+	pipe := func(extra string) string {
+		t.Helper()
+		os.WriteFile(dev, cur, 0o644)
+		c := exec.Command("bash", "-o", "pipefail", "-c", `"$1" "$3" | "$1" --delta "$4" | "$2" `+extra+` "$3"`, "sh", hash, bin, img, dev)
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("pipe: %v\n%s", err, out)
+		}
+		mustEqualFile(t, img, cur)
+		return string(out)
+	}
+	pipe("--keep 3")
+	v1 := cur
+	cur = mutate(r, cur, 40)
+	out := pipe("")
+	if !strings.Contains(out, "generation 2") {
+		t.Fatalf("second run: %s", out)
+	}
+	cur = append(mutate(r, cur, 5), device(r, 1<<20)...)
+	pipe("")
+	// The oldest kept version restores byte for byte.
+	restored := filepath.Join(dir, "v1.img")
+	if out, err := exec.Command(bin, "restore-version", "--version", "latest", "--output", restored, img).CombinedOutput(); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	m, _ := exec.Command(bin, "versions", img).Output()
+	t.Logf("versions:\n%s", m)
+	lines := strings.Split(strings.TrimSpace(string(m)), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want 2 versions listed, got:\n%s", m)
+	}
+	oldest := strings.Fields(lines[2])[0]
+	os.Remove(restored)
+	if out, err := exec.Command(bin, "restore-version", "--version", oldest, "--output", restored, img).CombinedOutput(); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	mustEqualFile(t, restored, v1)
+	// Scrub through dosvob-hash --verify.
+	if out, err := exec.Command(hash, "--verify", img).CombinedOutput(); err != nil {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	f, _ := os.OpenFile(img, os.O_RDWR, 0)
+	f.WriteAt([]byte{0xAA}, 1<<20+5)
+	f.Close()
+	out2, err := exec.Command(hash, "--verify", img).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 || !strings.Contains(string(out2), "offset 1048576") {
+		t.Fatalf("verify of a damaged image: %v\n%s", err, out2)
+	}
+}
+
+func mustEqualFile(t *testing.T, name string, want []byte) {
+	t.Helper()
+	got, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s differs from the device (%d vs %d bytes)", filepath.Base(name), len(got), len(want))
+	}
+}
