@@ -183,7 +183,10 @@ func (e *Emulator) sshdConfig(d *droplet, addr string) (string, error) {
 	b.WriteString("PrintMotd no\n")
 	b.WriteString("MaxStartups 100\n")
 	b.WriteString("Subsystem sftp internal-sftp\n")
-	fmt.Fprintf(&b, "SetEnv DOSVOB_ROOT=%s\n", d.Root)
+	// HOME is the droplet's own /root, so that a session does not run the
+	// host's ~/.bashrc (bash reads it when sshd starts it) and sees a fresh
+	// droplet's home.
+	fmt.Fprintf(&b, "SetEnv DOSVOB_ROOT=%s HOME=%s\n", d.Root, filepath.Join(d.Root, "root"))
 	path := filepath.Join(etc, "sshd_config")
 	return path, os.WriteFile(path, []byte(b.String()), 0o600)
 }
