@@ -172,14 +172,18 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	limit, remaining, reset, over := e.countRequest()
 	w.Header().Set("ratelimit-limit", strconv.Itoa(limit))
 	w.Header().Set("ratelimit-remaining", strconv.Itoa(remaining))
-	w.Header().Set("ratelimit-reset", strconv.FormatInt(reset.Unix(), 10))
+	resetSecs := reset.Unix() // whole seconds, rounded up: never before the reset
+	if reset.After(time.Unix(resetSecs, 0)) {
+		resetSecs++
+	}
+	w.Header().Set("ratelimit-reset", strconv.FormatInt(resetSecs, 10))
 
 	if !e.checkToken(hr) {
 		writeError(w, reqID, &apiError{http.StatusUnauthorized, "unauthorized", "Unable to authenticate you"})
 		return
 	}
 	if over {
-		secs := int(time.Until(reset).Seconds()) + 1
+		secs := int(time.Until(time.Unix(resetSecs, 0)).Seconds() + 0.999)
 		w.Header().Set("retry-after", strconv.Itoa(secs))
 		writeError(w, reqID, errTooMany("API Rate limit exceeded."))
 		return
