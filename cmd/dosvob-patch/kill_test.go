@@ -21,7 +21,8 @@ import (
 // at a random time while the stream is still arriving, and by cutting the
 // stream at a random offset. After each, recovery must give exactly the
 // old image or exactly the new one, and the next run must complete the
-// backup. The seed is logged; set DOSVOB_KILL_SEED to replay a run.
+// backup. The seed is logged; set DOSVOB_KILL_SEED to replay a run and
+// DOSVOB_KILL_ROUNDS for a longer soak.
 func TestKill(t *testing.T) {
 	bin := buildBinary(t)
 	seed := uint64(time.Now().UnixNano())
@@ -33,9 +34,13 @@ func TestKill(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "vol.img")
 
+	rounds := 60
+	if v := os.Getenv("DOSVOB_KILL_ROUNDS"); v != "" {
+		rounds, _ = strconv.Atoi(v) // the longer soak of scripts/bench
+	}
 	var cur []byte // nil: no image yet
 	var hookKills, outsideKills, cuts, committed, rolledBack, iters int
-	for iters = 0; hookKills+outsideKills+cuts < 60; iters++ {
+	for iters = 0; hookKills+outsideKills+cuts < rounds; iters++ {
 		var next []byte
 		switch {
 		case cur == nil:
