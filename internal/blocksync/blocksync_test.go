@@ -276,12 +276,26 @@ func (s *slowReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return s.r.ReadAt(p, off)
 }
 
+// zeroReaderAt is a device of size zero bytes that needs no memory.
+type zeroReaderAt struct{ size int64 }
+
+func (z zeroReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= z.size {
+		return 0, io.EOF
+	}
+	n := copy(p, make([]byte, min(int64(len(p)), z.size-off)))
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
 func TestReadsInFlight(t *testing.T) {
-	img := make([]byte, 64*bs)
+	img := zeroReaderAt{64 * chunkTarget}
 	for _, readers := range []int{1, 4, 8} {
-		src := &slowReaderAt{r: bytes.NewReader(img), delay: 2 * time.Millisecond}
+		src := &slowReaderAt{r: img, delay: 2 * time.Millisecond}
 		var buf bytes.Buffer
-		sw, _ := format.NewSigWriter(&buf, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(len(img))}})
+		sw, _ := format.NewSigWriter(&buf, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(img.size)}})
 		if err := Sign(context.Background(), src, sw, Options{Readers: readers}); err != nil {
 			t.Fatal(err)
 		}
@@ -351,33 +365,33 @@ type failingReaderAt struct {
 var errMedia = errors.New("medium error")
 
 func (f failingReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off >= f.from {
+	if off+int64(len(p)) > f.from {
 		return 0, errMedia
 	}
 	return f.r.ReadAt(p, off)
 }
 
 func TestDeviceReadError(t *testing.T) {
-	img := make([]byte, 16*bs)
+	img := make([]byte, 3*chunkTarget)
 	sig := sign(t, img, bs, 1, Options{})
 	sr, _ := format.NewSigReader(bytes.NewReader(sig))
-	_, err := Delta(context.Background(), sr, failingReaderAt{bytes.NewReader(img), 5 * bs}, uint64(len(img)), io.Discard, Options{})
+	_, err := Delta(context.Background(), sr, failingReaderAt{bytes.NewReader(img), 2*chunkTarget + 5*bs}, uint64(len(img)), io.Discard, Options{})
 	if !errors.Is(err, errMedia) || errors.Is(err, ErrSignature) {
 		t.Fatalf("error %v, want the device's error", err)
 	}
 	// A device that is shorter than it claimed.
 	sr, _ = format.NewSigReader(bytes.NewReader(sig))
-	_, err = Delta(context.Background(), sr, bytes.NewReader(img[:10*bs]), uint64(len(img)), io.Discard, Options{})
+	_, err = Delta(context.Background(), sr, bytes.NewReader(img[:len(img)-10]), uint64(len(img)), io.Discard, Options{})
 	if err == nil {
 		t.Fatal("short device accepted")
 	}
 }
 
 func TestCancel(t *testing.T) {
-	img := make([]byte, 256*bs)
+	img := zeroReaderAt{1 << 30}
 	ctx, cancel := context.WithCancel(context.Background())
-	src := &slowReaderAt{r: bytes.NewReader(img), delay: time.Millisecond}
-	sw, _ := format.NewSigWriter(io.Discard, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(len(img))}})
+	src := &slowReaderAt{r: img, delay: time.Millisecond}
+	sw, _ := format.NewSigWriter(io.Discard, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(img.size)}})
 	time.AfterFunc(20*time.Millisecond, cancel)
 	err := Sign(ctx, src, sw, Options{Readers: 2})
 	if !errors.Is(err, context.Canceled) {
@@ -388,10 +402,10 @@ func TestCancel(t *testing.T) {
 // TestNoGoroutineLeak checks that an early error stops every reader.
 func TestNoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
-	img := make([]byte, 64*bs)
+	img := zeroReaderAt{64 * chunkTarget}
 	for range 20 {
-		sw, _ := format.NewSigWriter(io.Discard, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(len(img))}})
-		Sign(context.Background(), failingReaderAt{bytes.NewReader(img), 3 * bs}, sw, Options{Readers: 8})
+		sw, _ := format.NewSigWriter(io.Discard, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(img.size)}})
+		Sign(context.Background(), failingReaderAt{img, 3 * chunkTarget}, sw, Options{Readers: 8})
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before+2 {
@@ -470,5 +484,38 @@ func TestSizeRejectsOtherFiles(t *testing.T) {
 	defer f.Close()
 	if _, err := Size(f); err == nil {
 		t.Error("a directory has a size")
+	}
+}
+
+// TestChunkBoundaries crosses the 1 MiB read chunks with every kind of
+// block size: many blocks per chunk, one, and blocks larger than the device.
+func TestChunkBoundaries(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	img := make([]byte, 5*chunkTarget+123)
+	for off := 0; off < len(img); off += 300 << 10 { // runs of data over zeros
+		copy(img[off:], randBytes(rng, 100<<10))
+	}
+	dev := bytes.Clone(img)
+	for range 40 {
+		dev[rng.IntN(len(dev))] ^= 0x5a
+	}
+	dev = append(dev, randBytes(rng, 70000)...)
+	for _, bsz := range []uint32{4 << 10, 64 << 10, 1 << 20, 2 << 20, 16 << 20} {
+		for _, readers := range []int{1, 5} {
+			sig := sign(t, img, bsz, rng.Uint64(), Options{Readers: readers})
+			d, end := delta(t, bytes.NewReader(sig), dev, Options{Readers: readers})
+			out, data, _ := apply(t, img, d)
+			if !bytes.Equal(out, dev) {
+				t.Fatalf("block size %d, readers %d: patched image differs", bsz, readers)
+			}
+			if end.DeviceDigest != xxhash.Sum64(dev) || len(data) == 0 {
+				t.Errorf("block size %d: end %+v", bsz, end)
+			}
+			// Unchanged: no records.
+			d, _ = delta(t, bytes.NewReader(sign(t, dev, bsz, 3, Options{Readers: readers})), dev, Options{Readers: readers})
+			if _, data, zero := apply(t, dev, d); len(data)+len(zero) != 0 {
+				t.Errorf("block size %d: %d records for no change", bsz, len(data)+len(zero))
+			}
+		}
 	}
 }

@@ -18,77 +18,114 @@ const DefaultReaders = 8
 // MaxReaders bounds Options.Readers.
 const MaxReaders = 64
 
-// block is one block read from the source, with its hash.
+// block is one block handed to the consumer of readBlocks.
 type block struct {
 	index uint64
 	buf   []byte // len = the block's length
 	hash  uint64 // xxhash64(seed, buf)
-	err   error
-	done  chan struct{}
 }
 
+// chunk is the unit of reading: several consecutive blocks, so that small
+// blocks still make large reads.
+type chunk struct {
+	first  uint64 // index of its first block
+	buf    []byte
+	hashes []uint64
+	err    error
+	done   chan struct{}
+}
+
+// chunkTarget is the preferred read size; memoryCap bounds the buffers.
+const (
+	chunkTarget = 1 << 20
+	memoryCap   = 32 << 20
+)
+
 // readBlocks reads the blocks of src (size bytes, cut in blockSize blocks)
-// with up to readers reads in flight, hashes each one with seed, and calls
+// with up to readers reads in flight, hashes each block with seed, and calls
 // fn for each block in order. fn must not keep b.buf after it returns.
-// Memory: (readers+2) buffers of blockSize.
+// Reads are of about 1 MiB (a whole number of blocks); at most readers+2
+// of them are buffered, and never more than 32 MiB.
 func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seed uint64, readers int, fn func(b *block) error) error {
 	n := format.BlockCount(size, blockSize)
 	if n == 0 {
 		return nil
 	}
+	per := uint64(max(1, chunkTarget/int(blockSize))) // blocks per chunk
+	chunkSize := per * uint64(blockSize)
 	readers = max(1, min(readers, MaxReaders))
-	depth := readers + 2
-	free := make(chan *block, depth)
+	depth := max(2, min(readers+2, int(memoryCap/chunkSize)))
+	readers = max(1, min(readers, depth-1))
+	nchunks := (n + per - 1) / per
+	depth = int(min(uint64(depth), nchunks))
+	readers = min(readers, depth)
+
+	free := make(chan *chunk, depth)
 	for range depth {
-		free <- &block{buf: make([]byte, blockSize), done: make(chan struct{}, 1)}
+		free <- &chunk{buf: make([]byte, chunkSize), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
 	}
-	jobs := make(chan *block, depth)
-	order := make(chan *block, depth)
+	jobs := make(chan *chunk, depth)
+	order := make(chan *chunk, depth)
 	quit := make(chan struct{})
 	defer close(quit)
 
 	for range readers {
 		go func() {
 			h := format.NewHasher(seed)
-			for b := range jobs {
-				b.err = readFull(src, b.buf, int64(b.index)*int64(blockSize))
-				if b.err == nil {
-					b.hash = h.Sum(b.buf)
+			for c := range jobs {
+				off := c.first * uint64(blockSize)
+				c.err = readFull(src, c.buf, int64(off))
+				if c.err == nil {
+					for k := range c.hashes {
+						lo := uint64(k) * uint64(blockSize)
+						c.hashes[k] = h.Sum(c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))])
+					}
 				}
-				b.done <- struct{}{}
+				c.done <- struct{}{}
 			}
 		}()
 	}
 	go func() {
 		defer close(jobs)
 		defer close(order)
-		for i := range n {
-			var b *block
+		for ci := range nchunks {
+			var c *chunk
 			select {
-			case b = <-free:
+			case c = <-free:
 			case <-quit:
 				return
 			}
-			b.index = i
-			b.buf = b.buf[:format.BlockLen(size, blockSize, i)]
-			b.err = nil
-			jobs <- b // never blocks: at most depth blocks exist
-			order <- b
+			c.first = ci * per
+			nb := min(per, n-c.first)
+			off := c.first * uint64(blockSize)
+			c.buf = c.buf[:min(nb*uint64(blockSize), size-off)]
+			c.hashes = c.hashes[:nb]
+			c.err = nil
+			jobs <- c // never blocks: at most depth chunks exist
+			order <- c
 		}
 	}()
-	for b := range order {
-		<-b.done
-		if b.err != nil {
-			return b.err
+	var b block
+	for c := range order {
+		<-c.done
+		if c.err != nil {
+			return c.err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := fn(b); err != nil {
-			return err
+		for k, h := range c.hashes {
+			lo := uint64(k) * uint64(blockSize)
+			b.index = c.first + uint64(k)
+			b.buf = c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
+			b.hash = h
+			if err := fn(&b); err != nil {
+				return err
+			}
 		}
-		b.buf = b.buf[:cap(b.buf)]
-		free <- b
+		c.buf = c.buf[:cap(c.buf)]
+		c.hashes = c.hashes[:cap(c.hashes)]
+		free <- c
 	}
 	return ctx.Err()
 }
