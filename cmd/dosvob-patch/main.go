@@ -50,6 +50,13 @@ sizes, digests and the kept versions (see docs/MANIFEST.md). dosvob-patch
 refuses to write into a file that has no dosvob manifest, or whose manifest
 names another volume, unless --force.
 
+With --raw, IMAGE is an existing block device (or file) that receives the
+delta directly, without state directory, journal or versions: the restore
+direction, "dosvob-hash --raw DEV | dosvob-hash --delta IMAGE | dosvob-patch
+--raw DEV", onto a new volume. The delta must have been made against a raw
+signature of DEV; a device is never resized; afterwards DEV is read back and
+checked against the stream's digests.
+
 With --keep N, the N previous backups are kept as reverse deltas (only the
 blocks each run overwrote); "dosvob-patch versions IMAGE" lists them and
 "dosvob-patch restore-version" writes one into a new file.
@@ -94,6 +101,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			&cli.StringFlag{Name: "volume-name", Usage: "source volume `NAME`, recorded in the manifest and checked against it"},
 			&cli.StringFlag{Name: "volume-id", Usage: "source volume `ID`, recorded in the manifest and checked against it"},
 			&cli.StringFlag{Name: "snapshot-time", Usage: "`TIME` (RFC 3339) of the snapshot the delta was read from; names the backup"},
+			&cli.BoolFlag{Name: "raw", Usage: "write the delta straight onto IMAGE, an existing block device or file, with no state, journal or versions (the restore direction; see --help)"},
 			&cli.BoolFlag{Name: "progress", Usage: "show progress on stderr even when it is not a terminal"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no summary line (errors and recovery notes still show)"},
 		},
@@ -172,6 +180,14 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 		return cliutil.Usagef("--keep %d is negative", keep)
 	}
 	quiet := c.Bool("quiet")
+	if c.Bool("raw") {
+		for _, f := range []string{"keep", "force", "volume-name", "volume-id", "snapshot-time"} {
+			if c.IsSet(f) {
+				return cliutil.Usagef("--%s does not go with --raw", f)
+			}
+		}
+		return rawCmd(c, img, stdin, stderr, quiet)
+	}
 	logf := func(f string, a ...any) { fmt.Fprintf(stderr, name+": "+f+"\n", a...) }
 
 	s, err := imagestore.Open(img, imagestore.Options{Writer: true, Logf: logf})
@@ -209,6 +225,31 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 			line += fmt.Sprintf(", deleted %d old versions", len(res.Pruned))
 		}
 		fmt.Fprintln(stderr, name+": "+line)
+	}
+	return nil
+}
+
+// rawCmd is dosvob-patch --raw DEVICE.
+func rawCmd(c *cli.Context, dev string, stdin io.Reader, stderr io.Writer, quiet bool) error {
+	var prog *progress
+	var pf func(done, total uint64, bytes int64)
+	if !quiet && (c.Bool("progress") || isTerminal(stderr)) {
+		prog = &progress{w: stderr, start: time.Now()}
+		pf = prog.update
+	}
+	start := time.Now()
+	res, err := imagestore.PatchRaw(c.Context, dev, stdin, pf)
+	prog.done()
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return cliutil.Exitf(cliutil.ExitFailure, "%q does not exist (--raw writes onto an existing device or file)", dev)
+		}
+		return mapErr(err, dev)
+	}
+	if !quiet {
+		fmt.Fprintf(stderr, "%s: %s: %d blocks of %s, %d data (%s written), %d zero, %s verified in %.2fs\n", name, dev,
+			res.End.Blocks, size(int64(res.Header.BlockSize)), res.DataBlocks, size(res.Bytes), res.ZeroBlocks,
+			size(int64(res.Header.DeviceSize)), time.Since(start).Seconds())
 	}
 	return nil
 }

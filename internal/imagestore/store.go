@@ -99,8 +99,13 @@ func Open(path string, opts Options) (*Store, error) {
 		opts.StateWait = 30 * time.Second
 	}
 	s := &Store{path: abs, dir: StateDir(abs), opts: opts, fs: opts.fs}
-	if err := os.MkdirAll(filepath.Join(s.dir, versionsDir), 0o755); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
+	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("directory %q of the image does not exist", filepath.Dir(path))
+	}
+	for _, d := range []string{s.dir, filepath.Join(s.dir, versionsDir)} {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
 	}
 	st, err := s.lockState()
 	if err != nil {
