@@ -64,6 +64,15 @@ func (s *Store) BeginSigning(seed uint64, blockSize uint32) (*Signing, error) {
 		return nil, err
 	}
 	defer st.unlock()
+	if exists(s.join(newHashes)) {
+		// A patch run may be live: it must keep the signing record it
+		// checks against.
+		w, err := s.tryWriter()
+		if err != nil {
+			return nil, fmt.Errorf("a dosvob-patch run is writing %s: %w", s.path, err)
+		}
+		w.unlock()
+	}
 	g := &Signing{s: s, rec: signRecord{
 		Seed: Digest(seed), BlockSize: blockSize,
 		ImageID: s.base.ImageID, Gen: s.base.Generation, Size: s.base.Size,

@@ -241,7 +241,28 @@ func (s *Store) needsRecovery() bool {
 	if exists(s.join(journalName)) {
 		return true
 	}
-	return !exists(s.path) && exists(s.join(partialName)) && exists(s.join(manifestName))
+	if exists(s.path) || !exists(s.join(partialName)) {
+		return false
+	}
+	return s.committedPartial() != nil
+}
+
+// committedPartial returns the manifest when it names the partial image:
+// a first backup that committed but was not yet moved into place.
+func (s *Store) committedPartial() *Manifest {
+	m, err := readManifest(s.dir)
+	if err != nil || m == nil {
+		return m // an unreadable manifest: let recovery report it
+	}
+	b, err := os.ReadFile(s.join(partialMeta))
+	if err != nil {
+		return nil
+	}
+	var p partialRecord
+	if json.Unmarshal(b, &p) != nil || p.ImageID != m.ImageID {
+		return nil
+	}
+	return m
 }
 
 // recover finishes or undoes an interrupted run. The caller holds the state
@@ -270,7 +291,7 @@ func (s *Store) recover() error {
 			return err
 		}
 	}
-	if !exists(s.path) && exists(s.join(partialName)) && m != nil {
+	if !exists(s.path) && exists(s.join(partialName)) && s.committedPartial() != nil {
 		if err := s.recoverRename(m); err != nil {
 			return err
 		}

@@ -166,3 +166,32 @@ func TestInterruptedFirstBackupResumes(t *testing.T) {
 	}
 	mustEqual(t, img, dev)
 }
+
+// An image deleted by hand leaves a stale manifest; an interrupted first
+// backup after that must not look like a committed one, and must not make
+// dosvob-hash wait for recovery that never comes.
+func TestStaleManifestAndPartial(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	syncTo(t, img, device(r, 64*1024), PatchOptions{TxOptions: TxOptions{Keep: 2}})
+	os.Remove(img)
+	dev := device(r, 96*1024)
+	d, _ := makeDelta(t, img, dev, testBS)
+	if _, err := patch(t, img, d[:len(d)/2], PatchOptions{}); err == nil {
+		t.Fatal("cut stream committed")
+	}
+	w, err := Open(img, Options{Writer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := Open(img, Options{})
+	if err != nil {
+		t.Fatalf("dosvob-hash beside a writer: %v", err)
+	}
+	if !h.Partial() {
+		t.Fatal("the partial image is not the content to sign")
+	}
+	h.Close()
+	w.Close()
+	syncTo(t, img, dev, PatchOptions{})
+}

@@ -541,6 +541,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 		fs.Remove(s.join(partialMeta))
 	}
 	fs.Remove(s.join(journalName))
+	fs.Remove(s.join(newHashes))
 	fs.Remove(s.join(signName))
 	fs.Remove(s.join(signHashes))
 	if tx.old != nil && tx.old.Hashes != "" && tx.old.Hashes != cacheName {
