@@ -82,7 +82,7 @@ func (e *Emulator) dropletJSON(d *droplet) map[string]any {
 		"created_at":         timeJSON(d.CreatedAt),
 		"features":           []string{},
 		"backup_ids":         []int{},
-		"next_backup_window": nil,
+		"next_backup_window": backupWindow(d.CreatedAt),
 		"snapshot_ids":       []int{},
 		"image":              imageObj,
 		"volume_ids":         vols,
@@ -93,6 +93,14 @@ func (e *Emulator) dropletJSON(d *droplet) map[string]any {
 		"tags":               tags,
 		"vpc_uuid":           "",
 	}
+}
+
+// backupWindow is a droplet's next backup window. DigitalOcean answers null
+// for droplets without backups, which its own schema rejects; the emulator
+// answers a window, the next day's 02:00-06:00 UTC.
+func backupWindow(created time.Time) map[string]string {
+	day := created.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	return map[string]string{"start": timeJSON(day.Add(2 * time.Hour)), "end": timeJSON(day.Add(6 * time.Hour))}
 }
 
 func (e *Emulator) sortedDroplets() []*droplet {
