@@ -107,6 +107,10 @@ type Manifest struct {
 	Hashes          string    `json:"hashes"` // per-block hash file in the state directory
 	BackupTime      time.Time `json:"backup_time"`
 	Keep            int       `json:"keep"`
+	// ImageMtime is IMAGE's modification time (ns) when the run committed:
+	// the per-block hashes are trusted without reading IMAGE only while it
+	// is unchanged.
+	ImageMtime int64 `json:"image_mtime_ns"`
 	LastRun         RunStats  `json:"last_run"`
 	Versions        []Version `json:"versions"`
 }

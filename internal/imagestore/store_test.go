@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/dosvob/dosvob/internal/format"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestFirstBackupAndIncrementals(t *testing.T) {
@@ -194,4 +196,67 @@ func TestStaleManifestAndPartial(t *testing.T) {
 	h.Close()
 	w.Close()
 	syncTo(t, img, dev, PatchOptions{})
+}
+
+func TestHashCache(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 100*1024+5)
+	syncTo(t, img, dev, PatchOptions{})
+	s, err := Open(img, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.HashCache()
+	if c == nil {
+		t.Fatal("no hash cache after a committed run")
+	}
+	for i := range c.Blocks {
+		h, err := c.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		end := min(int(i+1)*testBS, len(dev))
+		if want := format.HashBlock(c.Seed, dev[int(i)*testBS:end]); h != want {
+			t.Fatalf("block %d: cached hash %x, want %x", i, h, want)
+		}
+	}
+	s.Close()
+	// Touched outside dosvob: not trusted any more.
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(img, later, later)
+	s, _ = Open(img, Options{})
+	if s.HashCache() != nil {
+		t.Fatal("hash cache trusted for an image changed outside dosvob")
+	}
+	s.Close()
+}
+
+func TestVerifyRefreshesHashCache(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	syncTo(t, img, device(r, 64*1024), PatchOptions{})
+	s, _ := Open(img, Options{})
+	hashes := filepath.Join(StateDir(img), s.Manifest().Hashes)
+	s.Close()
+	os.Remove(hashes)
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(img, later, later)
+	rep, err := Verify(context.Background(), img, nil, t.Logf)
+	if err != nil || rep.PerBlock {
+		t.Fatalf("verify without per-block hashes: %v %+v", err, rep)
+	}
+	s, _ = Open(img, Options{})
+	defer s.Close()
+	if s.HashCache() == nil {
+		t.Fatal("scrub of an intact image did not refresh the hash cache")
+	}
+	if rep, err := Verify(context.Background(), img, nil, t.Logf); err == nil {
+		// s holds no writer lock, so Verify ran; it must use the cache now.
+		if !rep.PerBlock {
+			t.Fatal("second scrub did not use the refreshed per-block hashes")
+		}
+	} else {
+		t.Fatal(err)
+	}
 }

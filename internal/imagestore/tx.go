@@ -464,6 +464,10 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	if err := tx.img.Sync(); err != nil {
 		return nil, err
 	}
+	var mtime int64
+	if fi, err := tx.img.Stat(); err == nil {
+		mtime = fi.ModTime().UnixNano()
+	}
 	if err := fs.Rename(s.join(cacheName+".tmp"), s.join(cacheName)); err != nil {
 		return nil, err
 	}
@@ -512,6 +516,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	m.BlockDigest = Digest(end.BlockDigest)
 	m.HashSeed = Digest(tx.hdr.Seed)
 	m.Hashes = cacheName
+	m.ImageMtime = mtime
 	m.BackupTime = now
 	if !m.Source.SnapshotTime.IsZero() {
 		m.BackupTime = m.Source.SnapshotTime.UTC()

@@ -77,6 +77,22 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 		}
 	}
 	hasher := format.NewHasher(uint64(m.HashSeed))
+	bd := format.NewBlockDigester()
+	// The scrub rewrites the per-block hashes as it goes; they replace the
+	// cache if the image proves intact.
+	tmpName := s.join(m.Hashes + ".tmp")
+	var cacheOff int64
+	tmp, err := s.fs.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if tmp != nil {
+			tmp.Close()
+			s.fs.Remove(tmpName)
+		}
+	}()
+	cw := bufio.NewWriterSize(fileWriter{f: tmp, off: &cacheOff}, 64<<10)
 	d := xxhash.New()
 	buf := make([]byte, bs)
 	total := fi.Size()
@@ -88,12 +104,17 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 		n, rerr := io.ReadFull(f, buf)
 		if n > 0 {
 			d.Write(buf[:n])
+			sum := hasher.Sum(buf[:n])
+			bd.Add(sum)
+			var hb [8]byte
+			binary.LittleEndian.PutUint64(hb[:], sum)
+			cw.Write(hb[:])
 			if hr != nil && i < blocks {
 				var b [8]byte
 				if _, err := io.ReadFull(hr, b[:]); err != nil {
 					return nil, err
 				}
-				if hasher.Sum(buf[:n]) != binary.LittleEndian.Uint64(b[:]) || n != format.BlockLen(uint64(m.DeviceSize), uint32(bs), i) {
+				if sum != binary.LittleEndian.Uint64(b[:]) || n != format.BlockLen(uint64(m.DeviceSize), uint32(bs), i) {
 					rep.BadBlocks++
 					if rep.FirstBad < 0 {
 						rep.FirstBad = off
@@ -125,6 +146,34 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 		return rep, fmt.Errorf("%q is damaged: %d bad blocks, the first at offset %d: %w", s.path, rep.BadBlocks, rep.FirstBad, ErrCorrupt)
 	case rep.Digest != rep.Want:
 		return rep, fmt.Errorf("%q is damaged: digest %s, the manifest recorded %s (no per-block hashes to locate it): %w", s.path, rep.Digest, rep.Want, ErrCorrupt)
+	case Digest(bd.Sum64()) != m.BlockDigest:
+		return rep, fmt.Errorf("%q: its per-block digest %s is not the recorded %s: %w", s.path, Digest(bd.Sum64()), m.BlockDigest, ErrCorrupt)
 	}
+	// Intact: refresh the hash cache and tie it to the image as it is now.
+	fi, err = f.Stat()
+	if err != nil {
+		return rep, err
+	}
+	if rep.PerBlock && fi.ModTime().UnixNano() == m.ImageMtime {
+		return rep, nil // the cache was checked block by block and is current
+	}
+	if err := cw.Flush(); err != nil {
+		return rep, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return rep, err
+	}
+	tmp.Close()
+	tmp = nil
+	if err := s.fs.Rename(tmpName, s.join(m.Hashes)); err != nil {
+		return rep, err
+	}
+	nm := *m
+	nm.ImageMtime = fi.ModTime().UnixNano()
+	if err := writeJSONAtomic(s.fs, s.join(manifestName), &nm); err != nil {
+		return rep, err
+	}
+	s.manifest = &nm
+	s.logf("refreshed the per-block hashes of %s", s.path)
 	return rep, nil
 }
