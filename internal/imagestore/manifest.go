@@ -110,9 +110,9 @@ type Manifest struct {
 	// ImageMtime is IMAGE's modification time (ns) when the run committed:
 	// the per-block hashes are trusted without reading IMAGE only while it
 	// is unchanged.
-	ImageMtime int64 `json:"image_mtime_ns"`
-	LastRun         RunStats  `json:"last_run"`
-	Versions        []Version `json:"versions"`
+	ImageMtime int64     `json:"image_mtime_ns"`
+	LastRun    RunStats  `json:"last_run"`
+	Versions   []Version `json:"versions"`
 }
 
 // ErrUnknownVersion reports a manifest or journal written by a dosvob that
