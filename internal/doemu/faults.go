@@ -52,6 +52,11 @@ type faultState struct {
 	hits int
 }
 
+func validPattern(p string) error {
+	_, err := regexp.Compile("^(?:" + p + ")$")
+	return err
+}
+
 // InjectFault arms f. It panics on an invalid Path pattern (a test bug).
 func (e *Emulator) InjectFault(f Fault) {
 	re := regexp.MustCompile("^(?:" + f.Path + ")$")

@@ -125,6 +125,10 @@ func (e *Emulator) routes() []route {
 	add("DELETE", "/v2/tags/:tag", e.deleteTag)
 	add("POST", "/v2/tags/:tag/resources", e.tagResources)
 	add("DELETE", "/v2/tags/:tag/resources", e.untagResources)
+
+	add("GET", "/emulator/state", e.controlState)
+	add("POST", "/emulator/faults", e.controlAddFault)
+	add("DELETE", "/emulator/faults", e.controlClearFaults)
 	return rs
 }
 
@@ -169,14 +173,21 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	w.Header().Set("x-request-id", reqID)
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 
-	limit, remaining, reset, over := e.countRequest()
-	w.Header().Set("ratelimit-limit", strconv.Itoa(limit))
-	w.Header().Set("ratelimit-remaining", strconv.Itoa(remaining))
-	resetSecs := reset.Unix() // whole seconds, rounded up: never before the reset
-	if reset.After(time.Unix(resetSecs, 0)) {
-		resetSecs++
+	control := strings.HasPrefix(hr.URL.Path, "/emulator/")
+	var over bool
+	var resetSecs int64
+	if !control {
+		var limit, remaining int
+		var reset time.Time
+		limit, remaining, reset, over = e.countRequest()
+		resetSecs = reset.Unix() // whole seconds, rounded up: never before the reset
+		if reset.After(time.Unix(resetSecs, 0)) {
+			resetSecs++
+		}
+		w.Header().Set("ratelimit-limit", strconv.Itoa(limit))
+		w.Header().Set("ratelimit-remaining", strconv.Itoa(remaining))
+		w.Header().Set("ratelimit-reset", strconv.FormatInt(resetSecs, 10))
 	}
-	w.Header().Set("ratelimit-reset", strconv.FormatInt(resetSecs, 10))
 
 	if !e.checkToken(hr) {
 		writeError(w, reqID, &apiError{http.StatusUnauthorized, "unauthorized", "Unable to authenticate you"})
@@ -205,7 +216,10 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	}
 	r := &request{Request: hr, params: params, body: body}
 
-	f := e.takeFault(hr.Method, hr.URL.Path)
+	var f *Fault
+	if !control {
+		f = e.takeFault(hr.Method, hr.URL.Path)
+	}
 	if f != nil {
 		e.logf("fault on %s %s: %+v", hr.Method, hr.URL.Path, *f)
 		if f.Delay > 0 {

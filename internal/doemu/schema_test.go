@@ -305,6 +305,9 @@ func TestSchema(t *testing.T) {
 	}
 	var missing []string
 	for _, rt := range e.rts {
+		if rt.parts[0] == "emulator" {
+			continue // the emulator's own endpoints are not DigitalOcean's
+		}
 		key := rt.method + " /" + strings.Join(rt.parts, "/")
 		if !covered[key] {
 			missing = append(missing, key)
@@ -314,7 +317,7 @@ func TestSchema(t *testing.T) {
 	if len(missing) > 0 {
 		t.Errorf("endpoints never answered with success, so never validated:\n%s", strings.Join(missing, "\n"))
 	}
-	t.Logf("validated %d responses of %d endpoints", len(rec.log), len(e.rts))
+	t.Logf("validated %d responses of %d endpoints", len(rec.log), len(covered))
 }
 
 // pattern returns the route pattern that serves method and path.

@@ -8,67 +8,67 @@ import (
 
 // Volume is a block-storage volume as State reports it.
 type Volume struct {
-	ID              string
-	Name            string
-	Region          string
-	SizeGigabytes   int64
-	Description     string
-	Tags            []string
-	DropletIDs      []int
-	FilesystemType  string
-	FilesystemLabel string
-	SnapshotID      string // the snapshot it was created from, if any
-	CreatedAt       time.Time
+	ID              string    `json:"id"`
+	Name            string    `json:"name"`
+	Region          string    `json:"region"`
+	SizeGigabytes   int64     `json:"size_gigabytes"`
+	Description     string    `json:"description"`
+	Tags            []string  `json:"tags"`
+	DropletIDs      []int     `json:"droplet_ids"`
+	FilesystemType  string    `json:"filesystem_type"`
+	FilesystemLabel string    `json:"filesystem_label"`
+	SnapshotID      string    `json:"snapshot_id"` // the snapshot it was created from, if any
+	CreatedAt       time.Time `json:"created_at"`
 }
 
 // Snapshot is a volume snapshot as State reports it.
 type Snapshot struct {
-	ID            string
-	Name          string
-	ResourceID    string // the source volume
-	ResourceType  string // "volume"
-	Region        string
-	MinDiskSize   int
-	SizeGigabytes float64
-	Tags          []string
-	CreatedAt     time.Time
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	ResourceID    string    `json:"resource_id"`   // the source volume
+	ResourceType  string    `json:"resource_type"` // "volume"
+	Region        string    `json:"region"`
+	MinDiskSize   int       `json:"min_disk_size"`
+	SizeGigabytes float64   `json:"size_gigabytes"`
+	Tags          []string  `json:"tags"`
+	CreatedAt     time.Time `json:"created_at"`
 }
 
 // Droplet is a droplet as State reports it.
 type Droplet struct {
-	ID        int
-	Name      string
-	Region    string
-	Size      string
-	Image     string
-	Status    string // "new", "active" or "off"
-	Tags      []string
-	VolumeIDs []string
-	SSHKeyIDs []int  // the account keys named at creation
-	UserData  string // as given at creation
-	IPv4      string // empty until active
-	SSHPort   int    // port of the droplet's sshd on IPv4 (0 without Options.SSH)
-	Root      string // the droplet's directory: DOSVOB_ROOT in its SSH sessions
-	CreatedAt time.Time
+	ID        int       `json:"id"`
+	Name      string    `json:"name"`
+	Region    string    `json:"region"`
+	Size      string    `json:"size"`
+	Image     string    `json:"image"`
+	Status    string    `json:"status"` // "new", "active" or "off"
+	Tags      []string  `json:"tags"`
+	VolumeIDs []string  `json:"volume_ids"`
+	SSHKeyIDs []int     `json:"ssh_key_ids"` // the account keys named at creation
+	UserData  string    `json:"user_data"`   // as given at creation
+	IPv4      string    `json:"ipv4"`        // empty until active
+	SSHPort   int       `json:"ssh_port"`    // port of the droplet's sshd on IPv4 (0 without Options.SSH)
+	Root      string    `json:"root"`        // the droplet's directory: DOSVOB_ROOT in its SSH sessions
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Key is an account SSH key.
 type Key struct {
-	ID          int
-	Name        string
-	Fingerprint string
-	PublicKey   string
+	ID          int    `json:"id"`
+	Name        string `json:"name"`
+	Fingerprint string `json:"fingerprint"`
+	PublicKey   string `json:"public_key"`
 }
 
 // State is a deep copy of every resource in the emulated account, each list
 // sorted (volumes and snapshots by region and name then ID, droplets and
 // keys by ID, tags by name), so two States compare with reflect.DeepEqual.
 type State struct {
-	Volumes   []Volume
-	Snapshots []Snapshot
-	Droplets  []Droplet
-	Keys      []Key
-	Tags      []string
+	Volumes   []Volume   `json:"volumes"`
+	Snapshots []Snapshot `json:"snapshots"`
+	Droplets  []Droplet  `json:"droplets"`
+	Keys      []Key      `json:"keys"`
+	Tags      []string   `json:"tags"`
 }
 
 // State returns a deep copy of every resource.
