@@ -228,7 +228,7 @@ do_teardown() {
 	local args=("${config_args[@]}") rc=0 pid=""
 	if jq -e '.run_id' "$run_json" >/dev/null 2>&1; then
 		log "tearing down run $(jq -r '.run_id' "$run_json"): deleting its droplets, volume copies, snapshots and key"
-		run_group pid "$teardown" "${args[@]}" <"$run_json"
+		run_group pid "$teardown" "${args[@]}" "$run_json" </dev/null
 	else
 		log "tearing down everything dosvob-ephemeral (provisioning did not finish)"
 		run_group pid "$teardown" "${args[@]}" --all </dev/null
@@ -376,7 +376,7 @@ sync_volume() {
 	mkdir -p -- "$backup_dir/$region"
 	local t0 t1
 	t0=$(date +%s)
-	printf '%s\t%s\t%s\t-\t-\t-\trunning\n' "$region/$name" "$size" "$img" >"$d/result"
+	printf '%s\t%s\t-\t-\t-\t%s\trunning\n' "$region/$name" "$size" "$img" >"$d/result"
 	log "[$region/$name] syncing into $img"
 
 	local st
@@ -402,7 +402,9 @@ sync_volume() {
 		result="FAILED (hash ${st[0]}, ssh ${st[1]}, patch ${st[2]})"
 	fi
 	local changed="-" sent="-"
-	read -r changed sent < <(patch_stats "$d/patch.err")
+	if [[ "$result" == ok ]]; then
+		IFS=$'\t' read -r changed sent < <(volume_stats "$img" "$d/ssh.err")
+	fi
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$region/$name" "$size" "$changed" "$sent" \
 		"$((t1 - t0))s" "$img" "$result" >"$d/result"
 	if [[ "$result" != ok ]]; then
@@ -412,13 +414,15 @@ sync_volume() {
 	log "[$region/$name] done in $((t1 - t0))s"
 }
 
-# patch_stats PATCH_STDERR: print "CHANGED SENT" (bytes) from dosvob-patch's
-# summary line, or "- -" when there is none.
-patch_stats() {
-	local f=$1 changed sent
-	changed=$(grep -Eo 'changed[= ][0-9]+' "$f" | tail -n 1 | grep -Eo '[0-9]+$' || true)
-	sent=$(grep -Eo '(received|bytes in|stream)[= ][0-9]+' "$f" | tail -n 1 | grep -Eo '[0-9]+$' || true)
-	printf '%s %s\n' "${changed:--}" "${sent:--}"
+# volume_stats IMAGE REMOTE_STDERR: print "CHANGED<TAB>TRANSFERRED": the
+# bytes of changed data the run wrote (from the image's manifest) and the
+# size of the delta stream (from the remote dosvob-hash's summary line, as
+# it printed it); "-" for what is unknown.
+volume_stats() {
+	local img=$1 remote_err=$2 changed sent
+	changed=$(jq -r '.last_run.bytes_written // "-"' "$img.dosvob/manifest.json" 2>/dev/null || echo -)
+	sent=$(sed -nE 's/.* ([0-9.]+ [KMGTP]?i?B) sent.*/\1/p' "$remote_err" | tail -n 1)
+	printf '%s\t%s\n' "${changed:--}" "${sent:--}"
 }
 
 for ((i = 0; i < nvol; i++)); do
@@ -453,7 +457,7 @@ done
 		fi
 		IFS=$'\t' read -r vname vsize vchanged vsent vtime _ vresult <"$f"
 		printf '%-32s %10s %12s %12s %7s  %s\n' "$vname" "$(human_bytes "$vsize")" \
-			"$(human_bytes "$vchanged")" "$(human_bytes "$vsent")" "$vtime" "$vresult"
+			"$(human_bytes "$vchanged")" "$vsent" "$vtime" "$vresult"
 	done
 } >"$summary_file"
 log "summary:"

@@ -200,7 +200,7 @@ do_teardown() {
 	local rc=0 pid=""
 	if jq -e '.run_id' "$run_json" >/dev/null 2>&1; then
 		log "deleting the temporary droplet and key of run $(jq -r '.run_id' "$run_json") (the new volume is kept)"
-		run_group pid "$teardown" "${config_args[@]}" <"$run_json"
+		run_group pid "$teardown" "${config_args[@]}" "$run_json" </dev/null
 	else
 		log "deleting everything dosvob-ephemeral (provisioning did not finish)"
 		run_group pid "$teardown" "${config_args[@]}" --all </dev/null

@@ -1,0 +1,45 @@
+package backup
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestTwoRuns: a first backup and an incremental one. Each time every image
+// is byte-identical to its volume's snapshot, the second run keeps the
+// first as a version and transfers only the change, and nothing of either
+// run is left in the account.
+func TestTwoRuns(t *testing.T) {
+	e := newEnv(t, true)
+
+	r := e.mustBackup("-j", "2")
+	t.Logf("first run: %v", r.dur)
+	e.checkImages()
+	e.checkNothingLeft()
+	for _, want := range []string{"fra1/db", "nyc1/web", "VOLUME", "RESULT", "teardown complete"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("the log lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if r.stdout != "" {
+		t.Errorf("backup-all.sh wrote to stdout: %q", r.stdout)
+	}
+	if strings.Contains(r.stderr+r.stdout, token) {
+		t.Fatalf("the API token appears in the output")
+	}
+
+	e.change("fra1/db", 20)
+	e.change("nyc1/web", 5)
+	r = e.mustBackup("-j", "1")
+	t.Logf("second run: %v", r.dur)
+	e.checkImages()
+	e.checkNothingLeft()
+	for _, v := range sourceVolumes {
+		if n := len(versions(t, e.image(v))); n != 1 {
+			t.Errorf("%s keeps %d versions after two runs, want 1", v, n)
+		}
+	}
+	if strings.Contains(r.stderr+r.stdout, token) {
+		t.Fatalf("the API token appears in the output")
+	}
+}
