@@ -45,7 +45,7 @@ type Droplet struct {
 	Tags      []string  `json:"tags"`
 	VolumeIDs []string  `json:"volume_ids"`
 	SSHKeyIDs []int     `json:"ssh_key_ids"` // the account keys named at creation
-	UserData  string    `json:"user_data"`   // as given at creation
+	UserData  string    `json:"-"`           // as given at creation; never in JSON: it may hold private host keys
 	IPv4      string    `json:"ipv4"`        // empty until active
 	SSHPort   int       `json:"ssh_port"`    // port of the droplet's sshd on IPv4 (0 without Options.SSH)
 	Root      string    `json:"root"`        // the droplet's directory: DOSVOB_ROOT in its SSH sessions

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testscript.RunMain(m, map[string]func() int{name: run}))
+}
+
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata",
+		Setup: func(env *testscript.Env) error {
+			// The account file every script may use.
+			b, err := os.ReadFile("../../internal/doemu/testdata/sample-account.yaml")
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(env.WorkDir+"/account.yaml", b, 0o644)
+		},
+		Condition: func(cond string) (bool, error) {
+			switch cond {
+			case "sshd":
+				// Root, sshd and loop devices; CI must have them.
+				ok := os.Geteuid() == 0
+				if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
+					ok = false
+				}
+				if _, err := exec.LookPath("losetup"); err != nil {
+					ok = false
+				}
+				if !ok && os.Getenv("CI") == "true" {
+					return false, fmt.Errorf("CI=true but root, /usr/sbin/sshd or losetup is missing")
+				}
+				return ok, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"waitfile": cmdWaitfile,
+			"api":      cmdAPI,
+			"sshup":    cmdSSHUp,
+		},
+	})
+}
+
+// waitfile FILE: waits (up to 20s) until FILE exists and is not empty.
+func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: waitfile FILE")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if fi, err := os.Stat(ts.MkAbs(args[0])); err == nil && fi.Size() > 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ts.Fatalf("%s did not appear", args[0])
+}
+
+// api METHOD PATH [JSON]: calls the emulator whose URL is in the file url
+// with the token in the file token; prints the status on the first line of
+// stdout and the body after it.
+func cmdAPI(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: api METHOD PATH [JSON]")
+	}
+	base := strings.TrimSpace(ts.ReadFile("url"))
+	token := strings.TrimSpace(ts.ReadFile("token"))
+	var body io.Reader
+	if len(args) == 3 {
+		body = strings.NewReader(args[2])
+	}
+	req, err := http.NewRequest(args[0], base+strings.TrimPrefix(args[1], "/"), body)
+	ts.Check(err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	ts.Check(err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	ts.Check(err)
+	fmt.Fprintf(ts.Stdout(), "%d\n%s\n", resp.StatusCode, b)
+	if (resp.StatusCode >= 300) != neg {
+		ts.Fatalf("%s %s: status %d", args[0], args[1], resp.StatusCode)
+	}
+}
+
+// sshup STATE: every droplet in the state (the output of "api GET
+// /emulator/state") accepts connections on its SSH address and has its attached
+// volumes on loop devices. "! sshup" checks that none does any more, that
+// no loop device is backed by a file of the emulator, and that its
+// temporary data directory is gone.
+func cmdSSHUp(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: sshup STATE.json")
+	}
+	var st struct {
+		Droplets []struct {
+			IPv4      string   `json:"ipv4"`
+			SSHPort   int      `json:"ssh_port"`
+			Root      string   `json:"root"`
+			VolumeIDs []string `json:"volume_ids"`
+		}
+	}
+	b, err := os.ReadFile(ts.MkAbs(args[0])) // not ts.ReadFile: it rewrites paths to $WORK
+	ts.Check(err)
+	_, body, _ := strings.Cut(string(b), "\n") // the api command's status line
+	ts.Check(json.Unmarshal([]byte(body), &st))
+	if len(st.Droplets) == 0 {
+		ts.Fatalf("no droplets in %s", args[0])
+	}
+	var dataDir string
+	for _, d := range st.Droplets {
+		addr := net.JoinHostPort(d.IPv4, strconv.Itoa(d.SSHPort))
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		if (err == nil) == neg {
+			ts.Fatalf("droplet at %s: dial: %v", addr, err)
+		}
+		dataDir = filepath.Dir(filepath.Dir(d.Root))
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var ours []string
+	for _, l := range loops {
+		b, err := os.ReadFile(l)
+		if err == nil && strings.HasPrefix(string(b), dataDir+"/") {
+			ours = append(ours, strings.TrimSpace(string(b)))
+		}
+	}
+	if neg && len(ours) > 0 {
+		ts.Fatalf("loop devices still backed by %v", ours)
+	}
+	if !neg && len(ours) == 0 {
+		ts.Fatalf("no loop device backed by a file in %s", dataDir)
+	}
+	if _, err := os.Stat(dataDir); neg && err == nil {
+		ts.Fatalf("temporary data directory %s left behind", dataDir)
+	}
+}
