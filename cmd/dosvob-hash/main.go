@@ -172,7 +172,7 @@ func action(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 		if isTerminal(stdout) {
 			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary delta stream to a terminal"), "pipe it into dosvob-patch IMAGE")
 		}
-		return delta(c.Context, path, stdin, stdout, o, opts)
+		return deltaRun(c.Context, path, stdin, stdout, o, opts)
 	default:
 		if isTerminal(stdout) {
 			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary signature stream to a terminal"),
@@ -245,9 +245,9 @@ func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, 
 	return nil
 }
 
-// delta writes the delta stream of the device at path against the
+// deltaRun writes the delta stream of the device at path against the
 // signature on stdin.
-func delta(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
+func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -10,8 +11,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dosvob/dosvob/internal/blocksync"
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/format"
+	"github.com/dosvob/dosvob/internal/imagestore"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -28,6 +31,7 @@ func TestScripts(t *testing.T) {
 			"cutfile":    cmdCutfile,
 			"checkdelta": cmdCheckdelta,
 			"checksig":   cmdChecksig,
+			"mkbackup":   cmdMkbackup,
 		},
 	})
 }
@@ -185,4 +189,24 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) accepted", in)
 		}
 	}
+}
+
+// mkbackup IMAGE DEVICE: backs DEVICE up into IMAGE in-process, the way the
+// pipe does (sign, delta, then the image store's patch), so that IMAGE has
+// a manifest for --verify.
+func cmdMkbackup(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: mkbackup IMAGE DEVICE")
+	}
+	img, dev := ts.MkAbs(args[0]), ts.MkAbs(args[1])
+	ctx := context.Background()
+	quiet := output{w: io.Discard, quiet: true}
+	var sig, delta bytes.Buffer
+	ts.Check(sign(ctx, img, 4096, &sig, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
+	ts.Check(deltaRun(ctx, dev, &sig, &delta, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
+	s, err := imagestore.Open(img, imagestore.Options{Writer: true})
+	ts.Check(err)
+	defer s.Close()
+	_, err = s.Patch(ctx, &delta, imagestore.PatchOptions{})
+	ts.Check(err)
 }

@@ -283,7 +283,8 @@ func (z zeroReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	if off >= z.size {
 		return 0, io.EOF
 	}
-	n := copy(p, make([]byte, min(int64(len(p)), z.size-off)))
+	n := int(min(int64(len(p)), z.size-off))
+	clear(p[:n])
 	if n < len(p) {
 		return n, io.EOF
 	}
