@@ -178,6 +178,63 @@ type dropFS struct {
 	mu    sync.Mutex
 	limit int
 	ops   int
+	// lossy also loses, at the cut, every write, punch and truncate that
+	// was not yet fsynced (see revert): the page cache dies with the power.
+	lossy  bool
+	unsync map[string][]undo // per path, in order, since the last fsync
+	lost   int               // operations revert undid
+}
+
+// undo restores what one unsynced operation changed in a file.
+type undo struct {
+	off  int64
+	old  []byte // bytes before the operation (as far as the file reached)
+	size int64  // file size before the operation
+}
+
+// remember records, before an operation on [off, off+n) of f, what it is
+// about to change.
+func (d *dropFS) remember(f *dropFile, off, n int64) {
+	if !d.lossy || f.inner == nil {
+		return
+	}
+	fi, err := f.inner.Stat()
+	if err != nil {
+		return
+	}
+	u := undo{off: off, size: fi.Size()}
+	if off < fi.Size() && n > 0 {
+		u.old = make([]byte, min(n, fi.Size()-off))
+		f.inner.ReadAt(u.old, off)
+	}
+	d.mu.Lock()
+	if d.unsync == nil {
+		d.unsync = map[string][]undo{}
+	}
+	d.unsync[f.name] = append(d.unsync[f.name], u)
+	d.mu.Unlock()
+}
+
+// revert undoes every operation that no fsync made durable, newest first:
+// the state of the disk after the power came back.
+func (d *dropFS) revert() error {
+	for name, us := range d.unsync {
+		f, err := os.OpenFile(name, os.O_RDWR, 0)
+		if err != nil {
+			continue // removed or renamed away meanwhile
+		}
+		for i := len(us) - 1; i >= 0; i-- {
+			u := us[i]
+			if len(u.old) > 0 {
+				f.WriteAt(u.old, u.off)
+			}
+			f.Truncate(u.size)
+			d.lost++
+		}
+		f.Close()
+	}
+	d.unsync = nil
+	return nil
 }
 
 // allow counts one mutation and reports whether it may reach the disk.
@@ -199,21 +256,34 @@ func (d *dropFS) OpenFile(name string, flag int, perm os.FileMode) (file, error)
 		// The file may not exist on disk; hand out a file that drops
 		// everything and reads as empty.
 		if _, err := os.Stat(name); err != nil {
-			return &dropFile{d: d}, nil
+			return &dropFile{d: d, name: name}, nil
 		}
 		flag &^= os.O_CREATE | os.O_TRUNC
+	}
+	if flag&os.O_TRUNC != 0 {
+		d.mu.Lock()
+		delete(d.unsync, name) // a new file: what it held before does not matter
+		d.mu.Unlock()
 	}
 	f, err := d.inner.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
 	}
-	return &dropFile{d: d, inner: f}, nil
+	return &dropFile{d: d, inner: f, name: name}, nil
 }
 
 func (d *dropFS) Rename(o, n string) error {
 	if !d.allow() {
 		return nil
 	}
+	d.mu.Lock()
+	if us, ok := d.unsync[o]; ok {
+		d.unsync[n] = us
+		delete(d.unsync, o)
+	} else {
+		delete(d.unsync, n)
+	}
+	d.mu.Unlock()
 	return d.inner.Rename(o, n)
 }
 
@@ -241,6 +311,7 @@ func (d *dropFS) SyncDir(name string) error {
 type dropFile struct {
 	d     *dropFS
 	inner file // nil: the file never reached the disk
+	name  string
 }
 
 func (f *dropFile) ReadAt(p []byte, off int64) (int, error) {
@@ -254,12 +325,18 @@ func (f *dropFile) WriteAt(p []byte, off int64) (int, error) {
 	if !f.d.allow() || f.inner == nil {
 		return len(p), nil
 	}
+	f.d.remember(f, off, int64(len(p)))
 	return f.inner.WriteAt(p, off)
 }
 
 func (f *dropFile) Truncate(size int64) error {
 	if !f.d.allow() || f.inner == nil {
 		return nil
+	}
+	if fi, err := f.inner.Stat(); err == nil && size < fi.Size() {
+		f.d.remember(f, size, fi.Size()-size)
+	} else {
+		f.d.remember(f, 0, 0)
 	}
 	return f.inner.Truncate(size)
 }
@@ -268,6 +345,9 @@ func (f *dropFile) Sync() error {
 	if !f.d.allow() || f.inner == nil {
 		return nil
 	}
+	f.d.mu.Lock()
+	delete(f.d.unsync, f.name)
+	f.d.mu.Unlock()
 	return f.inner.Sync()
 }
 
@@ -275,6 +355,7 @@ func (f *dropFile) Punch(off, n int64) error {
 	if !f.d.allow() || f.inner == nil {
 		return nil
 	}
+	f.d.remember(f, off, n)
 	return f.inner.Punch(off, n)
 }
 

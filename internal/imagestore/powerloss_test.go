@@ -49,7 +49,9 @@ type powerLossCase struct {
 // TestPowerLoss cuts the power (drops every write after the kth) at every
 // k of a run, for several kinds of run, then recovers with the real file
 // system: the image must be exactly old or exactly new, and the next run
-// must complete the backup.
+// must complete the backup. Each cut is tried twice: with the writes before
+// it on disk, and with every write, punch and truncate that no fsync had
+// made durable lost as well.
 func TestPowerLoss(t *testing.T) {
 	r := rand.New(rand.NewPCG(21, 22))
 	base := device(r, 80*1024+100)
@@ -104,14 +106,25 @@ func TestPowerLoss(t *testing.T) {
 			total := counter.ops
 			t.Logf("%d mutating operations in a complete run", total)
 
-			var sawOld, sawNew int
-			for k := 0; k <= total; k++ {
+			var sawOld, sawNew, lost int
+			for k := 0; k <= 2*total+1; k++ {
+				// Each cut point twice: once keeping what was written
+				// before it, once also losing every write no fsync had
+				// made durable yet.
+				lossy := k > total
+				cut := k
+				if lossy {
+					cut = k - total - 1
+				}
 				copyTree(t, tmpl, run)
-				s, err := Open(rimg, Options{Writer: true, fs: &dropFS{inner: newOSFS(), limit: k}})
+				dfs := &dropFS{inner: newOSFS(), limit: cut, lossy: lossy}
+				s, err := Open(rimg, Options{Writer: true, fs: dfs})
 				if err == nil {
 					s.Patch(ctx, bytes.NewReader(delta), PatchOptions{TxOptions: TxOptions{Keep: -1}})
 					s.Close()
 				}
+				dfs.revert()
+				lost += dfs.lost
 				// Power back on: recover with the real file system.
 				var logs []string
 				s, err = Open(rimg, Options{Writer: true, Logf: func(f string, a ...any) { logs = append(logs, f) }})
@@ -133,7 +146,11 @@ func TestPowerLoss(t *testing.T) {
 				// The next run completes the backup.
 				syncTo(t, rimg, c.new, PatchOptions{})
 			}
-			t.Logf("power cut at %d points: %d gave the old image, %d the new", total+1, sawOld, sawNew)
+			t.Logf("power cut at %d points, each with and without losing unsynced writes: %d gave the old image, %d the new", total+1, sawOld, sawNew)
+			if lost == 0 {
+				t.Fatal("the lossy cuts never lost an unsynced write: the model is not exercised")
+			}
+			t.Logf("%d unsynced operations lost in all", lost)
 			if sawOld == 0 || sawNew == 0 {
 				t.Fatalf("expected both outcomes, got old %d new %d", sawOld, sawNew)
 			}
