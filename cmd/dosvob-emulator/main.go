@@ -47,7 +47,7 @@ sparse files in --data (a temporary directory, removed at exit, by default).
 
 With --ssh (as root) every active droplet gets its own address 127.0.0.2,
 127.0.0.3, ... and a real OpenSSH sshd there, keyed from the cloud-config
-ssh_keys of its user data; attached volumes appear in SSH sessions at
+ssh_keys of its user data; attached volumes appear to SSH logins at
 "${DOSVOB_ROOT}/dev/disk/by-id/scsi-0DO_Volume_<name>".
 
 Every request needs "Authorization: Bearer <token>", the token read from

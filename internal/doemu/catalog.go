@@ -45,7 +45,7 @@ type AccountInfo struct {
 	VolumeLimit  int    `yaml:"volume_limit" json:"volume_limit"`
 }
 
-var regionFeatures = []string{"backups", "ipv6", "metadata", "install_agent", "storage", "image_transfer"}
+var regionFeatures = []string{"backups", "ipv6", "metadata", "storage", "image_transfer"}
 
 // DefaultRegions are used when a seed names none.
 func DefaultRegions() []Region {

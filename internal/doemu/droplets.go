@@ -388,7 +388,14 @@ func (e *Emulator) removeDroplet(r *request, d *droplet) {
 	if r != nil && r.linger > 0 {
 		linger = r.linger
 	}
-	e.afterLocked(0, func() { e.stopDroplet(d); os.RemoveAll(d.Root) })
+	e.deleted[d] = true
+	e.afterLocked(0, func() {
+		e.stopDroplet(d)
+		os.RemoveAll(d.Root)
+		e.mu.Lock()
+		delete(e.deleted, d)
+		e.mu.Unlock()
+	})
 	detach := func() {
 		for _, id := range vols {
 			if v, ok := e.volumes[id]; ok {

@@ -15,7 +15,7 @@
 // Options.SSH, every active droplet gets its own loopback address and a real
 // OpenSSH sshd keyed from the droplet's cloud-init user data, and its attached
 // volumes appear under $DOSVOB_ROOT/dev/disk/by-id/scsi-0DO_Volume_<name>,
-// where DOSVOB_ROOT is set by that sshd for every session (on a real droplet
+// where DOSVOB_ROOT is set by that sshd for every login (on a real droplet
 // it is unset, so the same path names the real device).
 package doemu
 
@@ -105,6 +105,7 @@ type Emulator struct {
 	volumes      map[string]*volume
 	snapshots    map[string]*snapshot
 	droplets     map[int]*droplet
+	deleted      map[*droplet]bool // deleted droplets whose sshd and devices may still need stopping
 	keys         map[int]*Key
 	tags         map[string]string // lower-case name -> canonical name
 	actions      map[int]*action
@@ -169,6 +170,7 @@ func New(opts Options) (*Emulator, error) {
 		volumes:      map[string]*volume{},
 		snapshots:    map[string]*snapshot{},
 		droplets:     map[int]*droplet{},
+		deleted:      map[*droplet]bool{},
 		keys:         map[int]*Key{},
 		tags:         map[string]string{},
 		actions:      map[int]*action{},
@@ -259,8 +261,11 @@ func (e *Emulator) Close() error {
 // stopAll stops every sshd and frees every loop device.
 func (e *Emulator) stopAll() {
 	e.mu.Lock()
-	ds := make([]*droplet, 0, len(e.droplets))
+	ds := make([]*droplet, 0, len(e.droplets)+len(e.deleted))
 	for _, d := range e.droplets {
+		ds = append(ds, d)
+	}
+	for d := range e.deleted {
 		ds = append(ds, d)
 	}
 	e.mu.Unlock()

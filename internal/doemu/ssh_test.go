@@ -250,12 +250,28 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatalf("device %s -> %q %v", link, loop, err)
 	}
 	file := e.VolumeFile(v.ID)
+	// A second droplet, deleted just before Close: its sshd must not
+	// outlive the emulator either.
+	d2, _, err := c.Droplets.Create(ctx(t), &godo.DropletCreateRequest{
+		Name: "w2", Region: "sfo3", Size: "s-1vcpu-1gb", Image: godo.DropletCreateImage{Slug: "ubuntu-22-04-x64"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitActive(t, c, d2.ID)
 	e.mu.Lock()
 	pid := e.droplets[d.ID].sshd.cmd.Process.Pid
+	pid2 := e.droplets[d2.ID].sshd.cmd.Process.Pid
 	e.mu.Unlock()
+	if _, err := c.Droplets.Delete(ctx(t), d2.ID); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid2)); err == nil && !isZombie(pid2) {
+		t.Fatalf("sshd %d of a deleted droplet still runs after Close", pid2)
 	}
 	if conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr, "22"), time.Second); err == nil {
 		conn.Close()

@@ -183,7 +183,7 @@ func (e *Emulator) sshdConfig(d *droplet, addr string) (string, error) {
 	b.WriteString("PrintMotd no\n")
 	b.WriteString("MaxStartups 100\n")
 	b.WriteString("Subsystem sftp internal-sftp\n")
-	// HOME is the droplet's own /root, so that a session does not run the
+	// HOME is the droplet's own /root, so that a login does not run the
 	// host's ~/.bashrc (bash reads it when sshd starts it) and sees a fresh
 	// droplet's home.
 	fmt.Fprintf(&b, "SetEnv DOSVOB_ROOT=%s HOME=%s\n", d.Root, filepath.Join(d.Root, "root"))
@@ -279,7 +279,7 @@ func (e *Emulator) runSSHD(d *droplet, addr string) (*sshdProc, error) {
 	}
 }
 
-// stopSSHD stops the droplet's sshd and every session it serves. Call with
+// stopSSHD stops the droplet's sshd and every login it serves. Call with
 // d.devMu held.
 func (e *Emulator) stopSSHD(d *droplet) {
 	p := d.sshd
@@ -296,7 +296,7 @@ func (e *Emulator) stopSSHD(d *droplet) {
 }
 
 // killTree terminates pid and all its descendants (sshd puts each
-// connection into a session of its own, so killing its process group is
+// connection in a process group of its own (setsid), so killing its group is
 // not enough): SIGTERM first, SIGKILL for whatever is left after a moment.
 func killTree(pid int) {
 	pids := append(descendants(pid), pid)

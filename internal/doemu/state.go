@@ -48,7 +48,7 @@ type Droplet struct {
 	UserData  string    `json:"-"`           // as given at creation; never in JSON: it may hold private host keys
 	IPv4      string    `json:"ipv4"`        // empty until active
 	SSHPort   int       `json:"ssh_port"`    // port of the droplet's sshd on IPv4 (0 without Options.SSH)
-	Root      string    `json:"root"`        // the droplet's directory: DOSVOB_ROOT in its SSH sessions
+	Root      string    `json:"root"`        // the droplet's directory: DOSVOB_ROOT when logged in over SSH
 	CreatedAt time.Time `json:"created_at"`
 }
 
