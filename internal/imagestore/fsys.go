@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -180,7 +181,11 @@ type dropFS struct {
 	ops   int
 	// lossy also loses, at the cut, every write, punch and truncate that
 	// was not yet fsynced (see revert): the page cache dies with the power.
-	lossy  bool
+	lossy bool
+	// rnd, if set, picks which unsynced operations are lost (each with
+	// probability 1/2, as the kernel writes dirty pages back in any order);
+	// without it all of them are.
+	rnd    *rand.Rand
 	unsync map[string][]undo // per path, in order, since the last fsync
 	lost   int               // operations revert undid
 }
@@ -215,8 +220,9 @@ func (d *dropFS) remember(f *dropFile, off, n int64) {
 	d.mu.Unlock()
 }
 
-// revert undoes every operation that no fsync made durable, newest first:
-// the state of the disk after the power came back.
+// revert undoes the operations that no fsync made durable (all, or a
+// random half), newest first: the state of the disk after the power came
+// back.
 func (d *dropFS) revert() error {
 	for name, us := range d.unsync {
 		f, err := os.OpenFile(name, os.O_RDWR, 0)
@@ -225,6 +231,9 @@ func (d *dropFS) revert() error {
 		}
 		for i := len(us) - 1; i >= 0; i-- {
 			u := us[i]
+			if d.rnd != nil && d.rnd.IntN(2) == 0 {
+				continue // this one reached the disk before the power went
+			}
 			if len(u.old) > 0 {
 				f.WriteAt(u.old, u.off)
 			}
