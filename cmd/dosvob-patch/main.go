@@ -83,8 +83,8 @@ EXAMPLES:
 `
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
-	cli.AppHelpTemplate = cli.AppHelpTemplate + examples
 	return &cli.App{
+		CustomAppHelpTemplate:  cli.AppHelpTemplate + examples,
 		Name:                   name,
 		Usage:                  "apply a dosvob delta stream to a backup image, atomically",
 		UsageText:              "dosvob-patch [flags] IMAGE < DELTA\ndosvob-patch versions IMAGE\ndosvob-patch restore-version --version TIME --output FILE IMAGE",
