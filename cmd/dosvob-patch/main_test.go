@@ -25,7 +25,6 @@ func TestMain(m *testing.M) {
 
 // buildBinary builds the real binary once per test process.
 func buildBinary(t *testing.T) string {
-	t.Helper()
 	if binPath != "" {
 		return binPath
 	}

@@ -75,7 +75,6 @@ func TestRealPipe(t *testing.T) {
 	r := rand.New(rand.NewPCG(31, 32))
 	cur := device(r, 3<<20)
 	pipe := func(extra string) string {
-		t.Helper()
 		os.WriteFile(dev, cur, 0o644)
 		c := exec.Command("bash", "-o", "pipefail", "-c", `"$1" "$3" | "$1" --delta "$4" | "$2" `+extra+` "$3"`, "sh", hash, bin, img, dev)
 		out, err := c.CombinedOutput()
@@ -126,7 +125,6 @@ func TestRealPipe(t *testing.T) {
 }
 
 func mustEqualFile(t *testing.T, name string, want []byte) {
-	t.Helper()
 	got, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)

@@ -28,7 +28,6 @@ type deltaStats struct {
 // makeDelta signs the content of img through its Store and returns the
 // delta stream that turns it into dev.
 func makeDelta(t testing.TB, img string, dev []byte, bs uint32) ([]byte, deltaStats) {
-	t.Helper()
 	s, err := Open(img, Options{Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("open for signing: %v", err)
@@ -38,7 +37,6 @@ func makeDelta(t testing.TB, img string, dev []byte, bs uint32) ([]byte, deltaSt
 }
 
 func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, deltaStats) {
-	t.Helper()
 	r, size, err := s.Content()
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +108,6 @@ func xxhashSum(b []byte) uint64 {
 
 // patch applies delta to img in-process.
 func patch(t testing.TB, img string, delta []byte, opts PatchOptions) (*Result, error) {
-	t.Helper()
 	s, err := Open(img, Options{Writer: true, Logf: t.Logf})
 	if err != nil {
 		return nil, err
@@ -121,7 +118,6 @@ func patch(t testing.TB, img string, delta []byte, opts PatchOptions) (*Result, 
 
 // syncTo runs the whole pipe and fails the test unless img ends equal to dev.
 func syncTo(t testing.TB, img string, dev []byte, opts PatchOptions) *Result {
-	t.Helper()
 	d, _ := makeDelta(t, img, dev, testBS)
 	res, err := patch(t, img, d, opts)
 	if err != nil {
@@ -132,7 +128,6 @@ func syncTo(t testing.TB, img string, dev []byte, opts PatchOptions) *Result {
 }
 
 func mustEqual(t testing.TB, name string, want []byte) {
-	t.Helper()
 	got, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)
