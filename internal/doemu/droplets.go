@@ -307,6 +307,11 @@ func (e *Emulator) prepareDroplet(req dropletCreate, now time.Time) (*droplet, j
 		devices:    map[string]*device{},
 	}
 	d.Root = filepath.Join(e.dataDir, "droplets", itoa(d.ID))
+	// A data directory kept from an earlier run may hold a directory of the
+	// same name: a new droplet starts empty.
+	if err := os.RemoveAll(d.Root); err != nil {
+		return nil, job{}, fmt.Errorf("droplet directory: %w", err)
+	}
 	for _, sub := range []string{"dev/disk/by-id", "opt", "etc/ssh", "root/.ssh", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(d.Root, sub), 0o755); err != nil {
 			return nil, job{}, fmt.Errorf("droplet directory: %w", err)

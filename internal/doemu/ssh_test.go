@@ -287,3 +287,40 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatalf("temporary data dir left: %v", err)
 	}
 }
+
+// TestSSHAddressTaken: a droplet skips a loopback address whose SSH port
+// another process already holds.
+func TestSSHAddressTaken(t *testing.T) {
+	requireRoot(t, "sshd")
+	const port = 2222
+	next, err := reserveAddr(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	releaseAddr(next)
+	ln, err := net.Listen("tcp", net.JoinHostPort(next, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	e := newEmu(t, Options{SSH: true, SSHPort: port, NoLoopDevices: true})
+	c := client(t, e, testToken)
+	d := createDroplet(t, c, "w", "ams3", nil)
+	d = waitActive(t, c, d.ID)
+	ip, _ := d.PublicIPv4()
+	if ip == next || ip == "" {
+		t.Fatalf("droplet got %q although %s:%d is taken", ip, next, port)
+	}
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(ip, fmt.Sprint(port)), time.Second)
+	if err != nil {
+		t.Fatalf("droplet's sshd does not answer on %s: %v", ip, err)
+	}
+	banner := make([]byte, 8)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _ := conn.Read(banner)
+	conn.Close()
+	if string(banner[:n]) != "SSH-2.0-" {
+		t.Fatalf("banner %q", banner[:n])
+	}
+}
