@@ -459,8 +459,12 @@ func (e *Emulator) dropletAction(r *request) (reply, error) {
 	switch req.Type {
 	case "power_off", "shutdown":
 		j = job{
-			work:   func() error { d.devMu.Lock(); defer d.devMu.Unlock(); e.stopSSHD(d); return nil },
-			finish: func(ok bool) { d.Status = "off" },
+			work: func() error { d.devMu.Lock(); defer d.devMu.Unlock(); e.stopSSHD(d); return nil },
+			finish: func(ok bool) {
+				if ok {
+					d.Status = "off"
+				}
+			},
 		}
 	case "power_on", "reboot", "power_cycle":
 		j = job{

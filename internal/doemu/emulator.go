@@ -117,6 +117,7 @@ type Emulator struct {
 	faults       []*faultState
 	rate         rateState
 	requests     int
+	calls        []Call
 	rts          []route
 	lastSnapshot map[string]time.Time // volume ID -> its newest snapshot, deleted or not
 

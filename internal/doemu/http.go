@@ -168,7 +168,11 @@ func match(rs []route, method, path string) (handlerFunc, map[string]string, boo
 
 // ServeHTTP answers one API request: authentication, rate limit, faults, then
 // the endpoint.
-func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
+func (e *Emulator) ServeHTTP(rw http.ResponseWriter, hr *http.Request) {
+	w := &statusWriter{ResponseWriter: rw}
+	if !strings.HasPrefix(hr.URL.Path, "/emulator/") {
+		defer func() { e.recordCall(hr, w.status) }()
+	}
 	reqID := newUUID()
 	w.Header().Set("x-request-id", reqID)
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
@@ -247,7 +251,11 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	}
 
 	rep, err := h(r)
-	e.logf("%s %s -> %d", hr.Method, hr.URL.RequestURI(), statusOf(rep, err))
+	status := statusOf(rep, err)
+	if f != nil && f.Status != 0 && f.AfterCommit {
+		status = f.Status
+	}
+	e.logf("%s %s -> %d", hr.Method, hr.URL.RequestURI(), status)
 	if f != nil && f.Status != 0 && f.AfterCommit {
 		e.writeFault(w, reqID, f)
 		return
@@ -273,6 +281,26 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, hr *http.Request) {
 	}
 	w.WriteHeader(rep.status)
 	w.Write(append(b, '\n'))
+}
+
+// statusWriter remembers the status a handler answered (0: none, e.g. a
+// hanging fault).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (e *Emulator) recordCall(hr *http.Request, status int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.calls = append(e.calls, Call{Method: hr.Method, Path: hr.URL.Path, Query: hr.URL.RawQuery, Status: status, Time: time.Now()})
 }
 
 func statusOf(rep reply, err error) int {

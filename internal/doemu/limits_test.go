@@ -167,6 +167,15 @@ func TestFaults(t *testing.T) {
 	if n := len(e.State().Droplets); n != 2 {
 		t.Fatalf("%d droplets after a retried create, want the duplicate", n)
 	}
+	var creates []int
+	for _, call := range e.Calls() {
+		if call.Method == "POST" && call.Path == "/v2/droplets" {
+			creates = append(creates, call.Status)
+		}
+	}
+	if !reflect.DeepEqual(creates, []int{502, 202}) {
+		t.Fatalf("droplet creates answered %v", creates)
+	}
 
 	// 429 with and without retry-after, for two calls in a row.
 	e.InjectFault(Fault{Path: "/v2/account", Status: 429, RetryAfter: "7", Times: 2})
@@ -198,6 +207,20 @@ func TestFaults(t *testing.T) {
 	defer cancel()
 	if _, _, err := c.Sizes.List(hctx, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("hanging call: %v", err)
+	}
+	// The server notices the client is gone, ends the call and records it
+	// as unanswered.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		calls := e.Calls()
+		if last := calls[len(calls)-1]; last.Path == "/v2/sizes" {
+			if last.Status != 0 {
+				t.Fatalf("hanging call recorded as %+v", last)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hanging call never ended on the server")
+		}
 	}
 
 	// An errored attach leaves the volume unattached.

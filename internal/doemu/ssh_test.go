@@ -259,10 +259,15 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitActive(t, c, d2.ID)
-	e.mu.Lock()
-	pid := e.droplets[d.ID].sshd.cmd.Process.Pid
-	pid2 := e.droplets[d2.ID].sshd.cmd.Process.Pid
-	e.mu.Unlock()
+	sshdPid := func(id int) int {
+		e.mu.Lock()
+		dr := e.droplets[id]
+		e.mu.Unlock()
+		dr.devMu.Lock()
+		defer dr.devMu.Unlock()
+		return dr.sshd.cmd.Process.Pid
+	}
+	pid, pid2 := sshdPid(d.ID), sshdPid(d2.ID)
 	if _, err := c.Droplets.Delete(ctx(t), d2.ID); err != nil {
 		t.Fatal(err)
 	}

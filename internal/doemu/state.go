@@ -153,3 +153,21 @@ func (e *Emulator) Requests() int {
 	defer e.mu.Unlock()
 	return e.requests
 }
+
+// Call is one answered API request, for tests that check how a client
+// called the API (no blind retries, no calls at all in a dry run, ...).
+type Call struct {
+	Method string
+	Path   string // the URL path, without the query
+	Query  string
+	Status int
+	Time   time.Time
+}
+
+// Calls returns every API request answered so far (not the emulator's own
+// /emulator/ endpoints), oldest first.
+func (e *Emulator) Calls() []Call {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.calls)
+}
