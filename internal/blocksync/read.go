@@ -171,8 +171,12 @@ func Size(f *os.File) (uint64, error) {
 }
 
 // DefaultBlockSize is the block size dosvob-hash signs with unless told
-// otherwise; docs/BENCHMARKS.md has the measurements behind it.
-const DefaultBlockSize = 64 << 10
+// otherwise (or the image was made with another). docs/BENCHMARKS.md has
+// the measurements behind it: with 4 KiB blocks, an incremental whose
+// changes are scattered 4 KiB writes sends no more than the changed data,
+// while a run with no change costs about 15% more CPU than with 64 KiB
+// blocks and the signature is 0.2% of the image size.
+const DefaultBlockSize = 4 << 10
 
 // DefaultZstdThreads is the number of compression goroutines of a delta.
 const DefaultZstdThreads = 2

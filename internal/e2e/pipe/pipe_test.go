@@ -287,7 +287,7 @@ func newFile(t *testing.T, b []byte) fileTarget {
 	return fileTarget{p}
 }
 
-const blockSize = 64 << 10 // dosvob-hash's default
+const blockSize = 4 << 10 // dosvob-hash's default
 
 func TestPipeFile(t *testing.T) {
 	testPipe(t, func(b []byte) target { return newFile(t, b) })
