@@ -155,6 +155,11 @@ func TestControlEndpoints(t *testing.T) {
 	if resp := rawGet(t, e, "/emulator/state", &st); resp.StatusCode != 200 || !reflect.DeepEqual(st.Tags, []string{"x"}) {
 		t.Fatalf("state %d %+v", resp.StatusCode, st)
 	}
+	var calls struct{ Calls []Call }
+	rawGet(t, e, "/emulator/calls", &calls)
+	if len(calls.Calls) != 1 || calls.Calls[0].Path != "/v2/tags" || calls.Calls[0].Status != 201 {
+		t.Fatalf("calls %+v", calls.Calls)
+	}
 	req, _ := c.NewRequest(ctx(t), http.MethodPost, "emulator/faults", FaultSpec{Path: "/v2/tags", Status: 500, Delay: "10ms"})
 	if _, err := c.Do(ctx(t), req, nil); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 // tests that drive the standalone command (they need the same token):
 //
 //	GET    /emulator/state   State as JSON
+//	GET    /emulator/calls   Calls as JSON
 //	POST   /emulator/faults  arm a fault (FaultSpec as JSON)
 //	DELETE /emulator/faults  disarm every fault
 //
@@ -64,6 +65,14 @@ func (s FaultSpec) Fault() (Fault, error) {
 
 func (e *Emulator) controlState(r *request) (reply, error) {
 	return reply{http.StatusOK, e.State()}, nil
+}
+
+func (e *Emulator) controlCalls(r *request) (reply, error) {
+	calls := e.Calls()
+	if calls == nil {
+		calls = []Call{}
+	}
+	return reply{http.StatusOK, map[string]any{"calls": calls}}, nil
 }
 
 func (e *Emulator) controlAddFault(r *request) (reply, error) {

@@ -127,6 +127,7 @@ func (e *Emulator) routes() []route {
 	add("DELETE", "/v2/tags/:tag/resources", e.untagResources)
 
 	add("GET", "/emulator/state", e.controlState)
+	add("GET", "/emulator/calls", e.controlCalls)
 	add("POST", "/emulator/faults", e.controlAddFault)
 	add("DELETE", "/emulator/faults", e.controlClearFaults)
 	return rs

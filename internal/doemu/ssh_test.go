@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -327,5 +328,40 @@ func TestSSHAddressTaken(t *testing.T) {
 	conn.Close()
 	if string(banner[:n]) != "SSH-2.0-" {
 		t.Fatalf("banner %q", banner[:n])
+	}
+}
+
+// TestSSHPortTakenEverywhere: when the SSH port is taken on address after
+// address, the droplet's create action errors instead of probing 65000
+// addresses.
+func TestSSHPortTakenEverywhere(t *testing.T) {
+	requireRoot(t, "sshd")
+	const port = 2223
+	for n := 2; n < 2+maxTakenAddrs+8; n++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", n, port))
+		if err != nil {
+			continue // already taken: just as good
+		}
+		defer ln.Close()
+	}
+	var mu sync.Mutex
+	var logs strings.Builder
+	e := newEmu(t, Options{SSH: true, SSHPort: port, NoLoopDevices: true, Logf: func(f string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(&logs, f+"\n", a...)
+	}})
+	c := client(t, e, testToken)
+	_, resp, err := c.Droplets.Create(ctx(t), &godo.DropletCreateRequest{Name: "w", Region: "nyc1", Size: "s-1vcpu-1gb", Image: godo.DropletCreateImage{Slug: "ubuntu-24-04-x64"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := waitAction(t, c, resp.Links.Actions[0].ID); a.Status != "errored" {
+		t.Fatalf("create action %s", a.Status)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), fmt.Sprintf("port %d is taken on %d loopback addresses in a row", port, maxTakenAddrs)) {
+		t.Fatalf("log does not say why:\n%s", logs.String())
 	}
 }

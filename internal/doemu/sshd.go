@@ -35,12 +35,15 @@ var addrs = struct {
 	used map[string]bool
 }{used: map[string]bool{}}
 
+const maxTakenAddrs = 64
+
 // reserveAddr reserves the next free loopback address 127.0.0.2, .3, ...
 // With port > 0 it skips addresses where that port is taken (by another
 // process, for instance).
 func reserveAddr(port int) (string, error) {
 	addrs.Lock()
 	defer addrs.Unlock()
+	taken := 0
 	for n := 2; n < 1<<16; n++ {
 		if n&0xff == 0 || n&0xff == 0xff {
 			continue
@@ -52,6 +55,11 @@ func reserveAddr(port int) (string, error) {
 		if port > 0 {
 			ln, err := net.Listen("tcp", net.JoinHostPort(a, strconv.Itoa(port)))
 			if err != nil {
+				// A server listening on every address (0.0.0.0:port) takes
+				// the port on all of them: give up instead of trying 65000.
+				if taken++; taken >= maxTakenAddrs {
+					return "", fmt.Errorf("port %d is taken on %d loopback addresses in a row (does a server listen on 0.0.0.0:%d?); choose another SSH port", port, taken, port)
+				}
 				continue
 			}
 			ln.Close()

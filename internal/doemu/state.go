@@ -157,11 +157,11 @@ func (e *Emulator) Requests() int {
 // Call is one answered API request, for tests that check how a client
 // called the API (no blind retries, no calls at all in a dry run, ...).
 type Call struct {
-	Method string
-	Path   string // the URL path, without the query
-	Query  string
-	Status int
-	Time   time.Time
+	Method string    `json:"method"`
+	Path   string    `json:"path"` // the URL path, without the query
+	Query  string    `json:"query"`
+	Status int       `json:"status"` // 0: no answer (a hanging fault)
+	Time   time.Time `json:"time"`
 }
 
 // Calls returns every API request answered so far (not the emulator's own
