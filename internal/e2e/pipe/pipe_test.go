@@ -476,3 +476,43 @@ func TestFirstSyncOfEmptyDevice(t *testing.T) {
 	}
 	sameContent(t, img, dev.Path())
 }
+
+// TestResumeFirstSync breaks a first backup part way: the next run signs
+// the partial image, so only what is missing travels again.
+func TestResumeFirstSync(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	dev := newFile(t, content(rng, 4<<20, 1, 4<<20)) // all data: every block is a data record
+	img := filepath.Join(t.TempDir(), "backup.img")
+
+	sig, err := exec.Command(filepath.Join(bin, "dosvob-hash"), "-q", img).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deltaCmd := exec.Command(filepath.Join(bin, "dosvob-hash"), "-q", "--delta", dev.Path())
+	deltaCmd.Stdin = bytes.NewReader(sig)
+	delta, err := deltaCmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stream breaks at 60%.
+	if code, out := patchWith(t, img, delta[:len(delta)*6/10]); code != 3 {
+		t.Fatalf("cut first backup: exit %d, want 3\n%s", code, out)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Fatal("an incomplete first backup appeared as the image")
+	}
+	r := runPipe(t, img, dev.Path())
+	if !r.ok() {
+		t.Fatal(r)
+	}
+	sameContent(t, img, dev.Path())
+	data, _ := r.records(t)
+	total := uint64(4 << 20 / blockSize)
+	t.Logf("resumed first backup sent %d of %d blocks", data, total)
+	if data == 0 || data > total/2 {
+		t.Errorf("resumed first backup sent %d of %d blocks, want only the missing ~40%%", data, total)
+	}
+	if !strings.Contains(r.stderr[0], "partial image") {
+		t.Errorf("dosvob-hash did not say it signed the partial image: %s", r.stderr[0])
+	}
+}
