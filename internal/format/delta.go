@@ -274,7 +274,7 @@ func NewDeltaReader(r io.Reader) (*DeltaReader, error) {
 
 func parseDeltaHeader(r io.Reader, b []byte) (DeltaHeader, error) {
 	var h DeltaHeader
-	if err := readPrefix(r, b, DeltaMagic, SigMagic, "signature stream, not a delta stream", deltaErr); err != nil {
+	if err := readPrefix(r, b, DeltaMagic, SigMagic, "signature stream, not a delta stream", deltaStream); err != nil {
 		return h, err
 	}
 	version := binary.LittleEndian.Uint16(b[8:])
@@ -282,13 +282,13 @@ func parseDeltaHeader(r io.Reader, b []byte) (DeltaHeader, error) {
 		return h, deltaErr(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
 	}
 	if n, err := io.ReadFull(r, b[10:]); err != nil {
-		return h, readErr(deltaErr, err, "truncated header (%d of %d bytes)", 10+n, DeltaHeaderSize)
+		return h, deltaStream.readErr(err, "truncated header (%d of %d bytes)", 10+n, DeltaHeaderSize)
 	}
 	if got, want := binary.LittleEndian.Uint64(b[64:]), xxhash.Sum64(b[:64]); got != want {
 		return h, deltaErr(ErrChecksum, "header checksum %#016x, computed %#016x", got, want)
 	}
 	h.BlockSize = binary.LittleEndian.Uint32(b[12:])
-	if err := checkHeaderCommon(deltaErr, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {
+	if err := checkHeaderCommon(deltaStream, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {
 		return h, err
 	}
 	h.DeviceSize = binary.LittleEndian.Uint64(b[16:])

@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
 
 	"github.com/cespare/xxhash/v2"
@@ -77,12 +78,38 @@ type ParseError struct {
 func (e *ParseError) Error() string { return e.Stream + ": " + e.Msg }
 func (e *ParseError) Unwrap() error { return e.Err }
 
+// stream names a stream type in errors.
+type stream string
+
+const (
+	sigStream   stream = "signature stream"
+	deltaStream stream = "delta stream"
+)
+
+// errorf returns a *ParseError wrapping err.
+func (s stream) errorf(err error, format string, args ...any) error {
+	return &ParseError{Stream: string(s), Msg: fmt.Sprintf(format, args...), Err: err}
+}
+
+// readErr turns a read error into a ParseError for truncation, and wraps
+// any other (I/O) error without making it a ParseError.
+func (s stream) readErr(err error, format string, args ...any) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return s.errorf(io.ErrUnexpectedEOF, format, args...)
+	}
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return fmt.Errorf("reading %s: %w", s, err)
+}
+
 func sigErr(err error, format string, args ...any) error {
-	return &ParseError{Stream: "signature stream", Msg: fmt.Sprintf(format, args...), Err: err}
+	return sigStream.errorf(err, format, args...)
 }
 
 func deltaErr(err error, format string, args ...any) error {
-	return &ParseError{Stream: "delta stream", Msg: fmt.Sprintf(format, args...), Err: err}
+	return deltaStream.errorf(err, format, args...)
 }
 
 // Base identifies the image content a signature was made from.
@@ -210,7 +237,8 @@ func (b *BlockDigester) Add(h uint64) {
 // Sum64 returns the digest of the hashes added so far.
 func (b *BlockDigester) Sum64() uint64 { return b.d.Sum64() }
 
-func checkHeaderCommon(errf func(error, string, ...any) error, version, flags uint16, blockSize uint32) error {
+func checkHeaderCommon(s stream, version, flags uint16, blockSize uint32) error {
+	errf := s.errorf
 	if version != Version {
 		return errf(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
 	}

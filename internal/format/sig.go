@@ -140,7 +140,8 @@ func NewSigReader(r io.Reader) (*SigReader, error) {
 
 // readPrefix reads the 10 bytes of magic and version into b and checks
 // them. A stream of the other type is named as such.
-func readPrefix(r io.Reader, b []byte, magic, other, otherName string, errf func(error, string, ...any) error) error {
+func readPrefix(r io.Reader, b []byte, magic, other, otherName string, s stream) error {
+	errf := s.errorf
 	n, err := io.ReadFull(r, b[:10])
 	if n < 8 && !bytes.HasPrefix([]byte(magic), b[:n]) || n >= 8 && string(b[:8]) != magic {
 		got := b[:min(n, 8)]
@@ -153,27 +154,14 @@ func readPrefix(r io.Reader, b []byte, magic, other, otherName string, errf func
 		return errf(io.ErrUnexpectedEOF, "empty stream")
 	}
 	if err != nil {
-		return readErr(errf, err, "truncated header (%d of at least 10 bytes)", n)
+		return s.readErr(err, "truncated header (%d of at least 10 bytes)", n)
 	}
 	return nil
 }
 
-// readErr turns a read error into a ParseError for truncation, or wraps an
-// I/O error.
-func readErr(errf func(error, string, ...any) error, err error, format string, args ...any) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return errf(io.ErrUnexpectedEOF, format, args...)
-	}
-	var pe *ParseError
-	if errors.As(err, &pe) {
-		return err
-	}
-	return fmt.Errorf("reading %s: %w", errf(nil, "").(*ParseError).Stream, err)
-}
-
 func parseSigHeader(r io.Reader, b []byte) (SigHeader, error) {
 	var h SigHeader
-	if err := readPrefix(r, b, SigMagic, DeltaMagic, "delta stream, not a signature stream", sigErr); err != nil {
+	if err := readPrefix(r, b, SigMagic, DeltaMagic, "delta stream, not a signature stream", sigStream); err != nil {
 		return h, err
 	}
 	version := binary.LittleEndian.Uint16(b[8:])
@@ -181,13 +169,13 @@ func parseSigHeader(r io.Reader, b []byte) (SigHeader, error) {
 		return h, sigErr(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
 	}
 	if n, err := io.ReadFull(r, b[10:]); err != nil {
-		return h, readErr(sigErr, err, "truncated header (%d of %d bytes)", 10+n, SigHeaderSize)
+		return h, sigStream.readErr(err, "truncated header (%d of %d bytes)", 10+n, SigHeaderSize)
 	}
 	if got, want := binary.LittleEndian.Uint64(b[56:]), xxhash.Sum64(b[:56]); got != want {
 		return h, sigErr(ErrChecksum, "header checksum %#016x, computed %#016x", got, want)
 	}
 	h.BlockSize = binary.LittleEndian.Uint32(b[12:])
-	if err := checkHeaderCommon(sigErr, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {
+	if err := checkHeaderCommon(sigStream, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {
 		return h, err
 	}
 	h.Seed = binary.LittleEndian.Uint64(b[16:])
@@ -210,7 +198,7 @@ func (sr *SigReader) Next() (uint64, error) {
 	blocks := sr.hdr.Blocks()
 	if sr.n < blocks {
 		if _, err := io.ReadFull(sr.r, sr.buf[:]); err != nil {
-			sr.err = readErr(sigErr, err, "truncated after %d of %d block hashes", sr.n, blocks)
+			sr.err = sigStream.readErr(err, "truncated after %d of %d block hashes", sr.n, blocks)
 			return 0, sr.err
 		}
 		sr.digest.Write(sr.buf[:])
@@ -224,7 +212,7 @@ func (sr *SigReader) Next() (uint64, error) {
 func (sr *SigReader) readTrailer() error {
 	var t [SigTrailerSize]byte
 	if n, err := io.ReadFull(sr.r, t[:]); err != nil {
-		return readErr(sigErr, err, "truncated trailer (%d of %d bytes)", n, SigTrailerSize)
+		return sigStream.readErr(err, "truncated trailer (%d of %d bytes)", n, SigTrailerSize)
 	}
 	if got := binary.LittleEndian.Uint64(t[0:]); got != sr.n {
 		return sigErr(ErrCount, "trailer counts %d block hashes, stream has %d", got, sr.n)
@@ -234,7 +222,7 @@ func (sr *SigReader) readTrailer() error {
 	}
 	if _, err := sr.r.ReadByte(); err != io.EOF {
 		if err != nil {
-			return readErr(sigErr, err, "")
+			return sigStream.readErr(err, "")
 		}
 		return sigErr(ErrTrailingData, "data after the trailer")
 	}
