@@ -251,6 +251,19 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatalf("device %s -> %q %v", link, loop, err)
 	}
 	file := e.VolumeFile(v.ID)
+
+	// A resize while attached: the loop device grows too.
+	ra, _, err := c.StorageActions.Resize(ctx(t), v.ID, 2, "sfo3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := waitAction(t, c, ra.ID); a.Status != "completed" {
+		t.Fatalf("resize %s", a.Status)
+	}
+	if b, err := os.ReadFile("/sys/block/" + filepath.Base(loop) + "/size"); err != nil || strings.TrimSpace(string(b)) != fmt.Sprint(2<<30/512) {
+		t.Fatalf("%s has %q sectors after the resize to 2 GiB (%v)", loop, b, err)
+	}
+
 	// A second droplet, deleted just before Close: its sshd must not
 	// outlive the emulator either.
 	d2, _, err := c.Droplets.Create(ctx(t), &godo.DropletCreateRequest{
