@@ -287,15 +287,8 @@ func (e *Emulator) logf(format string, args ...any) {
 	}
 }
 
-// after runs f after d in the background, unless the emulator closes first.
-// f runs without the lock held.
-func (e *Emulator) after(d time.Duration, f func()) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.afterLocked(d, f)
-}
-
-// afterLocked is after with mu held.
+// afterLocked runs f after d in the background, unless the emulator closes
+// first; f runs without the lock held. Call with mu held.
 func (e *Emulator) afterLocked(d time.Duration, f func()) {
 	if e.closed {
 		return

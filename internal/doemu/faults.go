@@ -110,5 +110,9 @@ func (e *Emulator) takeFault(method, path string) *Fault {
 }
 
 func (f Fault) String() string {
-	return fmt.Sprintf("%s %s #%d", f.Method, f.Path, f.Nth)
+	m := f.Method
+	if m == "" {
+		m = "any"
+	}
+	return fmt.Sprintf("%s %s (call %d)", m, f.Path, f.Nth)
 }

@@ -226,7 +226,7 @@ func (e *Emulator) ServeHTTP(rw http.ResponseWriter, hr *http.Request) {
 		f = e.takeFault(hr.Method, hr.URL.Path)
 	}
 	if f != nil {
-		e.logf("fault on %s %s: %+v", hr.Method, hr.URL.Path, *f)
+		e.logf("fault on %s %s: %s", hr.Method, hr.URL.Path, f)
 		if f.Delay > 0 {
 			select {
 			case <-time.After(f.Delay):
