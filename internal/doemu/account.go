@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -40,7 +41,8 @@ type SeedKey struct {
 }
 
 // SeedVolume is an existing volume. Its content is a copy of File (a raw
-// image, at most the volume's size) or made by Content; else it is empty.
+// image, at most the volume's size), or made by Content, or a new ext4 file
+// system holding Files (Filesystem "ext4"); else it is empty.
 type SeedVolume struct {
 	Name          string   `yaml:"name" json:"name"`
 	Region        string   `yaml:"region" json:"region"`
@@ -49,6 +51,10 @@ type SeedVolume struct {
 	Tags          []string `yaml:"tags" json:"tags"`
 	File          string   `yaml:"file" json:"file"`
 	Content       *Content `yaml:"content" json:"content"`
+	// Filesystem "ext4" formats the volume with mkfs.ext4, filled with
+	// Files: path (relative, "/" separated) -> text.
+	Filesystem string            `yaml:"filesystem" json:"filesystem"`
+	Files      map[string]string `yaml:"files" json:"files"`
 }
 
 // Content generates volume data: Bytes bytes at Offset, either
@@ -234,6 +240,28 @@ func (e *Emulator) seed(a *Account) error {
 // fillVolume writes a seeded volume's content into its backing file.
 func fillVolume(v *volume, a *Account, sv SeedVolume) error {
 	size := v.SizeGigabytes * gib
+	n := 0
+	for _, set := range []bool{sv.File != "", sv.Content != nil, sv.Filesystem != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return fmt.Errorf("give only one of file, content and filesystem")
+	}
+	if len(sv.Files) > 0 && sv.Filesystem == "" {
+		return fmt.Errorf("files need a filesystem (ext4)")
+	}
+	if sv.Filesystem != "" {
+		if sv.Filesystem != "ext4" {
+			return fmt.Errorf("filesystem %q: only ext4 is supported", sv.Filesystem)
+		}
+		if err := mkfsExt4(v.File, v.Name, sv.Files); err != nil {
+			return err
+		}
+		v.FilesystemType = "ext4"
+		return nil
+	}
 	if sv.File != "" {
 		src := a.path(sv.File)
 		fi, err := os.Stat(src)
@@ -243,11 +271,11 @@ func fillVolume(v *volume, a *Account, sv SeedVolume) error {
 		if fi.Size() > size {
 			return fmt.Errorf("file %s is larger than %d GiB", src, v.SizeGigabytes)
 		}
-		os.Remove(v.file)
-		if err := copySparse(src, v.file); err != nil {
+		os.Remove(v.File)
+		if err := copySparse(src, v.File); err != nil {
 			return err
 		}
-		return os.Truncate(v.file, size)
+		return os.Truncate(v.File, size)
 	}
 	c := sv.Content
 	if c == nil {
@@ -256,7 +284,7 @@ func fillVolume(v *volume, a *Account, sv SeedVolume) error {
 	if c.Offset < 0 || c.Bytes < 0 || c.Offset+c.Bytes > size {
 		return fmt.Errorf("content does not fit in %d GiB", v.SizeGigabytes)
 	}
-	f, err := os.OpenFile(v.file, os.O_WRONLY, 0)
+	f, err := os.OpenFile(v.File, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
@@ -293,4 +321,40 @@ func fillVolume(v *volume, a *Account, sv SeedVolume) error {
 		off += n
 	}
 	return f.Close()
+}
+
+// mkfsExt4 formats file as ext4 (labelled with the volume's name, cut to
+// ext4's 16 bytes) holding files, with mke2fs -d: no mount, no root needed.
+// The result stays sparse.
+func mkfsExt4(file, label string, files map[string]string) error {
+	dir, err := os.MkdirTemp("", "doemu-mkfs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	for p, text := range files {
+		clean := filepath.Clean(filepath.FromSlash(p))
+		if clean == "." || filepath.IsAbs(clean) || strings.HasPrefix(clean, "..") {
+			return fmt.Errorf("file path %q must be relative and stay inside the volume", p)
+		}
+		full := filepath.Join(dir, clean)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(full, []byte(text), 0o644); err != nil {
+			return err
+		}
+	}
+	if len(label) > 16 {
+		label = label[:16]
+	}
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		mkfs = "/usr/sbin/mkfs.ext4"
+	}
+	cmd := exec.Command(mkfs, "-q", "-F", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", "-d", dir, file)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -44,8 +45,14 @@ func TestSampleAccount(t *testing.T) {
 	if bytes.Count(got[:4<<20], []byte{0}) > 4<<20/100 || !bytes.Equal(got[4<<20:], make([]byte, 16)) {
 		t.Fatal("pgdata does not hold 4 MiB of random data followed by zeros")
 	}
-	if got := readAt(t, e.VolumeFile(media.ID), 16<<20, 24); string(got) != "media files\nmedia files\n" {
-		t.Fatalf("media holds %q", got)
+	if got := debugfsCat(t, e.VolumeFile(media.ID), "/photos/2026/beach.txt"); got != "a photo of a beach\n" {
+		t.Fatalf("media's beach.txt holds %q", got)
+	}
+	if media.FilesystemType != "ext4" {
+		t.Fatalf("media filesystem_type %q", media.FilesystemType)
+	}
+	if n, _ := allocatedBytes(e.VolumeFile(media.ID)); n > 128<<20 {
+		t.Fatalf("the ext4 volume occupies %d bytes: not sparse", n)
 	}
 	// The same seed gives the same bytes every time (the demo relies on it).
 	e2 := newEmu(t, Options{Account: acct, NoLoopDevices: true})
@@ -94,6 +101,16 @@ func TestSampleAccount(t *testing.T) {
 	}
 }
 
+// debugfsCat reads a file out of an ext4 image without mounting it.
+func debugfsCat(t *testing.T, image, path string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "cat "+path, image).Output()
+	if err != nil {
+		t.Fatalf("debugfs cat %s: %v", path, err)
+	}
+	return string(out)
+}
+
 func TestLoadAccountErrors(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string) string {
@@ -113,6 +130,10 @@ func TestLoadAccountErrors(t *testing.T) {
 		{"droplets:\n  - {name: d, region: nyc1, size: s-1vcpu-1gb, ssh_keys: [nope]}\n", `no seeded key "nope"`},
 		{"droplets:\n  - {name: d, region: nyc1, size: s-1vcpu-1gb, volumes: [nope]}\n", "Invalid volume allocations"},
 		{"ssh_keys:\n  - {name: k, public_key: junk}\n", "Key invalid"},
+		{"volumes:\n  - {name: a, region: nyc1, size_gigabytes: 1, filesystem: btrfs}\n", "only ext4"},
+		{"volumes:\n  - {name: a, region: nyc1, size_gigabytes: 1, files: {a: b}}\n", "files need a filesystem"},
+		{"volumes:\n  - {name: a, region: nyc1, size_gigabytes: 1, filesystem: ext4, files: {../x: b}}\n", "stay inside"},
+		{"volumes:\n  - {name: a, region: nyc1, size_gigabytes: 1, filesystem: ext4, content: {bytes: 1}}\n", "only one of"},
 	} {
 		a, err := LoadAccount(write("seed.yaml", tc.seed))
 		if err != nil {

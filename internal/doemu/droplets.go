@@ -323,7 +323,7 @@ func (e *Emulator) prepareDroplet(req dropletCreate, now time.Time) (*droplet, j
 	for _, v := range vols {
 		v.DropletIDs = append(v.DropletIDs, d.ID)
 		d.VolumeIDs = append(d.VolumeIDs, v.ID)
-		atts = append(atts, att{v.ID, v.Name, v.file})
+		atts = append(atts, att{v.ID, v.Name, v.File})
 	}
 	return d, job{
 		work: func() error {

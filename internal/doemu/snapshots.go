@@ -11,10 +11,9 @@ import (
 	"time"
 )
 
-// snapshot is a volume Snapshot with its frozen backing file.
+// snapshot is a volume Snapshot; the emulator keeps nothing else about it.
 type snapshot struct {
 	Snapshot
-	file string
 }
 
 func snapshotJSON(s *snapshot) map[string]any {
@@ -99,7 +98,7 @@ func (e *Emulator) deleteSnapshot(r *request) (reply, error) {
 		return reply{}, errNotFound()
 	}
 	delete(e.snapshots, s.ID)
-	os.Remove(s.file)
+	os.Remove(s.File)
 	return reply{http.StatusNoContent, nil}, nil
 }
 
@@ -169,14 +168,14 @@ func (e *Emulator) newSnapshot(v *volume, req snapshotCreate, now time.Time, lim
 		Tags:         e.useTags(req.Tags),
 		CreatedAt:    now.UTC().Truncate(time.Second),
 	}}
-	s.file = filepath.Join(e.dataDir, "snapshots", s.ID+".img")
-	if err := copySparse(v.file, s.file); err != nil {
-		os.Remove(s.file)
+	s.File = filepath.Join(e.dataDir, "snapshots", s.ID+".img")
+	if err := copySparse(v.File, s.File); err != nil {
+		os.Remove(s.File)
 		return nil, fmt.Errorf("snapshot backing file: %w", err)
 	}
-	used, err := allocatedBytes(s.file)
+	used, err := allocatedBytes(s.File)
 	if err != nil {
-		os.Remove(s.file)
+		os.Remove(s.File)
 		return nil, err
 	}
 	s.SizeGigabytes = math.Ceil(float64(used)/gib*100) / 100

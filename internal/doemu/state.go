@@ -19,6 +19,7 @@ type Volume struct {
 	FilesystemLabel string    `json:"filesystem_label"`
 	SnapshotID      string    `json:"snapshot_id"` // the snapshot it was created from, if any
 	CreatedAt       time.Time `json:"created_at"`
+	File            string    `json:"file"` // the backing file
 }
 
 // Snapshot is a volume snapshot as State reports it.
@@ -32,6 +33,7 @@ type Snapshot struct {
 	SizeGigabytes float64   `json:"size_gigabytes"`
 	Tags          []string  `json:"tags"`
 	CreatedAt     time.Time `json:"created_at"`
+	File          string    `json:"file"` // the frozen backing file
 }
 
 // Droplet is a droplet as State reports it.
@@ -132,7 +134,7 @@ func (e *Emulator) VolumeFile(volumeID string) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if v, ok := e.volumes[volumeID]; ok {
-		return v.file
+		return v.File
 	}
 	return ""
 }
@@ -142,7 +144,7 @@ func (e *Emulator) SnapshotFile(snapshotID string) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if s, ok := e.snapshots[snapshotID]; ok {
-		return s.file
+		return s.File
 	}
 	return ""
 }

@@ -73,7 +73,7 @@ func (e *Emulator) doVolumeAction(r *request, v *volume, req volumeActionRequest
 		if req.SizeGigabytes > maxVolumeSize {
 			return reply{}, errUnprocessable("size_gigabytes must be between 1 and %d", maxVolumeSize)
 		}
-		size, file := req.SizeGigabytes, v.file
+		size, file := req.SizeGigabytes, v.File
 		var ds []*droplet
 		for _, id := range v.DropletIDs {
 			if d, ok := e.droplets[id]; ok {
@@ -124,7 +124,7 @@ func (e *Emulator) attach(r *request, v *volume, dropletID int) (*action, error)
 	}
 	v.DropletIDs = append(v.DropletIDs, d.ID)
 	d.VolumeIDs = append(d.VolumeIDs, v.ID)
-	name, file := v.Name, v.file
+	name, file := v.Name, v.File
 	return e.startAction(r, "attach_volume", "backend", 0, v.Region, v.ID, job{
 		work: func() error { return e.attachDevice(d, v.ID, name, file) },
 		finish: func(ok bool) {

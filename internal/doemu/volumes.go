@@ -11,10 +11,9 @@ import (
 	"time"
 )
 
-// volume is a Volume with its backing file.
+// volume is a Volume; the emulator keeps nothing else about it.
 type volume struct {
 	Volume
-	file string
 }
 
 var volumeNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,63}$`)
@@ -179,18 +178,18 @@ func (e *Emulator) newVolume(req volumeCreate, now time.Time) (*volume, error) {
 		SnapshotID:      req.SnapshotID,
 		CreatedAt:       now.UTC().Truncate(time.Second),
 	}}
-	v.file = filepath.Join(e.dataDir, "volumes", v.ID+".img")
+	v.File = filepath.Join(e.dataDir, "volumes", v.ID+".img")
 	var err error
 	if src != nil {
-		err = copySparse(src.file, v.file)
+		err = copySparse(src.File, v.File)
 	} else {
-		err = createSparse(v.file)
+		err = createSparse(v.File)
 	}
 	if err == nil {
-		err = os.Truncate(v.file, v.SizeGigabytes*gib)
+		err = os.Truncate(v.File, v.SizeGigabytes*gib)
 	}
 	if err != nil {
-		os.Remove(v.file)
+		os.Remove(v.File)
 		return nil, fmt.Errorf("volume backing file: %w", err)
 	}
 	e.volumes[v.ID] = v
@@ -227,6 +226,6 @@ func (e *Emulator) removeVolume(v *volume) (reply, error) {
 		return reply{}, errConflict("A volume that's attached to a Droplet cannot be deleted. Please detach it first before deleting.")
 	}
 	delete(e.volumes, v.ID)
-	os.Remove(v.file)
+	os.Remove(v.File)
 	return reply{http.StatusNoContent, nil}, nil
 }
