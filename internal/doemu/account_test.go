@@ -103,7 +103,6 @@ func TestSampleAccount(t *testing.T) {
 
 // debugfsCat reads a file out of an ext4 image without mounting it.
 func debugfsCat(t *testing.T, image, path string) string {
-	t.Helper()
 	out, err := exec.Command("debugfs", "-R", "cat "+path, image).Output()
 	if err != nil {
 		t.Fatalf("debugfs cat %s: %v", path, err)

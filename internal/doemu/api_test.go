@@ -17,7 +17,6 @@ import (
 )
 
 func newPubKey(t *testing.T) (string, ed25519.PrivateKey) {
-	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +247,6 @@ func TestSnapshotLimit(t *testing.T) {
 }
 
 func writeAt(t *testing.T, path string, off int64, b []byte) {
-	t.Helper()
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +258,6 @@ func writeAt(t *testing.T, path string, off int64, b []byte) {
 }
 
 func readAt(t *testing.T, path string, off int64, n int) []byte {
-	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 )
 
 func createDroplet(t *testing.T, c *godo.Client, name, region string, tags []string, keys ...godo.DropletCreateSSHKey) *godo.Droplet {
-	t.Helper()
 	d, resp, err := c.Droplets.Create(ctx(t), &godo.DropletCreateRequest{
 		Name:    name,
 		Region:  region,

@@ -16,7 +16,6 @@ import (
 
 // rawGet fetches a path with the test token and decodes the JSON body.
 func rawGet(t *testing.T, e *Emulator, path string, v any) *http.Response {
-	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, e.URL()+strings.TrimPrefix(path, "/"), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,6 @@ import (
 // specPath finds DigitalOcean's OpenAPI description: ../shared/do-openapi.yaml
 // next to the module root. Without it the test skips, or fails when CI=true.
 func specPath(t *testing.T) string {
-	t.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
@@ -139,20 +138,17 @@ func TestSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	must := func(err error) {
-		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	raw := func(method, path string, body any) {
-		t.Helper()
 		req, err := c.NewRequest(ctx(t), method, path, body)
 		must(err)
 		_, err = c.Do(ctx(t), req, nil)
 		must(err)
 	}
 	wait := func(id int) {
-		t.Helper()
 		for {
 			a, _, err := c.Actions.Get(ctx(t), id)
 			must(err)

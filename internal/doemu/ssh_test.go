@@ -28,7 +28,6 @@ type hostKey struct {
 }
 
 func newHostKey(t *testing.T) hostKey {
-	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +53,6 @@ func (h hostKey) userData() string {
 // sshRun runs a command on root@addr with the real OpenSSH client, pinning
 // the host key in a known_hosts file.
 func sshRun(t *testing.T, dir, keyFile, addr string, port int, knownHost, command string) (string, error) {
-	t.Helper()
 	kh := filepath.Join(dir, "known_hosts")
 	host := addr
 	if port != 22 {

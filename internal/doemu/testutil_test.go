@@ -30,7 +30,6 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 // newEmu starts an emulator for one test, closed (and checked for leftover
 // processes) at its end.
 func newEmu(t *testing.T, opts Options) *Emulator {
-	t.Helper()
 	if opts.Token == "" {
 		opts.Token = testToken
 	}
@@ -54,7 +53,6 @@ func newEmu(t *testing.T, opts Options) *Emulator {
 
 // client returns a godo client for e with the given token.
 func client(t *testing.T, e *Emulator, token string) *godo.Client {
-	t.Helper()
 	hc := &http.Client{Transport: bearer{token, http.DefaultTransport}, Timeout: 30 * time.Second}
 	c, err := godo.New(hc, godo.SetBaseURL(e.URL()))
 	if err != nil {
@@ -72,7 +70,6 @@ func ctx(t *testing.T) context.Context {
 // apiErr asserts err is a *godo.ErrorResponse with status and a message
 // containing msg.
 func apiErr(t *testing.T, err error, status int, msg string) {
-	t.Helper()
 	var er *godo.ErrorResponse
 	if !errors.As(err, &er) {
 		t.Fatalf("got error %v (%T), want *godo.ErrorResponse %d", err, err, status)
@@ -90,7 +87,6 @@ func apiErr(t *testing.T, err error, status int, msg string) {
 
 // waitAction polls an action until it is no longer in progress.
 func waitAction(t *testing.T, c *godo.Client, id int) *godo.Action {
-	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		a, _, err := c.Actions.Get(ctx(t), id)
@@ -108,7 +104,6 @@ func waitAction(t *testing.T, c *godo.Client, id int) *godo.Action {
 
 // waitActive polls a droplet until it is active.
 func waitActive(t *testing.T, c *godo.Client, id int) *godo.Droplet {
-	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		d, _, err := c.Droplets.Get(ctx(t), id)
@@ -127,7 +122,6 @@ func waitActive(t *testing.T, c *godo.Client, id int) *godo.Droplet {
 // requireRoot skips (or, with CI=true, fails) a test that needs root, loop
 // devices or sshd.
 func requireRoot(t *testing.T, what ...string) {
-	t.Helper()
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root")
