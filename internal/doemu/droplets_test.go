@@ -230,13 +230,16 @@ func TestAttachDetach(t *testing.T) {
 	// Attach by name, delete the droplet: the volume stays attached for the
 	// detach delay, then is free; the volume survives.
 	req, _ := c.NewRequest(ctx(t), http.MethodPost, "v2/volumes/actions", map[string]any{
-		"type": "attach", "volume_name": "data", "region": "nyc1", "droplet_id": d.ID,
+		"type": "attach", "volume_name": "data", "region": "nyc1", "droplet_id": d.ID, "tags": []string{"attached"},
 	})
 	var body struct{ Action godo.Action }
 	if _, err := c.Do(ctx(t), req, &body); err != nil {
 		t.Fatal(err)
 	}
 	waitAction(t, c, body.Action.ID)
+	if got, _, _ := c.Storage.GetVolume(ctx(t), v.ID); !reflect.DeepEqual(got.Tags, []string{"attached"}) {
+		t.Fatalf("tags after an attach with tags: %v", got.Tags)
+	}
 	if _, err := c.Droplets.Delete(ctx(t), d.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -10,11 +10,12 @@ import (
 // volumeActionRequest is the body of POST /v2/volumes/{id}/actions and
 // POST /v2/volumes/actions (which names the volume by name and region).
 type volumeActionRequest struct {
-	Type          string `json:"type"`
-	DropletID     int    `json:"droplet_id"`
-	Region        string `json:"region"`
-	SizeGigabytes int64  `json:"size_gigabytes"`
-	VolumeName    string `json:"volume_name"`
+	Type          string   `json:"type"`
+	DropletID     int      `json:"droplet_id"`
+	Region        string   `json:"region"`
+	SizeGigabytes int64    `json:"size_gigabytes"`
+	VolumeName    string   `json:"volume_name"`
+	Tags          []string `json:"tags"` // attach: tags to apply to the volume
 }
 
 func (e *Emulator) volumeAction(r *request) (reply, error) {
@@ -55,9 +56,17 @@ func (e *Emulator) doVolumeAction(r *request, v *volume, req volumeActionRequest
 	}
 	switch req.Type {
 	case "attach":
+		if err := checkTagNames(req.Tags); err != nil {
+			return reply{}, err
+		}
 		a, err := e.attach(r, v, req.DropletID)
 		if err != nil {
 			return reply{}, err
+		}
+		for _, t := range e.useTags(req.Tags) {
+			if !hasTag(v.Tags, t) {
+				v.Tags = append(v.Tags, t)
+			}
 		}
 		return e.actionReply(http.StatusAccepted, a), nil
 	case "detach":
@@ -125,7 +134,7 @@ func (e *Emulator) attach(r *request, v *volume, dropletID int) (*action, error)
 	v.DropletIDs = append(v.DropletIDs, d.ID)
 	d.VolumeIDs = append(d.VolumeIDs, v.ID)
 	name, file := v.Name, v.File
-	return e.startAction(r, "attach_volume", "backend", 0, v.Region, v.ID, job{
+	return e.startAction(r, "attach_volume", "volume", 0, v.Region, v.ID, job{
 		work: func() error { return e.attachDevice(d, v.ID, name, file) },
 		finish: func(ok bool) {
 			if !ok {
@@ -143,7 +152,7 @@ func (e *Emulator) detach(r *request, v *volume, dropletID int) (*action, error)
 		return nil, errUnprocessable("Attachment not found")
 	}
 	d := e.droplets[dropletID]
-	return e.startAction(r, "detach_volume", "backend", 0, v.Region, v.ID, job{
+	return e.startAction(r, "detach_volume", "volume", 0, v.Region, v.ID, job{
 		work: func() error {
 			if d != nil {
 				e.detachDevice(d, v.ID)
