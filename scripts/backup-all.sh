@@ -225,9 +225,10 @@ do_teardown() {
 	# here on this script ignores SIGINT and SIGTERM (SIGKILL still works,
 	# and the next run cleans up).
 	trap '' INT TERM
-	local args=("${config_args[@]}") rc=0 pid=""
-	if jq -e '.run_id' "$run_json" >/dev/null 2>&1; then
-		log "tearing down run $(jq -r '.run_id' "$run_json"): deleting its droplets, volume copies, snapshots and key"
+	local args=("${config_args[@]}") rc=0 pid="" run_id=""
+	run_id=$(jq -r '.run_id // empty' "$run_json" 2>/dev/null || true)
+	if [[ -n "$run_id" ]]; then
+		log "tearing down run $run_id: deleting its droplets, volume copies, snapshots and key"
 		run_group pid "$teardown" "${args[@]}" "$run_json" </dev/null
 	else
 		log "tearing down everything dosvob-ephemeral (provisioning did not finish)"

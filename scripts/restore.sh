@@ -197,9 +197,10 @@ do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	torn_down=1
 	trap '' INT TERM
-	local rc=0 pid=""
-	if jq -e '.run_id' "$run_json" >/dev/null 2>&1; then
-		log "deleting the temporary droplet and key of run $(jq -r '.run_id' "$run_json") (the new volume is kept)"
+	local rc=0 pid="" run_id=""
+	run_id=$(jq -r '.run_id // empty' "$run_json" 2>/dev/null || true)
+	if [[ -n "$run_id" ]]; then
+		log "deleting the temporary droplet and key of run $run_id (the new volume is kept)"
 		run_group pid "$teardown" "${config_args[@]}" "$run_json" </dev/null
 	else
 		log "deleting everything dosvob-ephemeral (provisioning did not finish)"
