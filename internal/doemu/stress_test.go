@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,7 +89,15 @@ func TestPaginationWalk(t *testing.T) {
 // at once (under -race this also looks for data races), then the state is
 // consistent and every device is gone.
 func TestConcurrentClients(t *testing.T) {
-	e := newEmu(t, Options{ActionDelay: 2 * time.Millisecond, DetachDelay: 5 * time.Millisecond, SnapshotInterval: -1, NoLoopDevices: true, Logf: func(string, ...any) {}})
+	t.Run("files", func(t *testing.T) { concurrentClients(t, true) })
+	t.Run("loop-devices", func(t *testing.T) {
+		requireRoot(t, "loop")
+		concurrentClients(t, false)
+	})
+}
+
+func concurrentClients(t *testing.T, noLoop bool) {
+	e := newEmu(t, Options{ActionDelay: 2 * time.Millisecond, DetachDelay: 5 * time.Millisecond, SnapshotInterval: -1, NoLoopDevices: noLoop, Logf: func(string, ...any) {}})
 	c := client(t, e, testToken)
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
@@ -181,6 +191,12 @@ func TestConcurrentClients(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("droplet directories left: %v", ents)
+		}
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(string(b), e.DataDir()+"/") {
+			t.Errorf("%s still backed by %s", l, strings.TrimSpace(string(b)))
 		}
 	}
 }
