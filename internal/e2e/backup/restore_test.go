@@ -1,0 +1,160 @@
+package backup
+
+import (
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/doemu"
+)
+
+// restore runs restore.sh to completion.
+func (e *env) restore(args ...string) result {
+	e.t.Helper()
+	cmd, stdout, stderr := e.script("restore.sh", append([]string{"--config", e.conf}, args...)...)
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	return wait(cmd, stdout, stderr, start)
+}
+
+// volumeNamed returns the volume region/name in the emulated account.
+func (e *env) volumeNamed(region, name string) (doemu.Volume, bool) {
+	for _, v := range e.emu.State().Volumes {
+		if v.Region == region && v.Name == name {
+			return v, true
+		}
+	}
+	return doemu.Volume{}, false
+}
+
+// prefixDigest is the sha256 of the first n bytes of a file.
+func prefixDigest(t *testing.T, name string, n int64) string {
+	t.Helper()
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tmp := filepath.Join(t.TempDir(), "prefix")
+	out, err := os.Create(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(out, f, n); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	return digest(t, tmp)
+}
+
+// TestRestore: restore.sh fills a new volume from an image, and from a kept
+// version, byte for byte; it refuses a name that exists; each time nothing
+// temporary is left and the restored volumes stay, detached.
+func TestRestore(t *testing.T) {
+	e := newEnv(t, false)
+	e.mustBackup()
+	e.change("fra1/db", 30)
+	e.mustBackup()
+	img := e.image("fra1/db")
+	size := int64(gib)
+	if st, err := os.Stat(img); err == nil {
+		size = st.Size()
+	}
+
+	// The newest backup into a new volume.
+	r := e.restore("--volume-name", "db-restored", "--region", "fra1", img)
+	if r.code != 0 {
+		t.Fatalf("restore.sh exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+	}
+	var out struct {
+		Name   string `json:"name"`
+		ID     string `json:"id"`
+		Region string `json:"region"`
+		SHA256 string `json:"sha256"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		t.Fatalf("restore.sh stdout is not the volume JSON: %v\n%q", err, r.stdout)
+	}
+	v, ok := e.volumeNamed("fra1", "db-restored")
+	if !ok {
+		t.Fatalf("no volume fra1/db-restored after the restore")
+	}
+	if out.ID != v.ID || out.Name != "db-restored" || out.Region != "fra1" {
+		t.Errorf("restore.sh printed %+v, want volume %s", out, v.ID)
+	}
+	if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), size), digest(t, img); got != want {
+		t.Errorf("the restored volume differs from the image: sha256 %s, want %s", got, want)
+	}
+	if want := digest(t, img); out.SHA256 != want {
+		t.Errorf("restore.sh reported sha256 %s, want %s", out.SHA256, want)
+	}
+	e.checkNothingLeft("fra1/db-restored")
+
+	// A kept version into another new volume.
+	vs := exec.Command(e.bin+"/dosvob-patch", "versions", "--json", img)
+	b, err := vs.Output()
+	if err != nil {
+		t.Fatalf("dosvob-patch versions: %v", err)
+	}
+	var list []struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil || len(list) != 1 {
+		t.Fatalf("want one kept version, got %s (%v)", b, err)
+	}
+	old := filepath.Join(t.TempDir(), "old.img")
+	if out, err := exec.Command(e.bin+"/dosvob-patch", "restore-version", "--version", list[0].Name, "--output", old, img).CombinedOutput(); err != nil {
+		t.Fatalf("dosvob-patch restore-version: %v\n%s", err, out)
+	}
+	r = e.restore("--volume-name", "db-previous", "--region", "fra1", "--version", list[0].Name, img)
+	if r.code != 0 {
+		t.Fatalf("restore.sh --version exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+	}
+	v, ok = e.volumeNamed("fra1", "db-previous")
+	if !ok {
+		t.Fatalf("no volume fra1/db-previous after the restore")
+	}
+	if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), size), digest(t, old); got != want {
+		t.Errorf("the volume restored from version %s differs from that version", list[0].Name)
+	}
+	if digest(t, old) == digest(t, img) {
+		t.Errorf("the kept version equals the newest backup: the test proves nothing")
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(img), ".restore-*")); len(leftovers) != 0 {
+		t.Errorf("temporary version files left: %v", leftovers)
+	}
+	e.checkNothingLeft("fra1/db-restored", "fra1/db-previous")
+
+	// Restoring onto a name that exists is refused, and touches nothing.
+	before := e.emu.State()
+	dbFile := digest(t, e.sourceFile("fra1/db"))
+	r = e.restore("--volume-name", "db", "--region", "fra1", img)
+	if r.code != 4 {
+		t.Fatalf("restore.sh onto the existing volume db exited %d, want 4\nstderr:\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "db") {
+		t.Errorf("the refusal does not name the volume:\n%s", r.stderr)
+	}
+	if got := digest(t, e.sourceFile("fra1/db")); got != dbFile {
+		t.Errorf("the existing volume db was written to")
+	}
+	if diff := stateDiff(before, e.emu.State()); diff != "" {
+		t.Errorf("a refused restore changed the account: %s", diff)
+	}
+}
+
+func stateDiff(a, b doemu.State) string {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	if string(ja) == string(jb) {
+		return ""
+	}
+	return "before " + string(ja) + "\nafter " + string(jb)
+}
