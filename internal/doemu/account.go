@@ -358,3 +358,20 @@ func mkfsExt4(file, label string, files map[string]string) error {
 	}
 	return nil
 }
+
+// mkfsXFS formats file as XFS. Without mkfs.xfs (xfsprogs) it fails: an
+// emulator that silently left the volume blank would hide a bug.
+func mkfsXFS(file, label string) error {
+	mkfs, err := exec.LookPath("mkfs.xfs")
+	if err != nil {
+		return fmt.Errorf("filesystem_type xfs needs mkfs.xfs (xfsprogs): %w", err)
+	}
+	args := []string{"-q", "-f"}
+	if label != "" {
+		args = append(args, "-L", label)
+	}
+	if out, err := exec.Command(mkfs, append(args, file)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.xfs: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

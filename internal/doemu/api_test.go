@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"net/http"
 	"os"
+	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -114,6 +115,28 @@ func TestVolumes(t *testing.T) {
 	apiErr(t, err, http.StatusUnprocessableEntity, "region")
 	_, _, err = c.Storage.CreateVolume(ctx(t), &godo.VolumeCreateRequest{Name: "x", Region: "nyc1", SizeGigaBytes: 0})
 	apiErr(t, err, http.StatusUnprocessableEntity, "size_gigabytes")
+
+	// A new volume with filesystem_type is formatted, as on DigitalOcean.
+	fs, _, err := c.Storage.CreateVolume(ctx(t), &godo.VolumeCreateRequest{
+		Name: "formatted", Region: "sfo3", SizeGigaBytes: 1, FilesystemType: "ext4", FilesystemLabel: "mylabel",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs.FilesystemType != "ext4" || fs.FilesystemLabel != "mylabel" {
+		t.Fatalf("formatted volume %+v", fs)
+	}
+	if out, err := exec.Command("dumpe2fs", "-h", e.VolumeFile(fs.ID)).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "Filesystem volume name:   mylabel") {
+		t.Fatalf("not an ext4 file system labelled mylabel: %v\n%s", err, out)
+	}
+	_, _, err = c.Storage.CreateVolume(ctx(t), &godo.VolumeCreateRequest{Name: "x", Region: "sfo3", SizeGigaBytes: 1, FilesystemType: "ext4", FilesystemLabel: strings.Repeat("l", 17)})
+	apiErr(t, err, http.StatusUnprocessableEntity, "filesystem_label")
+	_, _, err = c.Storage.CreateVolume(ctx(t), &godo.VolumeCreateRequest{Name: "x", Region: "sfo3", SizeGigaBytes: 1, FilesystemType: "btrfs"})
+	apiErr(t, err, http.StatusUnprocessableEntity, "filesystem_type")
+	if _, err := c.Storage.DeleteVolume(ctx(t), fs.ID); err != nil {
+		t.Fatal(err)
+	}
 
 	all, _, err := c.Storage.ListVolumes(ctx(t), nil)
 	if err != nil || len(all) != 2 {

@@ -159,6 +159,12 @@ func (e *Emulator) newVolume(req volumeCreate, now time.Time) (*volume, error) {
 	default:
 		return nil, errUnprocessable("filesystem_type must be ext4 or xfs")
 	}
+	if req.FilesystemLabel != "" && req.FilesystemType == "" {
+		return nil, errUnprocessable("filesystem_label needs a filesystem_type")
+	}
+	if max := map[string]int{"ext4": 16, "xfs": 12}[req.FilesystemType]; len(req.FilesystemLabel) > max && max > 0 {
+		return nil, errUnprocessable("filesystem_label must be at most %d characters for %s", max, req.FilesystemType)
+	}
 	if err := checkTagNames(req.Tags); err != nil {
 		return nil, err
 	}
@@ -187,6 +193,13 @@ func (e *Emulator) newVolume(req volumeCreate, now time.Time) (*volume, error) {
 	}
 	if err == nil {
 		err = os.Truncate(v.File, v.SizeGigabytes*gib)
+	}
+	// DigitalOcean formats a new empty volume when asked to.
+	if err == nil && src == nil && v.FilesystemType == "ext4" {
+		err = mkfsExt4(v.File, v.FilesystemLabel, nil)
+	}
+	if err == nil && src == nil && v.FilesystemType == "xfs" {
+		err = mkfsXFS(v.File, v.FilesystemLabel)
 	}
 	if err != nil {
 		os.Remove(v.File)
