@@ -180,6 +180,18 @@ func TestDropletAnswersSSH(t *testing.T) {
 		t.Fatalf("unknown client key accepted: %v", err)
 	}
 
+	// A reboot restarts sshd on the same address with the same host key.
+	rb, _, err := c.DropletActions.Reboot(ctx(t), d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := waitAction(t, c, rb.ID); a.Status != "completed" {
+		t.Fatalf("reboot %s", a.Status)
+	}
+	if out, err := sshRun(t, dir, keyFile, addr, DefaultSSHPort, hk.pubLine, "echo up"); err != nil || strings.TrimSpace(out) != "up" {
+		t.Fatalf("after reboot: %q %v", out, err)
+	}
+
 	// Detach removes the device and frees the loop device.
 	da, _, err := c.StorageActions.DetachByDropletID(ctx(t), cp.ID, d.ID)
 	if err != nil {
