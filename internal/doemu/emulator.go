@@ -229,8 +229,9 @@ func (e *Emulator) URL() string { return e.url }
 func (e *Emulator) DataDir() string { return e.dataDir }
 
 // Close stops the server, waits for pending actions, stops every droplet's
-// sshd, detaches every loop device and, if the data directory was temporary,
-// removes it. It is safe to call more than once.
+// sshd, detaches every loop device, removes the droplets' directories and,
+// if the data directory was temporary, all of it. It is safe to call more
+// than once.
 func (e *Emulator) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -272,6 +273,9 @@ func (e *Emulator) stopAll() {
 	e.mu.Unlock()
 	for _, d := range ds {
 		e.stopDroplet(d)
+		// The droplets' directories hold host keys; the emulator's state,
+		// droplets included, does not outlive it anyway.
+		os.RemoveAll(d.Root)
 	}
 }
 

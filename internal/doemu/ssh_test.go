@@ -317,6 +317,43 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 }
 
+// TestCloseKeepsDataDir: with a DataDir of its own, Close leaves the
+// volumes' backing files but removes the droplets' directories, which hold
+// host keys.
+func TestCloseKeepsDataDir(t *testing.T) {
+	dir := t.TempDir()
+	e, err := New(Options{Token: testToken, ActionDelay: -1, DataDir: dir, NoLoopDevices: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	c := client(t, e, testToken)
+	v, _, err := c.Storage.CreateVolume(ctx(t), &godo.VolumeCreateRequest{Name: "data", Region: "nyc1", SizeGigaBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hk := newHostKey(t)
+	d, _, err := c.Droplets.Create(ctx(t), &godo.DropletCreateRequest{Name: "w", Region: "nyc1", Size: "s-1vcpu-1gb",
+		Image: godo.DropletCreateImage{Slug: "ubuntu-24-04-x64"}, UserData: hk.userData()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitActive(t, c, d.ID)
+	root := e.State().Droplets[0].Root
+	if !strings.HasPrefix(root, dir) {
+		t.Fatalf("droplet directory %s outside the data dir %s", root, dir)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "volumes", v.ID+".img")); err != nil {
+		t.Fatalf("backing file gone: %v", err)
+	}
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Fatalf("droplet directory (with its host keys) left: %v", err)
+	}
+}
+
 // TestSSHAddressTaken: a droplet skips a loopback address whose SSH port
 // another process already holds.
 func TestSSHAddressTaken(t *testing.T) {
