@@ -154,3 +154,49 @@ func TestKill(t *testing.T) {
 		t.Fatalf("too few kills of each kind: %d at a step, %d outside, %d cuts", hookKills, outsideKills, cuts)
 	}
 }
+
+// TestInterrupt: SIGTERM in the middle of a run rolls it back at once and
+// exits 130.
+func TestInterrupt(t *testing.T) {
+	bin := buildBinary(t)
+	r := rand.New(rand.NewPCG(51, 52))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	old := device(r, 256*1024)
+	d, err := makeDelta(img, old, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--quiet", img)
+	cmd.Stdin = bytes.NewReader(d)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	next := mutate(r, old, 40)
+	d, err = makeDelta(img, next, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin, img)
+	in, _ := cmd.StdinPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	in.Write(d[:len(d)/2]) // blocks until dosvob-patch has read most of it
+	time.Sleep(50 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGTERM)
+	in.Close() // the rest of the pipe dies with the signal too
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("SIGTERM: %v, want exit 130\n%s", err, stderr.String())
+	}
+	if !bytes.Contains(stderr.Bytes(), []byte("is unchanged")) {
+		t.Fatalf("no word about the image: %s", stderr.String())
+	}
+	mustEqualFile(t, img, old)
+	if exists(filepath.Join(img+".dosvob", "journal")) {
+		t.Fatal("journal left after an in-process rollback")
+	}
+}

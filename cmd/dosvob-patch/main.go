@@ -207,6 +207,11 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 	}
 	res, err := s.Patch(c.Context, stdin, opts)
 	prog.done()
+	if err != nil && c.Context.Err() != nil {
+		// A signal also ends the rest of the pipe, so the stream breaks:
+		// report the interruption, not the broken stream.
+		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s is unchanged (%v)", img, err))
+	}
 	if err != nil {
 		return mapErr(err, img)
 	}
