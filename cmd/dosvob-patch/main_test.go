@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -20,7 +19,11 @@ import (
 var binPath string
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{"dosvob-patch": run}))
+	code := testscript.RunMain(m, map[string]func() int{"dosvob-patch": run})
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
 }
 
 // buildBinary builds the real binary once per test process.
@@ -204,4 +207,3 @@ func mutate(r *rand.Rand, b []byte, n int) []byte {
 	return c
 }
 
-var _ = fmt.Sprint
