@@ -19,11 +19,18 @@ import (
 var binPath string
 
 func TestMain(m *testing.M) {
-	code := testscript.RunMain(m, map[string]func() int{"dosvob-patch": run})
+	testscript.Main(cleanupM{m}, map[string]func(){"dosvob-patch": func() { os.Exit(run()) }})
+}
+
+// cleanupM removes the built binary after the tests.
+type cleanupM struct{ m *testing.M }
+
+func (c cleanupM) Run() int {
+	code := c.m.Run()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}
-	os.Exit(code)
+	return code
 }
 
 // buildBinary builds the real binary once per test process.
@@ -206,4 +213,3 @@ func mutate(r *rand.Rand, b []byte, n int) []byte {
 	}
 	return c
 }
-
