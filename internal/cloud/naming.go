@@ -61,8 +61,15 @@ func DropletName(runID, region string, k int) string {
 }
 
 // IsOurs reports whether a volume, snapshot or droplet carries both marks.
+// Tags compare case-insensitively, as DigitalOcean treats them.
 func IsOurs(name string, tags []string) bool {
-	return strings.HasPrefix(name, Prefix) && slices.Contains(tags, Tag)
+	return strings.HasPrefix(name, Prefix) && HasTag(tags, Tag)
+}
+
+// HasTag reports whether tags hold tag, compared as DigitalOcean does
+// (case-insensitively).
+func HasTag(tags []string, tag string) bool {
+	return slices.ContainsFunc(tags, func(t string) bool { return strings.EqualFold(t, tag) })
 }
 
 // IsOurKey reports whether an account key's name marks it as a run's key.
@@ -74,8 +81,10 @@ func KeyRunID(name string) string { return strings.TrimPrefix(name, Prefix) }
 // RunOf returns the run id that a resource's tags name, or "".
 func RunOf(tags []string) string {
 	for _, t := range tags {
-		if id, ok := strings.CutPrefix(t, RunTagPfx); ok && ValidRunID(id) {
-			return id
+		if len(t) > len(RunTagPfx) && strings.EqualFold(t[:len(RunTagPfx)], RunTagPfx) {
+			if id := strings.ToLower(t[len(RunTagPfx):]); ValidRunID(id) {
+				return id
+			}
 		}
 	}
 	return ""

@@ -47,7 +47,7 @@ func (f Filter) Selects(v godo.Volume) bool {
 	}
 	tagged := func(tags []string) bool {
 		for _, t := range tags {
-			if slices.Contains(v.Tags, t) {
+			if HasTag(v.Tags, t) {
 				return true
 			}
 		}

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/digitalocean/godo"
 )
 
 // Resource is one DigitalOcean resource that teardown found.
@@ -96,7 +98,7 @@ func (s Scope) matches(name string, tags []string) bool {
 	if !IsOurs(name, tags) {
 		return false
 	}
-	return s.RunID == "" || slices.Contains(tags, RunTag(s.RunID))
+	return s.RunID == "" || HasTag(tags, RunTag(s.RunID))
 }
 
 // Discover lists what exists of the scope. A resource counts only when it
@@ -336,5 +338,53 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 	if len(errs) > 0 {
 		logf("finished despite errors on the way: %v", errors.Join(errs...))
 	}
+	a.deleteRunTags(ctx, scope, logf)
 	return nil
+}
+
+// deleteRunTags deletes the per-run tags of the scope that no longer tag
+// anything. (The shared tag dosvob-ephemeral stays: a firewall rule of the
+// user's might name it.) Failures only cost a little clutter: logged.
+func (a *API) deleteRunTags(ctx context.Context, scope Scope, logf func(string, ...any)) {
+	var names []string
+	if scope.RunID != "" {
+		names = []string{RunTag(scope.RunID)}
+	} else {
+		tags, err := listAll(ctx, a, "list tags", func(ctx context.Context, opt *godo.ListOptions) ([]godo.Tag, *godo.Response, error) {
+			return a.godo.Tags.List(ctx, opt)
+		})
+		if err != nil {
+			logf("listing tags: %v", err)
+			return
+		}
+		for _, t := range tags {
+			if RunOf([]string{t.Name}) != "" {
+				names = append(names, t.Name)
+			}
+		}
+	}
+	for _, name := range names {
+		var t *godo.Tag
+		err := a.do(ctx, "get tag "+name, func(ctx context.Context) (*godo.Response, error) {
+			var resp *godo.Response
+			var err error
+			t, resp, err = a.godo.Tags.Get(ctx, name)
+			return resp, err
+		})
+		if IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			logf("%v", err)
+			continue
+		}
+		if t.Resources != nil && t.Resources.Count > 0 {
+			continue
+		}
+		if err := a.deleteIgnoringNotFound(ctx, "delete tag "+name, func(ctx context.Context) (*godo.Response, error) {
+			return a.godo.Tags.Delete(ctx, name)
+		}); err != nil {
+			logf("%v", err)
+		}
+	}
 }
