@@ -50,7 +50,9 @@ type Options struct {
 	// signing runs; it takes the writer lock just long enough to recover
 	// an interrupted run, if there is one.
 	Writer bool
-	// StateWait bounds the wait for the short state lock (default 30s).
+	// StateWait bounds the wait for the state lock (default 5 minutes: it
+	// is held for milliseconds, except while a recovery rolls back a
+	// large run).
 	StateWait time.Duration
 
 	fs fsys // tests replace the file system
@@ -96,7 +98,7 @@ func Open(path string, opts Options) (*Store, error) {
 		opts.fs = newOSFS()
 	}
 	if opts.StateWait == 0 {
-		opts.StateWait = 30 * time.Second
+		opts.StateWait = 5 * time.Minute
 	}
 	s := &Store{path: abs, dir: StateDir(abs), opts: opts, fs: opts.fs}
 	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
