@@ -165,7 +165,7 @@ func (v *env) teardownAll(ctx context.Context) error {
 func userView(s doemu.State) doemu.State {
 	var tags []string
 	for _, tg := range s.Tags {
-		if tg != Tag {
+		if !strings.EqualFold(tg, Tag) {
 			tags = append(tags, tg)
 		}
 	}
