@@ -171,4 +171,3 @@ func TestTeardownFaults(t *testing.T) {
 		})
 	}
 }
-
