@@ -44,9 +44,9 @@ func (e *Emulator) paginate(r *request, key string, items []any) (reply, error) 
 	if last < 1 {
 		last = 1
 	}
-	lo := (page - 1) * perPage
-	if lo > total {
-		lo = total
+	lo := total // past the end (also where (page-1)*perPage would overflow)
+	if page-1 <= total/perPage {
+		lo = min((page-1)*perPage, total)
 	}
 	hi := lo + perPage
 	if hi > total {
