@@ -143,19 +143,21 @@ type Store struct {
 // ErrLocked is returned by Lock when another dosvob process holds the lock.
 var ErrLocked = errors.New("another dosvob-provision or dosvob-teardown is running")
 
-// OpenStore makes the state directory (mode 0700) if needed.
+// OpenStore returns the store in dir. The directory is made (mode 0700)
+// only when something is written: a dry run leaves no trace.
 func OpenStore(dir string) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("no state directory")
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "runs"), 0o700); err != nil {
-		return nil, err
-	}
 	return &Store{Dir: dir}, nil
 }
 
-// Lock takes the state directory's lock without waiting.
+// Lock makes the state directory if needed and takes its lock without
+// waiting.
 func (s *Store) Lock() error {
+	if err := os.MkdirAll(filepath.Join(s.Dir, "runs"), 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	f, err := os.OpenFile(filepath.Join(s.Dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
@@ -194,6 +196,9 @@ func (s *Store) statePath(id string) string { return filepath.Join(s.RunDir(id),
 func (s *Store) Create(id string) error {
 	if !ValidRunID(id) {
 		return fmt.Errorf("invalid run id %q", id)
+	}
+	if err := os.MkdirAll(filepath.Join(s.Dir, "runs"), 0o700); err != nil {
+		return err
 	}
 	return os.Mkdir(s.RunDir(id), 0o700)
 }
@@ -243,6 +248,9 @@ func (s *Store) Load(id string) (*State, error) {
 // Runs lists the run ids that have a directory, oldest first.
 func (s *Store) Runs() ([]string, error) {
 	ents, err := os.ReadDir(filepath.Join(s.Dir, "runs"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
