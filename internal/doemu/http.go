@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -251,7 +252,7 @@ func (e *Emulator) ServeHTTP(rw http.ResponseWriter, hr *http.Request) {
 		}
 	}
 
-	rep, err := h(r)
+	rep, err := e.call(h, r)
 	status := statusOf(rep, err)
 	if f != nil && f.Status != 0 && f.AfterCommit {
 		status = f.Status
@@ -302,6 +303,18 @@ func (e *Emulator) recordCall(hr *http.Request, status int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls = append(e.calls, Call{Method: hr.Method, Path: hr.URL.Path, Query: hr.URL.RawQuery, Status: status, Time: time.Now()})
+}
+
+// call runs a handler; a panic (an emulator bug) becomes a 500 and a log
+// line with the stack instead of a dropped connection.
+func (e *Emulator) call(h handlerFunc, r *request) (rep reply, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			e.logf("panic serving %s %s: %v\n%s", r.Method, r.URL.RequestURI(), p, debug.Stack())
+			rep, err = reply{}, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return h(r)
 }
 
 func statusOf(rep reply, err error) int {
