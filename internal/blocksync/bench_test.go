@@ -103,17 +103,18 @@ func BenchmarkDeltaCompress(b *testing.B) {
 	}
 }
 
-// BenchmarkSlowDevice reads a device on which every read takes 1 ms, as on
-// network block storage, with several reads in flight.
+// BenchmarkSlowDevice reads a device that answers each (1 MiB) read after
+// 10 ms, like network block storage that gives one stream of requests about
+// 100 MB/s, with several reads in flight.
 func BenchmarkSlowDevice(b *testing.B) {
-	const size = 64 << 20
+	const size = 32 << 20
 	sig := sign(b, nil, 64<<10, 1, Options{})
 	for _, readers := range []int{1, 2, 4, 8, 16} {
 		b.Run(fmt.Sprintf("readers=%d", readers), func(b *testing.B) {
 			b.SetBytes(size)
 			for b.Loop() {
 				sr, _ := format.NewSigReader(bytes.NewReader(sig))
-				dev := &slowReaderAt{r: zeroReaderAt{size}, delay: time.Millisecond}
+				dev := &slowReaderAt{r: zeroReaderAt{size}, delay: 10 * time.Millisecond}
 				if _, err := Delta(context.Background(), sr, dev, size, io.Discard, Options{Readers: readers}); err != nil {
 					b.Fatal(err)
 				}
