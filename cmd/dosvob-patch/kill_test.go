@@ -183,9 +183,16 @@ func TestInterrupt(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	in.Write(d[:len(d)/2]) // blocks until dosvob-patch has read most of it
-	time.Sleep(50 * time.Millisecond)
+	in.Write(d[:len(d)/2])
+	// Wait until the run has begun writing (its journal exists).
+	for deadline := time.Now().Add(60 * time.Second); !exists(filepath.Join(img+".dosvob", "journal")); {
+		if time.Now().After(deadline) {
+			t.Fatal("the run never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
 	in.Close() // the rest of the pipe dies with the signal too
 	err = cmd.Wait()
 	var ee *exec.ExitError
