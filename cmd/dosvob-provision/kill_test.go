@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/cloud"
+	"github.com/dosvob/dosvob/internal/doemu"
+)
+
+const killToken = "dop_v1_killtest-4e8a0c6d2b19"
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "emulated droplets with sshd need root"
+	} else if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
+		why = "sshd not installed (apt-get install openssh-server)"
+	}
+	if why != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: %s", why)
+		}
+		t.Skip(why)
+	}
+}
+
+// buildBinaries builds dosvob-provision and dosvob-teardown once per test.
+func buildBinaries(t *testing.T) (provision, teardown string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"dosvob-provision", "dosvob-teardown"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", name, err, out)
+		}
+	}
+	return filepath.Join(dir, "dosvob-provision"), filepath.Join(dir, "dosvob-teardown")
+}
+
+type result struct {
+	code           int
+	signal         syscall.Signal
+	stdout, stderr string
+}
+
+// allOutput collects everything every command printed, to check that the
+// token never appears.
+var allOutput bytes.Buffer
+
+func runBin(t *testing.T, bin string, env []string, stdin []byte, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	allOutput.WriteString(r.stdout + r.stderr)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			r.signal = ws.Signal()
+		}
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func userView(s doemu.State) doemu.State {
+	var tags []string
+	for _, tg := range s.Tags {
+		if !strings.EqualFold(tg, cloud.Tag) {
+			tags = append(tags, tg)
+		}
+	}
+	s.Tags = tags
+	return s
+}
+
+// SIGKILL of the real binary after every few steps (state saves): the
+// state on disk names the run, a new provision refuses to start (exit 6),
+// and teardown — by run id, or by a provision with --cleanup-stale —
+// leaves exactly the user's resources.
+func TestKillBetweenSteps(t *testing.T) {
+	needRoot(t)
+	provision, teardown := buildBinaries(t)
+	allOutput.Reset()
+	// A real file to upload as the two binaries.
+	hashBin := provision
+
+	for i, k := range []int{1, 2, 3, 5, 8, 12, 16, 20, 23, 26, 28, 30} {
+		t.Run(fmt.Sprintf("after-step-%d", k), func(t *testing.T) {
+			acct := &doemu.Account{Volumes: []doemu.SeedVolume{
+				{Name: "pgdata", Region: "fra1", SizeGigabytes: 1, Content: &doemu.Content{Seed: 1, Bytes: 4096}},
+				{Name: "logs", Region: "fra1", SizeGigabytes: 1},
+				{Name: "media", Region: "ams3", SizeGigabytes: 1},
+				{Name: "dosvob-ephemeral-keep", Region: "nyc1", SizeGigabytes: 1},
+			}}
+			e, err := doemu.New(doemu.Options{Token: killToken, ActionDelay: 10 * time.Millisecond, Account: acct,
+				DataDir: t.TempDir(), SSH: true, NoLoopDevices: true, SnapshotInterval: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			before := e.State()
+			state := t.TempDir()
+			env := []string{"DIGITALOCEAN_ACCESS_TOKEN=" + killToken, "DOSVOB_API_URL=" + e.URL(), "DOSVOB_STATE_DIR=" + state,
+				"XDG_CONFIG_HOME=" + t.TempDir()}
+			fast := []string{"--poll-interval", "10ms", "--retry-backoff", "5ms", "--request-timeout", "3s"}
+			pargs := append([]string{"--hash-binary", hashBin}, fast...)
+			pargs = append(pargs, "--ssh-wait", "20s", "--action-wait", "5s")
+
+			r := runBin(t, provision, append(env, fmt.Sprintf("DOSVOB_TEST_KILL_AFTER_STEP=%d", k)), nil, pargs...)
+			if r.signal != syscall.SIGKILL {
+				t.Fatalf("provision was not killed (exit %d):\n%s", r.code, r.stderr)
+			}
+			if r.stdout != "" {
+				t.Errorf("a killed provision printed: %q", r.stdout)
+			}
+			runs, _ := filepath.Glob(filepath.Join(state, "runs", "*", "state.json"))
+			if len(runs) != 1 {
+				t.Fatalf("run state after the kill: %v", runs)
+			}
+			runID := filepath.Base(filepath.Dir(runs[0]))
+
+			// The next provision refuses: another run's state exists.
+			r = runBin(t, provision, env, nil, pargs...)
+			if r.code != 6 || !strings.Contains(r.stderr, runID) || !strings.Contains(r.stderr, "hint: ") {
+				t.Fatalf("second provision: exit %d\n%s", r.code, r.stderr)
+			}
+
+			if i%2 == 0 {
+				r = runBin(t, teardown, env, nil, append([]string{"--run", runID}, fast...)...)
+				if r.code != 0 {
+					t.Fatalf("teardown --run: exit %d\n%s", r.code, r.stderr)
+				}
+			} else {
+				// As backup-all.sh does: clean up and start afresh, then
+				// tear down the new run from its JSON on stdin.
+				r = runBin(t, provision, env, nil, append(pargs, "--cleanup-stale")...)
+				if r.code != 0 {
+					t.Fatalf("provision --cleanup-stale: exit %d\n%s", r.code, r.stderr)
+				}
+				var run cloud.Run
+				if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || len(run.Volumes) != 4 {
+					t.Fatalf("run JSON: %v\n%s", err, r.stdout)
+				}
+				r = runBin(t, teardown, env, []byte(r.stdout), fast...)
+				if r.code != 0 {
+					t.Fatalf("teardown < run.json: exit %d\n%s", r.code, r.stderr)
+				}
+			}
+			if after := e.State(); !reflect.DeepEqual(userView(before), userView(after)) {
+				t.Fatalf("account differs after teardown:\nbefore %+v\nafter  %+v", userView(before), userView(after))
+			}
+			if left, _ := filepath.Glob(filepath.Join(state, "runs", "*")); len(left) != 0 {
+				t.Errorf("local run state left: %v", left)
+			}
+		})
+	}
+	if strings.Contains(allOutput.String(), killToken) {
+		t.Fatal("the token appears in the output of a command")
+	}
+}
