@@ -1,0 +1,118 @@
+package cloud
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/godo"
+
+	"github.com/dosvob/dosvob/internal/doemu"
+)
+
+// The hooks run around the snapshot with the volume in their environment;
+// the post hook runs even when the snapshot fails; a failing pre hook stops
+// the run before any snapshot. The API token never reaches a hook.
+func TestHooks(t *testing.T) {
+	v := newEnv(t, envOpts{account: userAccount(1, 0)})
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "hooks.log")
+	t.Setenv("DIGITALOCEAN_ACCESS_TOKEN", testToken)
+	hooks := Hooks{
+		PreSnapshot:  `echo "pre $DOSVOB_HOOK $DOSVOB_VOLUME_NAME $DOSVOB_VOLUME_REGION $DOSVOB_RUN_ID tok=$DIGITALOCEAN_ACCESS_TOKEN" >> ` + logFile,
+		PostSnapshot: `echo "post $DOSVOB_HOOK $DOSVOB_VOLUME_NAME $DOSVOB_SNAPSHOT_RESULT" >> ` + logFile,
+		Timeout:      10 * time.Second,
+	}
+	// The snapshot fails for good (DigitalOcean's 10-minute limit): the
+	// post hook must still run, to thaw what the pre hook froze.
+	v.emu.InjectFault(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/snapshots`, Status: 429, Message: "this operation is rate-limited"})
+	p := v.provisioner(func(p *Provisioner) {
+		p.Filter = Filter{Include: []string{"data-*"}}
+		p.Hooks = hooks
+	})
+	_, err := p.Provision(context.Background())
+	if !errors.Is(err, ErrSnapshotRateLimited) {
+		t.Fatalf("err = %v", err)
+	}
+	got, _ := os.ReadFile(logFile)
+	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "pre pre_snapshot data-00 fra1 2") || !strings.HasSuffix(lines[0], "tok=") ||
+		lines[1] != "post post_snapshot data-00 failed" {
+		t.Fatalf("hook log:\n%s", got)
+	}
+
+	// A failing pre hook: no snapshot is taken, the run is torn down.
+	os.Remove(logFile)
+	before := v.emu.State()
+	p = v.provisioner(func(p *Provisioner) {
+		p.Filter = Filter{Include: []string{"data-*"}}
+		p.Hooks = Hooks{PreSnapshot: "echo frozen >> " + logFile + "; exit 3", PostSnapshot: "echo thawed >> " + logFile}
+	})
+	_, err = p.Provision(context.Background())
+	var re *RunError
+	if !errors.As(err, &re) || !re.TornDown || !strings.Contains(err.Error(), "pre_snapshot hook") {
+		t.Fatalf("err = %v", err)
+	}
+	if got, _ := os.ReadFile(logFile); string(got) != "frozen\n" {
+		t.Errorf("hook log %q", got)
+	}
+	assertUserStateUnchanged(t, before, v.emu.State())
+
+	// A hook that hangs is stopped at its timeout.
+	p = v.provisioner(func(p *Provisioner) {
+		p.Filter = Filter{Include: []string{"data-*"}}
+		p.Hooks = Hooks{PreSnapshot: "sleep 60", Timeout: 300 * time.Millisecond}
+	})
+	start := time.Now()
+	if _, err = p.Provision(context.Background()); err == nil || !strings.Contains(err.Error(), "did not finish within") {
+		t.Fatalf("hanging hook: %v", err)
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Errorf("hanging hook took %v", time.Since(start))
+	}
+}
+
+// DigitalOcean's real limit of one snapshot per volume every 10 minutes is
+// reported clearly, not retried blindly.
+func TestSnapshotRateLimit(t *testing.T) {
+	lb := &logBuf{t: t}
+	e, err := doemu.New(doemu.Options{Token: testToken, ActionDelay: 10 * time.Millisecond, Account: userAccount(1, 0), DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	api, err := NewAPI(APIOptions{BaseURL: e.URL(), Token: testToken, Backoff: 5 * time.Millisecond, Poll: 10 * time.Millisecond, Logf: lb.logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols, err := api.ListVolumes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for _, v := range vols {
+		if v.Name == "data-00" {
+			id = v.ID
+		}
+	}
+	if _, _, err := api.Godo().Storage.CreateSnapshot(context.Background(), &godo.SnapshotCreateRequest{VolumeID: id, Name: "users-own"}); err != nil {
+		t.Fatal(err)
+	}
+	p := &Provisioner{API: api, Store: &Store{Dir: t.TempDir()}, Logf: lb.logf, HashBinary: "/bin/sh", Image: "ubuntu-24-04-x64",
+		Filter: Filter{Include: []string{"data-*"}}, ActionWait: 3 * time.Second}
+	_, err = p.Provision(context.Background())
+	if !errors.Is(err, ErrSnapshotRateLimited) || !strings.Contains(err.Error(), `volume "data-00"`) {
+		t.Fatalf("err = %v", err)
+	}
+	if strings.Contains(lb.String(), "retrying") {
+		t.Errorf("the snapshot limit was retried:\n%s", lb.String())
+	}
+	ce := ExitError(err, testToken)
+	if !strings.Contains(ce.Error(), "10 minutes") {
+		t.Errorf("message: %v", ce)
+	}
+}
