@@ -180,3 +180,74 @@ func TestKillBetweenSteps(t *testing.T) {
 		t.Fatal("the token appears in the output of a command")
 	}
 }
+
+// SIGINT while provision waits for SSH: exit 130, the state says
+// "interrupted", the message says how to tear down, and teardown does.
+func TestInterrupt(t *testing.T) {
+	provision, teardown := buildBinaries(t)
+	acct := &doemu.Account{Volumes: []doemu.SeedVolume{{Name: "pgdata", Region: "fra1", SizeGigabytes: 1}}}
+	// No sshd: the droplet never answers, so provision is sure to be
+	// waiting when the signal comes.
+	e, err := doemu.New(doemu.Options{Token: killToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: t.TempDir(), SnapshotInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	before := e.State()
+	state := t.TempDir()
+	env := append(os.Environ(), "DIGITALOCEAN_ACCESS_TOKEN="+killToken, "DOSVOB_API_URL="+e.URL(), "DOSVOB_STATE_DIR="+state,
+		"XDG_CONFIG_HOME="+t.TempDir())
+	cmd := exec.Command(provision, "--hash-binary", provision, "--poll-interval", "10ms", "--retry-backoff", "5ms", "--ssh-wait", "60s")
+	cmd.Env = env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		files, _ := filepath.Glob(filepath.Join(state, "runs", "*", "state.json"))
+		if len(files) == 1 {
+			if b, _ := os.ReadFile(files[0]); bytes.Contains(b, []byte(`"address": "127.`)) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("provision never reached the ssh wait:\n%s", errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("exit: %v\n%s", err, errb.String())
+	}
+	files, _ := filepath.Glob(filepath.Join(state, "runs", "*", "state.json"))
+	if len(files) != 1 {
+		t.Fatalf("state files: %v", files)
+	}
+	runID := filepath.Base(filepath.Dir(files[0]))
+	b, _ := os.ReadFile(files[0])
+	if !bytes.Contains(b, []byte(`"status": "interrupted"`)) {
+		t.Errorf("state:\n%s", b)
+	}
+	if out.Len() != 0 || !strings.Contains(errb.String(), "interrupted") || !strings.Contains(errb.String(), "hint: delete what the run left with: dosvob-teardown --run "+runID) {
+		t.Errorf("stdout %q\nstderr:\n%s", out.String(), errb.String())
+	}
+	allText := out.String() + errb.String()
+	r := runBin(t, teardown, []string{"DIGITALOCEAN_ACCESS_TOKEN=" + killToken, "DOSVOB_API_URL=" + e.URL(), "DOSVOB_STATE_DIR=" + state,
+		"XDG_CONFIG_HOME=" + t.TempDir()}, nil, "--run", runID, "--poll-interval", "10ms")
+	if r.code != 0 {
+		t.Fatalf("teardown: %d\n%s", r.code, r.stderr)
+	}
+	if !reflect.DeepEqual(userView(before), userView(e.State())) {
+		t.Fatal("account differs after teardown")
+	}
+	if strings.Contains(allText+r.stdout+r.stderr, killToken) {
+		t.Fatal("token in output")
+	}
+}
