@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -133,4 +134,58 @@ func mustEqualFile(t *testing.T, name string, want []byte) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s differs from the device (%d vs %d bytes)", filepath.Base(name), len(got), len(want))
 	}
+}
+
+// TestRealPipeResume cuts the first backup's stream half way (as a dying
+// ssh would), then runs the pipe again: the second run sends only the
+// blocks that had not landed.
+func TestRealPipeResume(t *testing.T) {
+	bin := buildBinary(t)
+	hash := filepath.Join(filepath.Dir(bin), "dosvob-hash")
+	if _, err := os.Stat(hash); err != nil {
+		if out, err := exec.Command("go", "build", "-o", hash, "../dosvob-hash").CombinedOutput(); err != nil {
+			t.Fatalf("build dosvob-hash: %v\n%s", err, out)
+		}
+	}
+	dir := t.TempDir()
+	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+	r := rand.New(rand.NewPCG(61, 62))
+	data := device(r, 4<<20)
+	os.WriteFile(dev, data, 0o644)
+	changed := func(out string) int {
+		i := strings.Index(out, " changed")
+		j := strings.LastIndex(out[:max(i, 0)], " ")
+		if i < 0 || j < 0 {
+			t.Fatalf("no delta summary in:\n%s", out)
+		}
+		n, _ := strconv.Atoi(out[j+1 : i])
+		return n
+	}
+	// The full first backup would send this many blocks:
+	full, err := exec.Command("bash", "-o", "pipefail", "-c", `"$1" "$2" | "$1" --delta "$3" >/dev/null`, "sh", hash, filepath.Join(dir, "none.img"), dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, full)
+	}
+	all := changed(string(full))
+	cut := exec.Command("bash", "-c", `"$1" "$3" | "$1" --delta "$4" | head -c 400000 | "$2" "$3"`, "sh", hash, bin, img, dev)
+	out, err := cut.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "dosvob-patch: delta stream: stream ends") {
+		t.Fatalf("cut stream: %v\n%s", err, out)
+	}
+	if exists(img) {
+		t.Fatal("an interrupted first backup created the image")
+	}
+	out, err = exec.Command("bash", "-o", "pipefail", "-c", `"$1" "$3" | "$1" --delta "$4" | "$2" "$3"`, "sh", hash, bin, img, dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("resumed pipe: %v\n%s", err, out)
+	}
+	again := changed(string(out))
+	t.Logf("first backup: %d blocks to send; after a cut at 400000 bytes the resumed run sent %d", all, again)
+	if again >= all || again == 0 {
+		t.Fatalf("resumed run sent %d of %d blocks", again, all)
+	}
+	if !strings.Contains(string(out), "signed partial image") || !strings.Contains(string(out), "resumed") {
+		t.Fatalf("resume not reported:\n%s", out)
+	}
+	mustEqualFile(t, img, data)
 }
