@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -116,9 +117,14 @@ func newEnv(t *testing.T, o envOpts) *env {
 		t.Fatal(err)
 	}
 	// A real file stands for the binaries: what matters here is that its
-	// bytes arrive intact and executable.
-	bin, err := os.Executable()
-	if err != nil {
+	// bytes arrive intact and executable. (The binaries themselves are
+	// uploaded in cmd/dosvob-provision's tests.)
+	bin := filepath.Join(t.TempDir(), "dosvob-hash")
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -1,0 +1,238 @@
+package cloud
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/godo"
+)
+
+// DigitalOcean's rules: volume names ^[a-z][a-z0-9-]{0,63}$; droplet names
+// are hostnames (letters, digits, dots, dashes; at most 253, labels 63).
+var (
+	doVolumeName  = regexp.MustCompile(`^[a-z][a-z0-9-]{0,63}$`)
+	doDropletName = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
+	doTagName     = regexp.MustCompile(`^[a-zA-Z0-9_\-:]{1,255}$`)
+)
+
+func TestNames(t *testing.T) {
+	id := NewRunID(time.Date(2026, 1, 2, 15, 4, 5, 0, time.FixedZone("x", 3600)))
+	if !ValidRunID(id) || id[:15] != "20260102-140405" {
+		t.Fatalf("run id %q", id)
+	}
+	if NewRunID(time.Now()) == NewRunID(time.Now()) {
+		t.Error("two run ids in the same second are equal")
+	}
+	for _, n := range []string{CopyName(id, 0), CopyName(id, 9999)} {
+		if !doVolumeName.MatchString(n) {
+			t.Errorf("volume name %q breaks DigitalOcean's rule", n)
+		}
+	}
+	for _, r := range []string{"fra1", "nyc3", "sgp1"} {
+		if n := DropletName(id, r, 12); !doDropletName.MatchString(n) {
+			t.Errorf("droplet name %q is not a hostname", n)
+		}
+	}
+	for _, tg := range Tags(id) {
+		if !doTagName.MatchString(tg) {
+			t.Errorf("tag %q invalid", tg)
+		}
+	}
+	if !IsOurKey(KeyName(id)) || KeyRunID(KeyName(id)) != id {
+		t.Errorf("key name %q", KeyName(id))
+	}
+	if RunOf(Tags(id)) != id || RunOf([]string{"DOSVOB-RUN-" + id}) != id || RunOf([]string{"dosvob-run-x"}) != "" {
+		t.Error("RunOf")
+	}
+}
+
+// Both marks, or it is not ours.
+func TestMarks(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		tags []string
+		want bool
+	}{
+		{"dosvob-ephemeral-20260101-000000-abcdef-0", []string{"dosvob-ephemeral"}, true},
+		{"dosvob-ephemeral-x", []string{"prod", "Dosvob-Ephemeral"}, true},
+		{"dosvob-ephemeral-data", nil, false},
+		{"dosvob-ephemeral-data", []string{"dosvob-ephemeral-x"}, false},
+		{"data", []string{"dosvob-ephemeral"}, false},
+		{"dosvob-ephemeral", []string{"dosvob-ephemeral"}, false},
+		{"Dosvob-ephemeral-x", []string{"dosvob-ephemeral"}, false},
+		{"xdosvob-ephemeral-x", []string{"dosvob-ephemeral"}, false},
+	} {
+		if got := IsOurs(c.name, c.tags); got != c.want {
+			t.Errorf("IsOurs(%q, %v) = %v", c.name, c.tags, got)
+		}
+	}
+	for name, want := range map[string]bool{
+		"dosvob-ephemeral-20260101-000000-abcdef":     true,
+		"dosvob-ephemeral-20260101-000000-ABCDEF":     false,
+		"dosvob-ephemeral-20260101-000000-abcdef-old": false,
+		"dosvob-ephemeral-laptop":                     false,
+		"my-dosvob-ephemeral-20260101-000000-abcdef":  false,
+	} {
+		if IsOurKey(name) != want {
+			t.Errorf("IsOurKey(%q) != %v", name, want)
+		}
+	}
+}
+
+func TestFilter(t *testing.T) {
+	vol := func(name, region string, tags ...string) godo.Volume {
+		return godo.Volume{Name: name, Region: &godo.Region{Slug: region}, Tags: tags}
+	}
+	f := Filter{Regions: []string{"fra1"}, Include: []string{"db-*", "pg*"}, Exclude: []string{"*-scratch"}, ExcludeTags: []string{"nobackup"}}
+	for v, want := range map[*godo.Volume]bool{
+		ptr(vol("db-1", "fra1")):                     true,
+		ptr(vol("pgdata", "fra1", "PROD")):           true,
+		ptr(vol("db-1", "ams3")):                     false,
+		ptr(vol("web", "fra1")):                      false,
+		ptr(vol("db-scratch", "fra1")):               false,
+		ptr(vol("db-2", "fra1", "NoBackup")):         false,
+		ptr(vol("db-3", "fra1", "dosvob-ephemeral")): true,
+	} {
+		if f.Selects(*v) != want {
+			t.Errorf("%s %v: want %v", v.Name, v.Tags, want)
+		}
+	}
+	if (Filter{}).Selects(vol("dosvob-ephemeral-20260101-000000-abcdef-0", "fra1", "dosvob-ephemeral")) {
+		t.Error("a dosvob copy was selected")
+	}
+	if !(Filter{IncludeTags: []string{"backup"}}).Selects(vol("x", "nyc1", "Backup")) {
+		t.Error("include_tags is not case-insensitive")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestChooseSize(t *testing.T) {
+	sizes := []godo.Size{
+		{Slug: "big", PriceHourly: 0.1, Available: true, Regions: []string{"fra1", "ams3"}},
+		{Slug: "tiny", PriceHourly: 0.005, Available: true, Regions: []string{"fra1"}},
+		{Slug: "gone", PriceHourly: 0.001, Available: false, Regions: []string{"fra1", "ams3"}},
+	}
+	if s, _ := ChooseSize(sizes, "fra1", ""); s.Slug != "tiny" {
+		t.Errorf("fra1: %s", s.Slug)
+	}
+	if s, _ := ChooseSize(sizes, "ams3", ""); s.Slug != "big" {
+		t.Errorf("ams3: %s", s.Slug)
+	}
+	if _, err := ChooseSize(sizes, "ams3", "tiny"); err == nil {
+		t.Error("a size the region does not offer was accepted")
+	}
+	if _, err := ChooseSize(sizes, "sgp1", ""); err == nil {
+		t.Error("a region without sizes was accepted")
+	}
+}
+
+func TestStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s, _ := OpenStore(dir)
+	if ids, err := s.Runs(); err != nil || len(ids) != 0 {
+		t.Fatalf("empty store: %v %v", ids, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatal("opening the store created it")
+	}
+	if err := s.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := OpenStore(dir)
+	if err := s2.Lock(); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v", err)
+	}
+	s.Unlock()
+	if err := s2.Lock(); err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	s2.Unlock()
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Errorf("state dir mode %v", st.Mode())
+	}
+
+	id := NewRunID(time.Now())
+	if err := s.Create(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Create(id); err == nil {
+		t.Error("a run was created twice")
+	}
+	if err := s.Create("../evil"); err == nil {
+		t.Error("a bad run id was accepted")
+	}
+	saves := 0
+	s.AfterSave = func(n int) { saves = n }
+	st := &State{RunID: id, Mode: ModeBackup, Status: "provisioning", Volumes: []VolumeState{{RunVolume: RunVolume{CopyName: "c", SnapshotID: "s"}, SnapshotDeleted: true}}}
+	if err := s.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(st); err != nil || saves != 2 {
+		t.Fatalf("saves %d %v", saves, err)
+	}
+	got, err := s.Load(id)
+	if err != nil || got.Status != "provisioning" || got.Volumes[0].CopyName != "c" {
+		t.Fatalf("load: %+v %v", got, err)
+	}
+	if r := got.Run(s); r.Volumes[0].SnapshotID != "" || r.PrivateKeyPath != s.KeyPath(id) {
+		t.Errorf("run view: %+v", r)
+	}
+	if fi, _ := os.Stat(filepath.Join(s.RunDir(id), "state.json")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("state.json mode %v", fi.Mode())
+	}
+	os.WriteFile(filepath.Join(s.RunDir(id), "state.json"), []byte(`{"version": 99, "run_id": "`+id+`"}`), 0o600)
+	if _, err := s.Load(id); err == nil {
+		t.Error("an unknown state version was accepted")
+	}
+	if ids, _ := s.Runs(); len(ids) != 1 || ids[0] != id {
+		t.Errorf("runs %v", ids)
+	}
+	if err := s.Remove(id); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := s.Runs(); len(ids) != 0 {
+		t.Errorf("runs after remove %v", ids)
+	}
+}
+
+func TestRateWait(t *testing.T) {
+	mk := func(h map[string]string) *godo.ErrorResponse {
+		r := &http.Response{StatusCode: 429, Header: http.Header{}}
+		for k, v := range h {
+			r.Header.Set(k, v)
+		}
+		return &godo.ErrorResponse{Response: r}
+	}
+	if d, ok := rateWait(mk(map[string]string{"retry-after": "7"})); !ok || d != 7*time.Second {
+		t.Errorf("retry-after: %v %v", d, ok)
+	}
+	reset := time.Now().Add(30 * time.Second).Unix()
+	d, ok := rateWait(mk(map[string]string{"ratelimit-remaining": "0", "ratelimit-reset": strconv.FormatInt(reset, 10)}))
+	if !ok || d < 25*time.Second || d > 31*time.Second {
+		t.Errorf("ratelimit-reset: %v %v", d, ok)
+	}
+	// A reset an hour away with requests remaining is not a reason to wait.
+	if _, ok := rateWait(mk(map[string]string{"ratelimit-remaining": "10", "ratelimit-reset": strconv.FormatInt(reset+3600, 10)})); ok {
+		t.Error("waited for a reset with requests remaining")
+	}
+	if _, ok := rateWait(mk(nil)); ok {
+		t.Error("no headers: no wait")
+	}
+}
+
+func TestScrub(t *testing.T) {
+	err := Scrub(errors.New("GET https://x/v2?t=sekret-123: bad sekret-123"), "sekret-123")
+	if err.Error() != "GET https://x/v2?t=[redacted]: bad [redacted]" {
+		t.Errorf("scrubbed: %q", err)
+	}
+	if ce := ExitError(errors.New("token sekret-123 leaked"), "sekret-123"); ce.Error() != "token [redacted] leaked" {
+		t.Errorf("ExitError does not scrub: %q", ce)
+	}
+}
