@@ -76,7 +76,10 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	h := sw.Header()
 	c := opts.counters()
 	c.Total.Store(h.Blocks())
-	return readBlocks(ctx, src, h.Base.Size, h.BlockSize, h.Seed, opts.Readers, func(b *block) error {
+	// Hand the hashes on every MiB of image, so that the delta side, which
+	// compares block by block, never waits for a large buffer to fill.
+	flushEvery := uint64(max(1, chunkTarget/int(h.BlockSize)))
+	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, h.Seed, opts.Readers, func(b *block) error {
 		if opts.OnHash != nil {
 			if err := opts.OnHash(b.index, b.hash); err != nil {
 				return err
@@ -87,8 +90,15 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 		}
 		c.Blocks.Add(1)
 		c.BytesRead.Add(uint64(len(b.buf)))
+		if (b.index+1)%flushEvery == 0 {
+			return sw.Flush()
+		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return sw.Flush()
 }
 
 // ErrSignature wraps the errors of the incoming signature stream, so that

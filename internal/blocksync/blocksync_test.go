@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -519,4 +520,73 @@ func TestChunkBoundaries(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSignHandsHashesOn checks that the signature reaches its reader while
+// the image is still being read, not in large bursts: with the image's
+// reads stalled after 2 MiB, the hashes of the first MiB must have arrived.
+func TestSignHandsHashesOn(t *testing.T) {
+	const size = 8 << 20
+	gate := make(chan struct{})
+	src := gatedReaderAt{r: zeroReaderAt{size}, from: 2 << 20, gate: gate}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		sw, err := format.NewSigWriter(pw, format.SigHeader{BlockSize: bs, Base: format.Base{Size: size}})
+		if err == nil {
+			err = Sign(context.Background(), src, sw, Options{Readers: 2})
+		}
+		if err == nil {
+			err = sw.Close()
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	sr, err := format.NewSigReader(pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() {
+		for i := 0; i < (1<<20)/bs; i++ {
+			if _, err := sr.Next(); err != nil {
+				first <- fmt.Errorf("hash %d: %w", i, err)
+				return
+			}
+		}
+		first <- nil
+	}()
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(gate)
+		t.Fatal("the hashes of the first MiB did not arrive while the rest of the image was being read")
+	}
+	close(gate)
+	for err == nil {
+		_, err = sr.Next()
+	}
+	if err != io.EOF {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gatedReaderAt blocks reads at or past from until gate is closed.
+type gatedReaderAt struct {
+	r    io.ReaderAt
+	from int64
+	gate chan struct{}
+}
+
+func (g gatedReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > g.from {
+		<-g.gate
+	}
+	return g.r.ReadAt(p, off)
 }
