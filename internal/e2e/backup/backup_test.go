@@ -5,12 +5,14 @@ import (
 	"testing"
 )
 
-// TestTwoRuns: a first backup and an incremental one. Each time every image
-// is byte-identical to its volume's snapshot, the second run keeps the
-// first as a version and transfers only the change, and nothing of either
-// run is left in the account.
-func TestTwoRuns(t *testing.T) {
-	e := newEnv(t, true)
+// TestBackupAndRestore: a first backup and an incremental one. Each time
+// every image is byte-identical to its volume's snapshot, the second run
+// keeps the first as a version, and nothing of either run is left in the
+// account. Then restores from those backups (see checkRestore).
+func TestBackupAndRestore(t *testing.T) {
+	t.Parallel()
+	// Volumes as backing files: the demo test below covers loop devices.
+	e := newEnv(t, false)
 
 	r := e.mustBackup("-j", "2")
 	t.Logf("first run: %v", r.dur)
@@ -42,4 +44,9 @@ func TestTwoRuns(t *testing.T) {
 	if strings.Contains(r.stderr+r.stdout, token) {
 		t.Fatalf("the API token appears in the output")
 	}
+
+	t.Run("restore", func(t *testing.T) {
+		e.t = t
+		checkRestore(t, e)
+	})
 }

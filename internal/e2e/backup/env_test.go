@@ -33,7 +33,7 @@ import (
 
 const (
 	token   = "dop_v1_e2e0000000000000000000000000000000000000000000000000000000000"
-	sshPort = 2222
+	sshPort = 2223 // the demo's emulator uses 2222
 	gib     = int64(1) << 30
 )
 
