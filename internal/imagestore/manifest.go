@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/dosvob/dosvob/internal/format"
 )
 
 // ManifestVersion is the version of manifest.json this build reads and
@@ -142,6 +144,12 @@ func readManifest(dir string) (*Manifest, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", filepath.Join(dir, manifestName), err)
+	}
+	// Its versions are reverse deltas in that stream format: a build that
+	// cannot read them must not add versions in another format beside them.
+	if m.FormatVersion != format.Version {
+		return nil, fmt.Errorf("manifest %s records stream format version %d, this dosvob knows %d: %w",
+			filepath.Join(dir, manifestName), m.FormatVersion, format.Version, ErrUnknownVersion)
 	}
 	return &m, nil
 }
