@@ -389,6 +389,9 @@ func (s *Store) sweep() {
 			keep[v.File] = true
 		}
 	}
+	if exists(s.path) && !exists(s.join(partialName)) {
+		os.Remove(s.join(partialMeta)) // its first backup was moved into place
+	}
 	ents, _ := os.ReadDir(s.dir)
 	for _, e := range ents {
 		n := e.Name()
