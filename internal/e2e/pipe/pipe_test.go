@@ -90,8 +90,14 @@ func exitCode(err error) int {
 // wired with real pipes, and captures the delta stream on its way.
 func runPipe(t *testing.T, img, dev string, deltaArgs ...string) result {
 	t.Helper()
+	return runPipeVia(t, img, exec.Command(filepath.Join(bin, "dosvob-hash"), append(append([]string{"--delta"}, deltaArgs...), dev)...))
+}
+
+// runPipeVia runs the pipe with c2 as its middle stage (dosvob-hash
+// --delta, maybe over ssh).
+func runPipeVia(t *testing.T, img string, c2 *exec.Cmd) result {
+	t.Helper()
 	c1 := exec.Command(filepath.Join(bin, "dosvob-hash"), img)
-	c2 := exec.Command(filepath.Join(bin, "dosvob-hash"), append(append([]string{"--delta"}, deltaArgs...), dev)...)
 	c3 := exec.Command(filepath.Join(bin, "dosvob-patch"), img)
 	var res result
 	var errs [3]bytes.Buffer
