@@ -132,7 +132,6 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		return format.End{}, err
 	}
 	sigBlocks := sh.Blocks()
-	zero := make([]byte, min(uint64(sh.BlockSize), devSize))
 	bd := format.NewBlockDigester()
 	dd := xxhash.New()
 	err = readBlocks(ctx, dev, devSize, sh.BlockSize, sh.Seed, opts.Readers, func(b *block) error {
@@ -149,7 +148,7 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 				return nil
 			}
 		}
-		if bytes.Equal(b.buf, zero[:len(b.buf)]) {
+		if isZero(b.buf) {
 			c.Zero.Add(1)
 			return dw.Zero(b.index)
 		}
@@ -173,6 +172,22 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		return format.End{}, fmt.Errorf("writing delta stream: %w", err)
 	}
 	return end, nil
+}
+
+// zeros is compared against in slices, so that checking a 16 MiB block
+// needs no 16 MiB of zeros.
+var zeros [64 << 10]byte
+
+// isZero reports whether b holds only zero bytes.
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // drainSig reads the signatures of blocks past the device's end and the

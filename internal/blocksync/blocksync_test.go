@@ -590,3 +590,22 @@ func (g gatedReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return g.r.ReadAt(p, off)
 }
+
+func TestIsZero(t *testing.T) {
+	for _, n := range []int{0, 1, 4096, 64 << 10, 64<<10 + 1, 3 << 20} {
+		b := make([]byte, n)
+		if !isZero(b) {
+			t.Errorf("%d zero bytes: not zero", n)
+		}
+		for _, i := range []int{0, n / 2, n - 1} {
+			if n == 0 {
+				continue
+			}
+			b[i] = 1
+			if isZero(b) {
+				t.Errorf("%d bytes with byte %d set: zero", n, i)
+			}
+			b[i] = 0
+		}
+	}
+}
