@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -140,19 +141,32 @@ func TestProvisionFullRun(t *testing.T) {
 	for _, d := range run.Droplets {
 		drop[d.ID] = d
 	}
-	for _, rv := range run.Volumes {
-		d := drop[rv.DropletID]
+	for _, d := range run.Droplets {
+		// One connection per droplet: hash the first 20 MiB of each of its
+		// devices (the seeded data lies within the first 17 MiB).
+		script := "set -e; test -x " + sshx.Quote(d.RemoteHashPath)
+		var want []string
+		for _, rv := range run.Volumes {
+			if rv.DropletID == d.ID {
+				script += "; head -c 20971520 " + sshx.Quote(rv.DevicePath) + " | sha256sum"
+				want = append(want, prefixSHA(t, v.emu.VolumeFile(rv.SourceID), 20<<20))
+			}
+		}
 		cmd := exec.Command(sshBin, "-F", "none", "-i", run.PrivateKeyPath,
 			"-o", "UserKnownHostsFile="+run.KnownHostsPath, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-			"-o", "GlobalKnownHostsFile=/dev/null", "-p", "22", d.User+"@"+d.Address,
-			"head -c 20971520 "+sshx.Quote(rv.DevicePath)+" | sha256sum && test -x "+sshx.Quote(d.RemoteHashPath))
-		got, err := cmd.CombinedOutput()
+			"-o", "GlobalKnownHostsFile=/dev/null", "-p", strconv.Itoa(d.Port), d.User+"@"+d.Address, script)
+		got, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("ssh to %s: %v\n%s", d.Address, err, got)
+			t.Fatalf("ssh to %s: %v", d.Address, err)
 		}
-		want := prefixSHA(t, v.emu.VolumeFile(rv.SourceID), 20<<20) // the seeded data lies in the first 17 MiB
-		if !strings.HasPrefix(string(got), want) {
-			t.Errorf("device of %s: sha256 %q, want %s", rv.SourceName, got, want)
+		lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+		if len(lines) != len(want) {
+			t.Fatalf("droplet %s: %d hashes, want %d", d.Name, len(lines), len(want))
+		}
+		for i := range want {
+			if !strings.HasPrefix(lines[i], want[i]) {
+				t.Errorf("droplet %s device %d: sha256 %q, want %s", d.Name, i, lines[i], want[i])
+			}
 		}
 	}
 	if fileSHA(t, drop[run.Volumes[0].DropletID].RemoteHashPath) != fileSHA(t, v.bin) {
