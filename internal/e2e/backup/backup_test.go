@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -14,7 +15,11 @@ func TestBackupAndRestore(t *testing.T) {
 	// Volumes as backing files: the demo test below covers loop devices.
 	e := newEnv(t, false)
 
-	r := e.mustBackup("-j", "2")
+	p := newPings(t)
+	hook := filepath.Join(e.dir, "hook.out")
+	r := e.mustBackup("-j", "2", "--ping-url", p.srv.URL+"/uuid-1", "--hook", hookCommand(hook))
+	checkPings(t, p, "uuid-1", true)
+	checkHook(t, hook, "success 0")
 	t.Logf("first run: %v", r.dur)
 	e.checkImages()
 	e.checkNothingLeft()

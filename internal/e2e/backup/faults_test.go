@@ -3,6 +3,7 @@ package backup
 import (
 	"io"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -168,8 +169,12 @@ func TestFaults(t *testing.T) {
 		before := e.digests()
 		// Every attach of a volume copy ends "errored".
 		e.emu.InjectFault(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/actions`, ActionErrored: true, Times: 100})
-		res := e.backup()
+		p := newPings(t)
+		hook := filepath.Join(e.dir, "hook.out")
+		res := e.backup("--ping-url", p.srv.URL+"/uuid-2", "--hook", hookCommand(hook))
 		e.emu.ClearFaults()
+		checkPings(t, p, "uuid-2", false)
+		checkHook(t, hook, "failure 7")
 		if res.code != 7 {
 			t.Fatalf("backup-all.sh exited %d, want 7 (provisioning failed)\nstderr:\n%s", res.code, res.stderr)
 		}

@@ -1,0 +1,115 @@
+package backup
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// pings records the requests a healthchecks-style server receives.
+type pings struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	got []string // "METHOD PATH BODY"
+}
+
+func newPings(t *testing.T) *pings {
+	p := &pings{}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		p.mu.Lock()
+		p.got = append(p.got, r.Method+" "+r.URL.Path+" "+string(b))
+		p.mu.Unlock()
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *pings) list() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.got...)
+}
+
+// checkPings asserts the start ping and then exactly one of success or
+// failure, with the summary table as the body of the last one.
+func checkPings(t *testing.T, p *pings, uuid string, success bool) {
+	t.Helper()
+	got := p.list()
+	if len(got) != 2 {
+		t.Fatalf("want 2 pings (start, then the result), got %q", got)
+	}
+	if !strings.HasPrefix(got[0], "GET /"+uuid+"/start") {
+		t.Errorf("first ping %q, want GET /%s/start", got[0], uuid)
+	}
+	want := "POST /" + uuid + "/fail "
+	if success {
+		want = "POST /" + uuid + " "
+	}
+	if !strings.HasPrefix(got[1], want) {
+		t.Errorf("last ping %q, want %q...", got[1], want)
+	}
+}
+
+// hookCommand is a --hook that records what it was told into file.
+func hookCommand(file string) string {
+	return `{ echo "$DOSVOB_RESULT $DOSVOB_EXIT_CODE"; cat "$DOSVOB_SUMMARY_FILE"; } > ` + file
+}
+
+func checkHook(t *testing.T, file, wantFirstLine string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("the hook did not run: %v", err)
+	}
+	first, rest, _ := strings.Cut(string(b), "\n")
+	if first != wantFirstLine {
+		t.Errorf("the hook saw %q, want %q", first, wantFirstLine)
+	}
+	if wantFirstLine == "success 0" && !strings.Contains(rest, "RESULT") {
+		t.Errorf("the hook's summary file lacks the table:\n%s", rest)
+	}
+}
+
+// TestUsage: backup-all.sh and restore.sh explain themselves and reject bad
+// arguments with exit 2 before touching anything. No root needed.
+func TestUsage(t *testing.T) {
+	root := repoRoot(t)
+	for _, c := range []struct {
+		script string
+		args   []string
+		code   int
+		want   string
+	}{
+		{"backup-all.sh", []string{"--help"}, 0, "Exit codes:"},
+		{"backup-all.sh", nil, 2, "want exactly one BACKUP_DIR"},
+		{"backup-all.sh", []string{"-j", "0", "/nonexistent"}, 2, `invalid --jobs "0"`},
+		{"backup-all.sh", []string{"--keep", "x", "/nonexistent"}, 2, `invalid --keep "x"`},
+		{"backup-all.sh", []string{"--frobnicate", "/nonexistent"}, 2, `unknown option "--frobnicate"`},
+		{"backup-all.sh", []string{"--config", "/nonexistent/conf.json", "/nonexistent"}, 2, "not found"},
+		{"restore.sh", []string{"--help"}, 0, "Exit codes:"},
+		{"restore.sh", []string{"--region", "fra1", "/etc/hostname"}, 2, "--volume-name is required"},
+		{"restore.sh", []string{"--volume-name", "Bad_Name", "--region", "fra1", "/etc/hostname"}, 2, `invalid --volume-name "Bad_Name"`},
+		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "/nonexistent.img"}, 2, "not found"},
+		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "--size-gib", "0", "/etc/hostname"}, 2, "invalid --size-gib"},
+		{"demo.sh", []string{"--help"}, 0, "Usage: demo.sh"},
+	} {
+		cmd := exec.Command("bash", append([]string{filepath.Join(root, "scripts", c.script)}, c.args...)...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != c.code || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s %q: exit %d, want %d with %q\n%s", c.script, c.args, code, c.code, c.want, out)
+		}
+	}
+}
