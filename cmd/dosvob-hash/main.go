@@ -56,6 +56,16 @@ image, a payload-free zero record for each such block that is all zeros, and
 an end record with counts and digests of the whole device. Its memory use is
 a few blocks, whatever the size of DEVICE.
 
+dosvob-hash --raw DEVICE signs a block device (or a regular file) as it
+is, with no state: it never creates DEVICE.dosvob/ and never recovers or
+records anything. The signature's base is "no image" (a zero image id,
+generation 0) with the size of DEVICE. It is the first stage of the restore
+direction: on the droplet "dosvob-hash --raw DEVICE" signs the new volume,
+locally "dosvob-hash --delta IMAGE" computes what the volume lacks, and on
+the droplet "dosvob-patch --raw DEVICE" writes it. When DEVICE is larger
+than IMAGE (a volume rounded up to whole GiB), its bytes past the image's
+size are left as they are.
+
 dosvob-hash --verify IMAGE (the scrub) re-reads IMAGE and checks it against
 the digests in its manifest; it prints the first bad offset if it is not
 intact.
@@ -83,6 +93,11 @@ EXAMPLES:
    # smaller blocks, 16 reads in flight on a slow network disk:
    dosvob-hash --block-size 16K data.img | dosvob-hash --delta --readers 16 /dev/sdb | dosvob-patch data.img
 
+   # restore: fill a new volume (on the droplet) from a local image:
+   ssh root@host dosvob-hash --raw /dev/sdb |
+     dosvob-hash --delta data.img |
+     ssh root@host dosvob-patch --raw /dev/sdb
+
    # scrub: is the backup still intact?
    dosvob-hash --verify data.img
 `
@@ -91,7 +106,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:                   name,
 		Usage:                  "sign a backup image, compute a device's delta against it, or verify an image",
-		UsageText:              "dosvob-hash [flags] IMAGE > SIGNATURE\ndosvob-hash --delta [flags] DEVICE < SIGNATURE > DELTA\ndosvob-hash --verify [flags] IMAGE",
+		UsageText:              "dosvob-hash [flags] IMAGE > SIGNATURE\ndosvob-hash --raw [flags] DEVICE > SIGNATURE\ndosvob-hash --delta [flags] DEVICE < SIGNATURE > DELTA\ndosvob-hash --verify [flags] IMAGE",
 		Description:            description,
 		CustomAppHelpTemplate:  cli.AppHelpTemplate + examples,
 		HideHelpCommand:        true,
@@ -102,6 +117,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "delta", Aliases: []string{"d"}, Usage: "read a signature on stdin and DEVICE; write the delta to stdout"},
 			&cli.BoolFlag{Name: "verify", Usage: "re-read IMAGE and check it against its manifest (scrub)"},
+			&cli.BoolFlag{Name: "raw", Usage: "sign DEVICE as it is, with no state directory (the restore direction; see above)"},
 			&cli.StringFlag{Name: "block-size", Aliases: []string{"b"}, DefaultText: sizeString(blocksync.DefaultBlockSize) + ", or the image's",
 				Usage: "block `SIZE` when signing (4K to 16M, a power of two; K and M suffixes); the delta side takes it from the signature"},
 			&cli.IntFlag{Name: "readers", Value: blocksync.DefaultReaders, Usage: "`N` reads in flight"},
@@ -117,11 +133,17 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 }
 
 func action(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
-	if c.Bool("delta") && c.Bool("verify") {
-		return cliutil.Usagef("--delta and --verify do not go together")
+	modes := 0
+	for _, m := range []string{"delta", "verify", "raw"} {
+		if c.Bool(m) {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return cliutil.Usagef("--delta, --verify and --raw do not go together")
 	}
 	what := "IMAGE"
-	if c.Bool("delta") {
+	if c.Bool("delta") || c.Bool("raw") {
 		what = "DEVICE"
 	}
 	switch {
@@ -173,6 +195,12 @@ func action(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary delta stream to a terminal"), "pipe it into dosvob-patch IMAGE")
 		}
 		return deltaRun(c.Context, path, stdin, stdout, o, opts)
+	case c.Bool("raw"):
+		if isTerminal(stdout) {
+			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary signature stream to a terminal"),
+				"pipe it into dosvob-hash --delta IMAGE")
+		}
+		return signRaw(c.Context, path, blockSize, stdout, o, opts)
 	default:
 		if isTerminal(stdout) {
 			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary signature stream to a terminal"),
@@ -203,11 +231,10 @@ func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, 
 			blockSize = uint32(m.BlockSize) // keep the image's recorded per-block hashes comparable
 		}
 	}
-	var seedb [8]byte
-	if _, err := rand.Read(seedb[:]); err != nil {
+	seed, err := randomSeed()
+	if err != nil {
 		return err
 	}
-	seed := binary.LittleEndian.Uint64(seedb[:])
 	rec, err := s.BeginSigning(seed, blockSize)
 	if err != nil {
 		return storeErr(err, path)
@@ -243,6 +270,54 @@ func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, 
 		c.Blocks.Load(), sizeString(uint64(blockSize)), sizeString(c.BytesRead.Load()),
 		sizeString(format.SigHeaderSize+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(c.BytesRead.Load(), el))
 	return nil
+}
+
+// signRaw writes the signature stream of the device (or file) at path as it
+// is: base "no image" with the device's size, and no state recorded.
+func signRaw(ctx context.Context, path string, blockSize uint32, stdout io.Writer, o output, opts blocksync.Options) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
+	}
+	defer f.Close()
+	size, err := blocksync.Size(f)
+	if err != nil {
+		return err
+	}
+	if blockSize == 0 {
+		blockSize = blocksync.DefaultBlockSize
+	}
+	seed, err := randomSeed()
+	if err != nil {
+		return err
+	}
+	sw, err := format.NewSigWriter(stdout, format.SigHeader{BlockSize: blockSize, Seed: seed, Base: format.Base{Size: size}})
+	if err != nil {
+		return err
+	}
+	stop := o.start("sign", opts.Counters)
+	err = blocksync.Sign(ctx, f, sw, opts)
+	if err == nil {
+		err = sw.Close()
+	}
+	el := stop()
+	if err != nil {
+		return deviceErr(err, path)
+	}
+	c := opts.Counters
+	o.summary("signed device %s (raw, no state): %d blocks of %s, %s read, %s sent in %s (%s/s)", path,
+		c.Blocks.Load(), sizeString(uint64(blockSize)), sizeString(c.BytesRead.Load()),
+		sizeString(format.SigHeaderSize+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(c.BytesRead.Load(), el))
+	return nil
+}
+
+// randomSeed draws a fresh 64-bit hash seed.
+func randomSeed() (uint64, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
 }
 
 // deltaRun writes the delta stream of the device at path against the

@@ -31,6 +31,7 @@ func TestScripts(t *testing.T) {
 			"cutfile":    cmdCutfile,
 			"checkdelta": cmdCheckdelta,
 			"checksig":   cmdChecksig,
+			"checkraw":   cmdCheckraw,
 			"mkbackup":   cmdMkbackup,
 		},
 	})
@@ -92,6 +93,22 @@ func cmdChecksig(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if got := strconv.Itoa(n); got != args[2] {
 		ts.Fatalf("%s block hashes, want %s", got, args[2])
+	}
+}
+
+// checkraw FILE SIZE: FILE is a signature stream of raw content (no image
+// id, generation 0) of SIZE bytes.
+func cmdCheckraw(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: checkraw FILE SIZE")
+	}
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	sr, err := format.NewSigReader(bytes.NewReader(b))
+	ts.Check(err)
+	base := sr.Header().Base
+	if base.ImageID != ([16]byte{}) || base.Generation != 0 || strconv.FormatUint(base.Size, 10) != args[1] {
+		ts.Fatalf("base %x generation %d size %d, want a raw base of %s bytes", base.ImageID, base.Generation, base.Size, args[1])
 	}
 }
 
