@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,11 +37,12 @@ func needRoot(t *testing.T) {
 	}
 }
 
-// buildBinaries builds dosvob-provision and dosvob-teardown once per test.
+// buildBinaries builds the four binaries, static, into one directory (so
+// dosvob-provision finds dosvob-hash and dosvob-patch beside itself).
 func buildBinaries(t *testing.T) (provision, teardown string) {
 	t.Helper()
 	dir := t.TempDir()
-	for _, name := range []string{"dosvob-provision", "dosvob-teardown"} {
+	for _, name := range []string{"dosvob-provision", "dosvob-teardown", "dosvob-hash", "dosvob-patch"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -103,8 +105,11 @@ func TestKillBetweenSteps(t *testing.T) {
 	needRoot(t)
 	provision, teardown := buildBinaries(t)
 	allOutput.Reset()
-	// A real file to upload as the two binaries.
-	hashBin := provision
+	hashBin := filepath.Join(filepath.Dir(provision), "dosvob-hash")
+	sshBin, sshErr := exec.LookPath("ssh")
+	if sshErr != nil {
+		t.Fatal("ssh client not installed")
+	}
 
 	for i, k := range []int{1, 2, 3, 5, 8, 12, 16, 20, 23, 26, 28, 30} {
 		t.Run(fmt.Sprintf("after-step-%d", k), func(t *testing.T) {
@@ -125,7 +130,10 @@ func TestKillBetweenSteps(t *testing.T) {
 			env := []string{"DIGITALOCEAN_ACCESS_TOKEN=" + killToken, "DOSVOB_API_URL=" + e.URL(), "DOSVOB_STATE_DIR=" + state,
 				"XDG_CONFIG_HOME=" + t.TempDir()}
 			fast := []string{"--poll-interval", "10ms", "--retry-backoff", "5ms", "--request-timeout", "3s"}
-			pargs := append([]string{"--hash-binary", hashBin}, fast...)
+			pargs := fast
+			if i%3 == 0 {
+				pargs = append([]string{"--hash-binary", hashBin}, fast...) // else found beside dosvob-provision
+			}
 			pargs = append(pargs, "--ssh-wait", "20s", "--action-wait", "5s")
 
 			r := runBin(t, provision, append(env, fmt.Sprintf("DOSVOB_TEST_KILL_AFTER_STEP=%d", k)), nil, pargs...)
@@ -162,6 +170,13 @@ func TestKillBetweenSteps(t *testing.T) {
 				var run cloud.Run
 				if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || len(run.Volumes) != 4 {
 					t.Fatalf("run JSON: %v\n%s", err, r.stdout)
+				}
+				// The JSON is all a script needs: the first stage of a
+				// backup, through the real ssh with the run's key and
+				// known_hosts, into the uploaded dosvob-hash (once: it
+				// reads a whole 1 GiB device).
+				if i == 1 {
+					checkPipe(t, run, hashBin, sshBin)
 				}
 				r = runBin(t, teardown, env, []byte(r.stdout), fast...)
 				if r.code != 0 {
@@ -249,5 +264,37 @@ func TestInterrupt(t *testing.T) {
 	}
 	if strings.Contains(allText+r.stdout+r.stderr, killToken) {
 		t.Fatal("token in output")
+	}
+}
+
+// checkPipe runs the first stage of a backup with nothing but the run JSON:
+// local dosvob-hash signs a new (empty) image, the real ssh client with the
+// run's key and known_hosts carries it to the uploaded dosvob-hash --delta,
+// which reads the device.
+func checkPipe(t *testing.T, run cloud.Run, hashBin, sshBin string) {
+	t.Helper()
+	var vol cloud.RunVolume
+	for _, x := range run.Volumes {
+		if x.SourceName == "pgdata" {
+			vol = x
+		}
+	}
+	var d cloud.RunDroplet
+	for _, x := range run.Droplets {
+		if x.ID == vol.DropletID {
+			d = x
+		}
+	}
+	pipe := fmt.Sprintf("%s %s | %s -F none -i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes -p %d %s@%s %s --delta %s | wc -c",
+		hashBin, filepath.Join(t.TempDir(), "new.img"), sshBin, run.PrivateKeyPath, run.KnownHostsPath, d.Port, d.User, d.Address, d.RemoteHashPath, vol.DevicePath)
+	pc := exec.Command("bash", "-o", "pipefail", "-c", pipe)
+	var perr bytes.Buffer
+	pc.Stderr = &perr
+	out, err := pc.Output()
+	if err != nil {
+		t.Fatalf("sign | ssh dosvob-hash --delta: %v\n%s", err, perr.String())
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(string(out))); n < 4096 {
+		t.Errorf("delta of %s bytes, want at least the 4 KiB of data", out)
 	}
 }
