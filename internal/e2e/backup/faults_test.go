@@ -78,7 +78,7 @@ func (e *env) checkUnchanged(before map[string]string, vols ...string) {
 	e.t.Helper()
 	for _, v := range vols {
 		if got := digest(e.t, e.image(v)); got != before[v] {
-			e.t.Errorf("image of %s changed after a failed run: sha256 %s, want the previous %s", v, got, before[v])
+			e.t.Errorf("image of %s changed after a failed run: xxhash %s, want the previous %s", v, got, before[v])
 		}
 	}
 }
@@ -90,7 +90,7 @@ func (e *env) checkOldOrNew(before map[string]string, vols ...string) {
 	for _, v := range vols {
 		got := digest(e.t, e.image(v))
 		if got != before[v] && got != digest(e.t, e.sourceFile(v)) {
-			e.t.Errorf("image of %s is neither its previous backup nor the new one (sha256 %s)", v, got)
+			e.t.Errorf("image of %s is neither its previous backup nor the new one (xxhash %s)", v, got)
 		}
 	}
 }
