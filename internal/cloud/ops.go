@@ -206,8 +206,10 @@ func (a *API) DeleteKey(ctx context.Context, id int) error {
 
 // CreateDroplet creates a droplet, or finds the one (by name, under the
 // run's tag) that an earlier uncertain attempt made.
-func (a *API) CreateDroplet(ctx context.Context, req *godo.DropletCreateRequest, runTag string) (*godo.Droplet, error) {
+// The id of the droplet's create action is returned too (0 when unknown).
+func (a *API) CreateDroplet(ctx context.Context, req *godo.DropletCreateRequest, runTag string) (*godo.Droplet, int, error) {
 	var d *godo.Droplet
+	actionID := 0
 	find := func(ctx context.Context) (bool, error) {
 		ds, err := a.ListDropletsByTag(ctx, runTag)
 		if err != nil {
@@ -225,12 +227,19 @@ func (a *API) CreateDroplet(ctx context.Context, req *godo.DropletCreateRequest,
 		var resp *godo.Response
 		var err error
 		d, resp, err = a.godo.Droplets.Create(ctx, req)
+		if err == nil && resp != nil && resp.Links != nil {
+			for _, la := range resp.Links.Actions {
+				if la.Rel == "create" || actionID == 0 {
+					actionID = la.ID
+				}
+			}
+		}
 		return resp, err
 	})
 	if errors.Is(err, errFound) {
 		err = nil
 	}
-	return d, err
+	return d, actionID, err
 }
 
 func (a *API) ListDropletsByTag(ctx context.Context, tag string) ([]godo.Droplet, error) {
@@ -257,10 +266,27 @@ func (a *API) DeleteDroplet(ctx context.Context, id int) error {
 }
 
 // WaitDropletActive polls a droplet until it is active with a public IPv4.
-func (a *API) WaitDropletActive(ctx context.Context, id int, timeout time.Duration) (*godo.Droplet, error) {
+// When the id of its create action is known (non-zero), an action that
+// ends errored fails the wait at once.
+func (a *API) WaitDropletActive(ctx context.Context, id, actionID int, timeout time.Duration) (*godo.Droplet, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
+		if actionID != 0 {
+			var act *godo.Action
+			err := a.do(ctx, fmt.Sprintf("get action %d", actionID), func(ctx context.Context) (*godo.Response, error) {
+				var resp *godo.Response
+				var err error
+				act, resp, err = a.godo.Actions.Get(ctx, actionID)
+				return resp, err
+			})
+			if err == nil && act.Status == "errored" {
+				return nil, &APIError{Op: fmt.Sprintf("droplet %d", id), Err: fmt.Errorf("create action %d: %w", actionID, ErrActionErrored)}
+			}
+			if err == nil && act.Status == godo.ActionCompleted {
+				actionID = 0
+			}
+		}
 		d, err := a.GetDroplet(ctx, id)
 		if err == nil && d.Status == "active" {
 			if ip, _ := d.PublicIPv4(); ip != "" {

@@ -119,7 +119,7 @@ func leaveCrashedRun(t *testing.T, v *env, r *rand.Rand, now time.Time) {
 			t.Fatal(err)
 		}
 		droplet = d
-		if _, err := v.api.WaitDropletActive(ctx, d.ID, 5*time.Second); err != nil {
+		if _, err := v.api.WaitDropletActive(ctx, d.ID, 0, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}

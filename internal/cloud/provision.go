@@ -402,6 +402,7 @@ func (p *Provisioner) steps(ctx context.Context) error {
 	}
 
 	// 2. Droplets first: they boot while the snapshots and copies are made.
+	createActions := map[string]int{}
 	for i := range st.Droplets {
 		d := &st.Droplets[i]
 		p.logf("creating droplet %s (%s, %s)", d.Name, d.Region, d.Size)
@@ -414,10 +415,11 @@ func (p *Provisioner) steps(ctx context.Context) error {
 			UserData: p.hosts[d.Name].CloudConfig(),
 			Tags:     tags,
 		}
-		gd, err := p.API.CreateDroplet(ctx, req, RunTag(runID))
+		gd, actionID, err := p.API.CreateDroplet(ctx, req, RunTag(runID))
 		if err != nil {
 			return err
 		}
+		createActions[d.Name] = actionID
 		if err := p.update(func(*State) { d.ID = gd.ID }); err != nil {
 			return err
 		}
@@ -433,7 +435,7 @@ func (p *Provisioner) steps(ctx context.Context) error {
 	// 4. Droplets active, with an address.
 	for i := range st.Droplets {
 		d := &st.Droplets[i]
-		gd, err := p.API.WaitDropletActive(ctx, d.ID, p.ActionWait)
+		gd, err := p.API.WaitDropletActive(ctx, d.ID, createActions[d.Name], p.ActionWait)
 		if err != nil {
 			return err
 		}
