@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -50,9 +51,9 @@ func flags() []cli.Flag {
 		&cli.BoolFlag{Name: "restore", Usage: "make a new, kept volume and a droplet to fill it, instead of a backup run"},
 		&cli.StringFlag{Name: "volume-name", Usage: "--restore: name of the new volume (must not exist in the region)"},
 		&cli.StringFlag{Name: "region", Usage: "--restore: region of the new volume"},
-		&cli.Int64Flag{Name: "size-gib", Usage: "--restore: size of the new volume in GiB"},
-		&cli.IntFlag{Name: "ssh-port", Usage: "SSH port of the droplets (default: the config's ssh_port, else 22)"},
-		&cli.DurationFlag{Name: "ssh-wait", Usage: "how long to wait for a droplet's SSH to answer (default: the config's ssh_wait, else 5m)"},
+		&cli.Int64Flag{Name: "size-gib", Usage: "--restore: size of the new volume in GiB", DefaultText: "none"},
+		&cli.IntFlag{Name: "ssh-port", Usage: "SSH port of the droplets", DefaultText: "the config's ssh_port, else 22"},
+		&cli.DurationFlag{Name: "ssh-wait", Usage: "how long to wait for a droplet's SSH to answer", DefaultText: "the config's ssh_wait, else 5m"},
 	)
 }
 
@@ -205,6 +206,8 @@ func run(c *cli.Context) error {
 			return cliutil.Usagef("--volume-name: %q would look like a temporary dosvob volume", name)
 		case region == "":
 			return cliutil.Usagef("--restore needs --region")
+		case !regionRe.MatchString(region):
+			return cliutil.Usagef("--region: invalid region slug %q (want e.g. \"fra1\")", region)
 		case size <= 0:
 			return cliutil.Usagef("--restore needs --size-gib (a positive number)")
 		}
@@ -294,6 +297,8 @@ func binary(c *cli.Context, flag, name string, required bool) (string, error) {
 	}
 	return "", nil
 }
+
+var regionRe = regexp.MustCompile(`^[a-z]{3}[0-9]$`)
 
 func validVolumeName(s string) bool {
 	if len(s) == 0 || len(s) > 64 || s[0] < 'a' || s[0] > 'z' {

@@ -31,7 +31,7 @@ func app() *cli.App {
 	return &cli.App{
 		Name:      "dosvob-teardown",
 		Usage:     "delete the temporary DigitalOcean resources of a dosvob run",
-		UsageText: "dosvob-teardown [flags] RUN.json | - \n   dosvob-teardown [flags] --run RUN-ID\n   dosvob-teardown [flags] --all",
+		UsageText: "dosvob-teardown [flags] RUN.json | -\n   dosvob-teardown [flags] --run RUN-ID\n   dosvob-teardown [flags] --all",
 		Description: "Which run: the run JSON that dosvob-provision printed (a file, or \"-\" or a pipe on\n" +
 			"stdin), or --run ID. With none of these, or with --all: every dosvob resource in the account.\n" +
 			"Exits 0 when nothing is left, 8 listing what is left otherwise. Safe to repeat.",
@@ -45,7 +45,7 @@ func app() *cli.App {
 			&cli.StringFlag{Name: "run", Usage: "tear down the run with this id"},
 			&cli.BoolFlag{Name: "all", Usage: "tear down every dosvob resource in the account"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "list what would be deleted; delete nothing"},
-			&cli.DurationFlag{Name: "detach-wait", Value: 0, Usage: "how long to wait for volumes to detach from deleted droplets (default 5m)"},
+			&cli.DurationFlag{Name: "detach-wait", Usage: "how long to wait for volumes to detach from deleted droplets", DefaultText: "5m"},
 			&cli.DurationFlag{Name: "poll-interval", Hidden: true},
 			&cli.DurationFlag{Name: "request-timeout", Hidden: true},
 			&cli.DurationFlag{Name: "retry-backoff", Hidden: true},
