@@ -80,6 +80,7 @@ type env struct {
 type envOpts struct {
 	account *doemu.Account
 	ssh     bool
+	loop    bool // attach volumes as loop devices where the emulator can
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -94,7 +95,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		Account:          o.account,
 		DataDir:          t.TempDir(),
 		SSH:              o.ssh,
-		NoLoopDevices:    true,
+		NoLoopDevices:    !o.loop,
 		SnapshotInterval: -1,
 		Logf:             func(string, ...any) {},
 	})

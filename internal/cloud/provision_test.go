@@ -206,7 +206,7 @@ func jsonEqual(t *testing.T, a, b any) bool {
 // teardown detaches but keeps; an existing name is refused.
 func TestProvisionRestore(t *testing.T) {
 	acct := userAccount(1, 0)
-	v := newEnv(t, envOpts{account: acct, ssh: true})
+	v := newEnv(t, envOpts{account: acct, ssh: true, loop: true})
 	ctx := context.Background()
 	before := v.emu.State()
 
@@ -233,6 +233,9 @@ func TestProvisionRestore(t *testing.T) {
 		t.Fatalf("restore run: %+v", run)
 	}
 	nv := run.Volumes[0]
+	// With loop devices the device is a block device: its size came from
+	// blockdev, and it must be the new volume's.
+	t.Logf("restore device: %s", nv.DevicePath)
 	s, _ := v.store().Load(run.RunID)
 	if err := v.api.Teardown(ctx, Scope{RunID: run.RunID, State: s}, TeardownOptions{Logf: v.log.logf}); err != nil {
 		t.Fatal(err)
