@@ -5,12 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/digitalocean/godo"
 
+	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/doemu"
 )
 
@@ -116,3 +118,30 @@ func TestSnapshotRateLimit(t *testing.T) {
 		t.Errorf("message: %v", ce)
 	}
 }
+
+// What teardown cannot remove is listed, with exit code 8: here a volume
+// with dosvob's marks attached to a droplet of the user's, which teardown
+// never touches.
+func TestTeardownIncomplete(t *testing.T) {
+	acct := &doemu.Account{
+		Volumes: []doemu.SeedVolume{{Name: "dosvob-ephemeral-20260101-000000-abcdef-0", Region: "fra1", SizeGigabytes: 1,
+			Tags: []string{"dosvob-ephemeral", "dosvob-run-20260101-000000-abcdef"}}},
+		Droplets: []doemu.SeedDroplet{{Name: "app", Region: "fra1", Size: "s-1vcpu-1gb", Image: "ubuntu-24-04-x64",
+			Volumes: []string{"dosvob-ephemeral-20260101-000000-abcdef-0"}}},
+	}
+	v := newEnv(t, envOpts{account: acct})
+	before := v.emu.State()
+	err := v.api.Teardown(context.Background(), Scope{}, TeardownOptions{DetachWait: 200 * time.Millisecond, ActionWait: time.Second, Logf: v.log.logf})
+	var ie *IncompleteError
+	if !errors.As(err, &ie) || len(ie.Left) != 1 || ie.Left[0].Kind != "volume" || !strings.Contains(err.Error(), "attached to droplet") {
+		t.Fatalf("err = %v", err)
+	}
+	if code := cliutilCode(ExitError(err, testToken)); code != 8 {
+		t.Errorf("exit code %d, want 8", code)
+	}
+	if !reflect.DeepEqual(before.Droplets, v.emu.State().Droplets) {
+		t.Error("the user's droplet was changed")
+	}
+}
+
+func cliutilCode(err error) int { return cliutil.CodeOf(err) }
