@@ -19,6 +19,9 @@ const (
 	RecordData RecordType = 0x01 // the bytes of one block
 	RecordZero RecordType = 0x02 // one block that is all zeros (no payload)
 	RecordEnd  RecordType = 0x03 // counts and digests; the last record
+	// RecordHashes (version 2) carries the next-seed hashes of consecutive
+	// blocks that are unchanged (no Data or Zero record).
+	RecordHashes RecordType = 0x04
 )
 
 func (t RecordType) String() string {
@@ -29,16 +32,21 @@ func (t RecordType) String() string {
 		return "zero"
 	case RecordEnd:
 		return "end"
+	case RecordHashes:
+		return "hashes"
 	}
 	return fmt.Sprintf("RecordType(%#02x)", uint8(t))
 }
 
-// Record is one Data or Zero record. For Data, Bytes holds the block (short
-// for a short last block); it is only valid until the next call to Next.
+// Record is one Data, Zero or Hashes record. For Data, Bytes holds the
+// block (short for a short last block); for Hashes, Hashes holds the
+// next-seed hashes of blocks Index, Index+1, ... Both are only valid until
+// the next call to Next.
 type Record struct {
-	Type  RecordType
-	Index uint64
-	Bytes []byte
+	Type   RecordType
+	Index  uint64
+	Bytes  []byte
+	Hashes []uint64
 }
 
 // Compression levels for DeltaOptions.Level, from fastest to smallest.
@@ -67,6 +75,9 @@ type DeltaOptions struct {
 // End record.
 type DeltaWriter struct {
 	hdr       DeltaHeader
+	pend      []uint64 // version 2: next-seed hashes not yet written
+	pstart    uint64   // index of pend[0]
+	rec       []byte   // scratch for a Hashes record
 	enc       *zstd.Encoder
 	digest    *xxhash.Digest
 	next      uint64 // lowest index the next record may have
@@ -83,6 +94,12 @@ type DeltaWriter struct {
 func NewDeltaWriter(w io.Writer, h DeltaHeader, opts DeltaOptions) (*DeltaWriter, error) {
 	if !ValidBlockSize(h.BlockSize) {
 		return nil, fmt.Errorf("invalid block size %d (want a power of two from %d to %d)", h.BlockSize, MinBlockSize, MaxBlockSize)
+	}
+	if h.Version > Version {
+		return nil, fmt.Errorf("delta stream: cannot write version %d", h.Version)
+	}
+	if h.V() < 2 && h.NextSeed != 0 {
+		return nil, errors.New("delta stream: version 1 has no next seed")
 	}
 	level := opts.Level
 	if level == 0 {
@@ -108,11 +125,13 @@ func NewDeltaWriter(w io.Writer, h DeltaHeader, opts DeltaOptions) (*DeltaWriter
 	return &DeltaWriter{hdr: h, enc: enc, digest: xxhash.New(), blockSize: uint64(h.BlockSize)}, nil
 }
 
-// MarshalDeltaHeader returns the 72-byte encoding of h.
+// MarshalDeltaHeader returns the encoding of h: 72 bytes in version 1, 80
+// in version 2.
 func MarshalDeltaHeader(h DeltaHeader) []byte {
-	b := make([]byte, DeltaHeaderSize)
+	n := h.Size()
+	b := make([]byte, n)
 	copy(b, DeltaMagic)
-	binary.LittleEndian.PutUint16(b[8:], Version)
+	binary.LittleEndian.PutUint16(b[8:], h.V())
 	binary.LittleEndian.PutUint16(b[10:], 0) // flags
 	binary.LittleEndian.PutUint32(b[12:], h.BlockSize)
 	binary.LittleEndian.PutUint64(b[16:], h.DeviceSize)
@@ -120,7 +139,10 @@ func MarshalDeltaHeader(h DeltaHeader) []byte {
 	copy(b[32:48], h.Base.ImageID[:])
 	binary.LittleEndian.PutUint64(b[48:], h.Base.Generation)
 	binary.LittleEndian.PutUint64(b[56:], h.Base.Size)
-	binary.LittleEndian.PutUint64(b[64:], xxhash.Sum64(b[:64]))
+	if h.V() >= 2 {
+		binary.LittleEndian.PutUint64(b[64:], h.NextSeed)
+	}
+	binary.LittleEndian.PutUint64(b[n-8:], xxhash.Sum64(b[:n-8]))
 	return b
 }
 
@@ -137,10 +159,55 @@ func (dw *DeltaWriter) check(index uint64) error {
 	if index < dw.next {
 		return fmt.Errorf("delta stream: record for block %d after block %d", index, dw.next-1)
 	}
+	if dw.hdr.V() >= 2 && index != dw.next {
+		return fmt.Errorf("delta stream: version 2 needs a record for every block, block %d follows block %d", index, int64(dw.next)-1)
+	}
 	if index >= dw.hdr.Blocks() {
 		return fmt.Errorf("delta stream: block %d past the device's %d blocks", index, dw.hdr.Blocks())
 	}
 	return nil
+}
+
+// Unchanged records that block index is unchanged (it gets no Data or Zero
+// record) and, in version 2, that its hash under the next seed is h: the
+// writer gathers such hashes into Hashes records. In version 1 h is
+// ignored. An unchanged block must lie within the signed content.
+func (dw *DeltaWriter) Unchanged(index, h uint64) error {
+	if err := dw.check(index); err != nil {
+		return err
+	}
+	if index >= dw.hdr.SigBlocks() {
+		return fmt.Errorf("delta stream: block %d past the signed content is not unchanged", index)
+	}
+	dw.next = index + 1
+	if dw.hdr.V() < 2 {
+		return nil
+	}
+	if len(dw.pend) == 0 {
+		dw.pstart = index
+	}
+	dw.pend = append(dw.pend, h)
+	if len(dw.pend) >= dw.hdr.MaxHashes() {
+		dw.flushHashes()
+	}
+	return dw.err
+}
+
+// flushHashes writes the pending next-seed hashes as one Hashes record.
+func (dw *DeltaWriter) flushHashes() {
+	if len(dw.pend) == 0 || dw.err != nil {
+		return
+	}
+	b := dw.rec[:0]
+	b = append(b, byte(RecordHashes))
+	b = binary.LittleEndian.AppendUint64(b, dw.pstart)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(dw.pend)))
+	for _, h := range dw.pend {
+		b = binary.LittleEndian.AppendUint64(b, h)
+	}
+	dw.rec = b
+	dw.write(b)
+	dw.pend = dw.pend[:0]
 }
 
 func (dw *DeltaWriter) write(b []byte) {
@@ -156,6 +223,7 @@ func (dw *DeltaWriter) write(b []byte) {
 // Data writes a Data record: block index holds b, whose length must be
 // Header().BlockLen(index).
 func (dw *DeltaWriter) Data(index uint64, b []byte) error {
+	dw.flushHashes()
 	if err := dw.check(index); err != nil {
 		return err
 	}
@@ -173,6 +241,7 @@ func (dw *DeltaWriter) Data(index uint64, b []byte) error {
 
 // Zero writes a Zero record: block index is all zeros.
 func (dw *DeltaWriter) Zero(index uint64) error {
+	dw.flushHashes()
 	if err := dw.check(index); err != nil {
 		return err
 	}
@@ -187,6 +256,7 @@ func (dw *DeltaWriter) Zero(index uint64) error {
 // Flush compresses and writes everything buffered so far.
 func (dw *DeltaWriter) Flush() error {
 	if dw.err == nil && !dw.closed {
+		dw.flushHashes()
 		dw.err = dw.enc.Flush()
 	}
 	return dw.err
@@ -207,13 +277,25 @@ func (dw *DeltaWriter) Close(e End) (End, error) {
 	if dw.closed {
 		return e, errors.New("delta stream: writer is closed")
 	}
+	dw.flushHashes()
+	if dw.hdr.V() >= 2 && dw.err == nil && dw.next != dw.hdr.Blocks() {
+		dw.err = fmt.Errorf("delta stream: records cover %d of %d blocks", dw.next, dw.hdr.Blocks())
+	}
+	if dw.err != nil {
+		dw.Abort()
+		return e, dw.err
+	}
 	e.Blocks, e.DataRecords, e.ZeroRecords = dw.hdr.Blocks(), dw.data, dw.zero
-	b := marshalEnd(e)
+	if dw.hdr.V() < 2 {
+		e.NextDigest = 0
+	}
+	b := marshalEnd(e, dw.hdr.V())
 	dw.digest.Write(b)
-	copy(dw.scratch[:], b)
-	binary.LittleEndian.PutUint64(dw.scratch[len(b):], dw.digest.Sum64())
+	var scratch [endRecordSizeV2]byte
+	copy(scratch[:], b)
+	binary.LittleEndian.PutUint64(scratch[len(b):], dw.digest.Sum64())
 	dw.closed = true
-	if _, err := dw.enc.Write(dw.scratch[:]); err != nil {
+	if _, err := dw.enc.Write(scratch[:len(b)+8]); err != nil {
 		dw.err = err
 		dw.enc.Reset(io.Discard)
 		dw.enc.Close()
@@ -234,10 +316,15 @@ func (dw *DeltaWriter) Abort() {
 	dw.enc.Close()
 }
 
-func marshalEnd(e End) []byte {
-	b := make([]byte, endRecordSize-8) // without RecordDigest
+// marshalEnd encodes e without its record digest.
+func marshalEnd(e End, version uint16) []byte {
+	fields := []uint64{e.Blocks, e.DataRecords, e.ZeroRecords, e.BytesRead, e.SigDigest, e.BlockDigest, e.DeviceDigest}
+	if version >= 2 {
+		fields = append(fields, e.NextDigest)
+	}
+	b := make([]byte, 1+8*len(fields))
 	b[0] = byte(RecordEnd)
-	for i, v := range []uint64{e.Blocks, e.DataRecords, e.ZeroRecords, e.BytesRead, e.SigDigest, e.BlockDigest, e.DeviceDigest} {
+	for i, v := range fields {
 		binary.LittleEndian.PutUint64(b[1+8*i:], v)
 	}
 	return b
@@ -254,7 +341,9 @@ type DeltaReader struct {
 	data    uint64
 	zero    uint64
 	buf     []byte
-	scratch [endRecordSize]byte
+	hashes  []uint64
+	short   bool // the last record was a Hashes record with fewer than MaxHashes
+	scratch [endRecordSizeV2]byte
 	end     End
 	done    bool
 	err     error
@@ -264,7 +353,7 @@ type DeltaReader struct {
 // nothing beyond the header, so the caller can check the header (base, size)
 // before it reads or writes anything else.
 func NewDeltaReader(r io.Reader) (*DeltaReader, error) {
-	b := make([]byte, DeltaHeaderSize)
+	b := make([]byte, DeltaHeaderSizeV2)
 	h, err := parseDeltaHeader(r, b)
 	if err != nil {
 		return nil, err
@@ -278,14 +367,20 @@ func parseDeltaHeader(r io.Reader, b []byte) (DeltaHeader, error) {
 		return h, err
 	}
 	version := binary.LittleEndian.Uint16(b[8:])
-	if version != Version {
-		return h, deltaErr(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
+	if err := checkVersion(deltaStream, version); err != nil {
+		return h, err
 	}
+	h.Version = version
+	size := h.Size()
+	b = b[:size]
 	if n, err := io.ReadFull(r, b[10:]); err != nil {
-		return h, deltaStream.readErr(err, "truncated header (%d of %d bytes)", 10+n, DeltaHeaderSize)
+		return h, deltaStream.readErr(err, "truncated header (%d of %d bytes)", 10+n, size)
 	}
-	if got, want := binary.LittleEndian.Uint64(b[64:]), xxhash.Sum64(b[:64]); got != want {
+	if got, want := binary.LittleEndian.Uint64(b[size-8:]), xxhash.Sum64(b[:size-8]); got != want {
 		return h, deltaErr(ErrChecksum, "header checksum %#016x, computed %#016x", got, want)
+	}
+	if version >= 2 {
+		h.NextSeed = binary.LittleEndian.Uint64(b[64:])
 	}
 	h.BlockSize = binary.LittleEndian.Uint32(b[12:])
 	if err := checkHeaderCommon(deltaStream, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {
@@ -431,8 +526,12 @@ func (dr *DeltaReader) next1() (Record, error) {
 		if idx < dr.next {
 			return Record{}, deltaErr(ErrRecord, "%s record for block %d after a record for block %d", t, idx, dr.next-1)
 		}
+		if err := dr.checkContiguous(t, idx); err != nil {
+			return Record{}, err
+		}
 		dr.next = idx + 1
 		dr.records++
+		dr.short = false
 		rec := Record{Type: t, Index: idx}
 		if t == RecordZero {
 			dr.zero++
@@ -448,34 +547,102 @@ func (dr *DeltaReader) next1() (Record, error) {
 		}
 		dr.data++
 		return rec, nil
+	case RecordHashes:
+		if dr.hdr.V() >= 2 {
+			return dr.readHashes()
+		}
 	case RecordEnd:
 		return Record{}, dr.readEnd()
 	}
 	return Record{}, deltaErr(ErrRecord, "unknown record type %#02x after %d records", byte(t), dr.records)
 }
 
+// checkContiguous enforces version 2's rule that the records cover every
+// block in order, with no gap.
+func (dr *DeltaReader) checkContiguous(t RecordType, idx uint64) error {
+	if dr.hdr.V() >= 2 && idx != dr.next {
+		return deltaErr(ErrRecord, "%s record for block %d, but block %d has no record", t, idx, dr.next)
+	}
+	return nil
+}
+
+// readHashes reads the rest of a Hashes record.
+func (dr *DeltaReader) readHashes() (Record, error) {
+	b := dr.scratch[1:hashesRecordHead]
+	if err := dr.fill(b, "hashes record"); err != nil {
+		return Record{}, err
+	}
+	idx := binary.LittleEndian.Uint64(b)
+	count := uint64(binary.LittleEndian.Uint32(b[8:]))
+	if count == 0 || count > uint64(dr.hdr.MaxHashes()) {
+		return Record{}, deltaErr(ErrRecord, "hashes record for %d blocks (want 1 to %d)", count, dr.hdr.MaxHashes())
+	}
+	if err := dr.checkContiguous(RecordHashes, idx); err != nil {
+		return Record{}, err
+	}
+	if dr.short {
+		// Runs of unchanged blocks are cut only when a record is full:
+		// one encoding per content (no malleability).
+		return Record{}, deltaErr(ErrRecord, "hashes record for block %d follows a hashes record that is not full", idx)
+	}
+	if end := idx + count; end > dr.hdr.SigBlocks() || end > dr.hdr.Blocks() {
+		return Record{}, deltaErr(ErrRecord, "hashes record for blocks %d to %d, past the signed content's %d or the device's %d blocks",
+			idx, end-1, dr.hdr.SigBlocks(), dr.hdr.Blocks())
+	}
+	n := int(count) * 8
+	if cap(dr.buf) < n {
+		dr.buf = make([]byte, max(n, int(min(uint64(dr.hdr.BlockSize), dr.hdr.DeviceSize))))
+	}
+	raw := dr.buf[:n]
+	if err := dr.fill(raw, "hashes record"); err != nil {
+		return Record{}, err
+	}
+	if cap(dr.hashes) < int(count) {
+		dr.hashes = make([]uint64, dr.hdr.MaxHashes())
+	}
+	hs := dr.hashes[:count]
+	for i := range hs {
+		hs[i] = binary.LittleEndian.Uint64(raw[8*i:])
+	}
+	dr.next = idx + count
+	dr.records++
+	dr.short = count < uint64(dr.hdr.MaxHashes())
+	return Record{Type: RecordHashes, Index: idx, Hashes: hs}, nil
+}
+
 func (dr *DeltaReader) readEnd() error {
-	b := dr.scratch[:endRecordSize]
-	if err := dr.fill(b[1:endRecordSize-8], "end record"); err != nil {
+	size := endRecordSize
+	if dr.hdr.V() >= 2 {
+		size = endRecordSizeV2
+	}
+	b := dr.scratch[:size]
+	if err := dr.fill(b[1:size-8], "end record"); err != nil {
 		return err
 	}
 	want := dr.digest.Sum64()
-	if _, err := io.ReadFull(dr.dec, b[endRecordSize-8:]); err != nil {
+	if _, err := io.ReadFull(dr.dec, b[size-8:]); err != nil {
 		return dr.decErr(err, "end record")
 	}
-	var v [8]uint64
-	for i := range v {
+	var v [9]uint64
+	nf := (size - 1) / 8 // fields including the record digest
+	for i := range nf {
 		v[i] = binary.LittleEndian.Uint64(b[1+8*i:])
 	}
 	e := End{Blocks: v[0], DataRecords: v[1], ZeroRecords: v[2], BytesRead: v[3], SigDigest: v[4], BlockDigest: v[5], DeviceDigest: v[6]}
-	if v[7] != want {
-		return deltaErr(ErrChecksum, "record digest %#016x, computed %#016x", v[7], want)
+	if nf == 9 {
+		e.NextDigest = v[7]
+	}
+	if got := v[nf-1]; got != want {
+		return deltaErr(ErrChecksum, "record digest %#016x, computed %#016x", got, want)
 	}
 	if e.Blocks != dr.hdr.Blocks() {
 		return deltaErr(ErrCount, "end record counts %d blocks, header implies %d", e.Blocks, dr.hdr.Blocks())
 	}
 	if e.DataRecords != dr.data || e.ZeroRecords != dr.zero {
 		return deltaErr(ErrCount, "end record counts %d data and %d zero records, stream has %d and %d", e.DataRecords, e.ZeroRecords, dr.data, dr.zero)
+	}
+	if dr.hdr.V() >= 2 && dr.next != e.Blocks {
+		return deltaErr(ErrCount, "records cover %d of the device's %d blocks", dr.next, e.Blocks)
 	}
 	// Nothing may follow: neither more records nor more compressed frames.
 	// This read also makes the decoder check the frame checksum.

@@ -26,8 +26,17 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// Version is the only stream version this package reads and writes.
-const Version = 1
+// Version is the newest stream version; this package reads and writes
+// versions MinVersion to Version. Version 2 adds the next seed: the
+// signature announces the seed of the next run, the delta carries the
+// hashes of the blocks it sends no record for under that seed (Hashes
+// records), and its End record their digest, so that the image store can
+// keep a signature cache for the next run without reading the image.
+const Version = 2
+
+// MinVersion is the oldest stream version this package reads (and writes
+// when a header asks for it).
+const MinVersion = 1
 
 // Magic strings, distinct per stream type.
 const (
@@ -35,12 +44,16 @@ const (
 	DeltaMagic = "DOSVOB\x00D"
 )
 
-// Header and record sizes in bytes.
+// Header and record sizes in bytes. The V2 sizes hold the next seed too.
 const (
-	SigHeaderSize   = 64
-	SigTrailerSize  = 16
-	DeltaHeaderSize = 72
-	endRecordSize   = 1 + 8*8 // type byte, 7 fields, record digest
+	SigHeaderSize     = 64 // version 1
+	SigHeaderSizeV2   = 72
+	SigTrailerSize    = 16
+	DeltaHeaderSize   = 72 // version 1
+	DeltaHeaderSizeV2 = 80
+	endRecordSize     = 1 + 8*8 // version 1: type byte, 7 fields, record digest
+	endRecordSizeV2   = 1 + 9*8 // version 2: type byte, 8 fields, record digest
+	hashesRecordHead  = 1 + 8 + 4
 )
 
 // Block size limits. A block size must be a power of two in this range.
@@ -126,9 +139,26 @@ type Base struct {
 
 // SigHeader is the header of a signature stream.
 type SigHeader struct {
+	// Version is the stream version: 0 or 1 for version 1, 2 for version 2.
+	// A reader sets it to the version it read.
+	Version   uint16
 	BlockSize uint32
 	Seed      uint64 // xxhash64 seed of every block hash
-	Base      Base
+	// NextSeed (version 2) is the seed the delta side hashes every device
+	// block with as well, for the signature cache of the next run.
+	NextSeed uint64
+	Base     Base
+}
+
+// V returns the stream version (1 for a zero Version).
+func (h SigHeader) V() uint16 { return max(h.Version, 1) }
+
+// Size is the length of the encoded header.
+func (h SigHeader) Size() int {
+	if h.V() >= 2 {
+		return SigHeaderSizeV2
+	}
+	return SigHeaderSize
 }
 
 // Blocks is the number of block hashes that follow the header.
@@ -137,11 +167,32 @@ func (h SigHeader) Blocks() uint64 { return BlockCount(h.Base.Size, h.BlockSize)
 // DeltaHeader is the plain (uncompressed) header of a delta stream. Seed and
 // Base echo the signature the delta was computed against.
 type DeltaHeader struct {
+	// Version is the stream version: 0 or 1 for version 1, 2 for version 2.
+	Version    uint16
 	BlockSize  uint32
 	DeviceSize uint64
 	Seed       uint64
+	NextSeed   uint64 // version 2: copied from the signature
 	Base       Base
 }
+
+// V returns the stream version (1 for a zero Version).
+func (h DeltaHeader) V() uint16 { return max(h.Version, 1) }
+
+// Size is the length of the encoded header.
+func (h DeltaHeader) Size() int {
+	if h.V() >= 2 {
+		return DeltaHeaderSizeV2
+	}
+	return DeltaHeaderSize
+}
+
+// SigBlocks is the number of blocks of the signed content (Base.Size).
+func (h DeltaHeader) SigBlocks() uint64 { return BlockCount(h.Base.Size, h.BlockSize) }
+
+// MaxHashes is the most hashes one Hashes record may carry: one block's
+// worth of bytes, so that a reader's buffer never exceeds a block.
+func (h DeltaHeader) MaxHashes() int { return int(h.BlockSize / 8) }
 
 // Blocks is the number of blocks of the device.
 func (h DeltaHeader) Blocks() uint64 { return BlockCount(h.DeviceSize, h.BlockSize) }
@@ -165,6 +216,9 @@ type End struct {
 	BlockDigest uint64
 	// DeviceDigest is xxhash64 (seed 0) of the entire device content.
 	DeviceDigest uint64
+	// NextDigest (version 2) is xxhash64 (seed 0) over the little-endian
+	// per-block hashes xxhash64(NextSeed, block) of the whole device.
+	NextDigest uint64
 }
 
 // BlockCount returns ceil(size/blockSize).
@@ -237,10 +291,18 @@ func (b *BlockDigester) Add(h uint64) {
 // Sum64 returns the digest of the hashes added so far.
 func (b *BlockDigester) Sum64() uint64 { return b.d.Sum64() }
 
+// checkVersion rejects a version this package does not read.
+func checkVersion(s stream, version uint16) error {
+	if version < MinVersion || version > Version {
+		return s.errorf(ErrVersion, "unsupported version %d (this build reads versions %d to %d)", version, MinVersion, Version)
+	}
+	return nil
+}
+
 func checkHeaderCommon(s stream, version, flags uint16, blockSize uint32) error {
 	errf := s.errorf
-	if version != Version {
-		return errf(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
+	if err := checkVersion(s, version); err != nil {
+		return err
 	}
 	if flags != 0 {
 		return errf(ErrFlags, "unknown flags %#04x", flags)

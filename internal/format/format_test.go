@@ -53,6 +53,10 @@ func makeDelta(t testing.TB, hdr DeltaHeader, recs []testRec, e End) []byte {
 			err = dw.Data(r.index, r.data)
 		case RecordZero:
 			err = dw.Zero(r.index)
+		case RecordHashes:
+			for k := 0; k < len(r.data)/8 && err == nil; k++ {
+				err = dw.Unchanged(r.index+uint64(k), binary.LittleEndian.Uint64(r.data[8*k:]))
+			}
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -103,12 +107,18 @@ func readDelta(b []byte) (DeltaHeader, []testRec, End, error) {
 		if err != nil {
 			return dr.Header(), recs, End{}, err
 		}
-		recs = append(recs, testRec{r.Type, r.Index, bytes.Clone(r.Bytes)})
+		data := bytes.Clone(r.Bytes)
+		if r.Type == RecordHashes {
+			for _, h := range r.Hashes {
+				data = binary.LittleEndian.AppendUint64(data, h)
+			}
+		}
+		recs = append(recs, testRec{r.Type, r.Index, data})
 	}
 }
 
 func smallDelta(t testing.TB) (DeltaHeader, []testRec, []byte) {
-	hdr := DeltaHeader{BlockSize: 4096, DeviceSize: 5*4096 + 123, Seed: 42, Base: testBase}
+	hdr := DeltaHeader{Version: 1, BlockSize: 4096, DeviceSize: 5*4096 + 123, Seed: 42, Base: testBase}
 	blk := bytes.Repeat([]byte("dosvob"), 4096/6+1)[:4096]
 	recs := []testRec{
 		{RecordData, 0, blk},
@@ -121,7 +131,7 @@ func smallDelta(t testing.TB) (DeltaHeader, []testRec, []byte) {
 
 func TestSigRoundTrip(t *testing.T) {
 	for _, size := range []uint64{0, 1, 4095, 4096, 4097, 3*4096 + 100} {
-		hdr := SigHeader{BlockSize: 4096, Seed: 0xdeadbeef, Base: Base{Generation: 3, Size: size}}
+		hdr := SigHeader{Version: 1, BlockSize: 4096, Seed: 0xdeadbeef, Base: Base{Generation: 3, Size: size}}
 		var hashes []uint64
 		for i := range hdr.Blocks() {
 			hashes = append(hashes, i*0x9e3779b97f4a7c15)
@@ -283,7 +293,7 @@ func TestSigReaderErrors(t *testing.T) {
 		{"short wrong magic", []byte("GIF8"), ErrMagic},
 		{"text", []byte("hello, world\n"), ErrMagic},
 		{"delta stream", delta, ErrMagic},
-		{"version 2", fixChecksum(patch(good, 8, 2, 0), hs), ErrVersion},
+		{"version 3", fixChecksum(patch(good, 8, 3, 0), hs), ErrVersion},
 		{"version 0", fixChecksum(patch(good, 8, 0, 0), hs), ErrVersion},
 		{"flags", fixChecksum(patch(good, 10, 1, 0), hs), ErrFlags},
 		{"high flag", fixChecksum(patch(good, 10, 0, 0x80), hs), ErrFlags},
@@ -384,7 +394,7 @@ func TestDeltaReaderErrors(t *testing.T) {
 		{"wrong magic", patch(good, 7, 'S'), ErrMagic},
 		{"signature stream", sig, ErrMagic},
 		{"zstd without header", zstdOnly, ErrMagic},
-		{"version 2", fixChecksum(patch(good, 8, 2), hs), ErrVersion},
+		{"version 3", fixChecksum(patch(good, 8, 3), hs), ErrVersion},
 		{"flags", fixChecksum(patch(good, 11, 1), hs), ErrFlags},
 		{"header checksum", patch(good, 64, good[64]^1), ErrChecksum},
 		{"device size changed", patch(good, 16, good[16]^1), ErrChecksum},

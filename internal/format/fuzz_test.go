@@ -37,6 +37,7 @@ func testdataStreams(t testing.TB) map[string][]byte {
 
 func writeTestdata(t testing.TB) {
 	_, _, delta := smallDelta(t)
+	_, _, v2small := v2Delta(t)
 	sig := makeSig(t, SigHeader{BlockSize: 4096, Seed: 0x0123456789abcdef, Base: testBase}, []uint64{1, 2, 3, 4})
 	files := map[string][]byte{
 		"sig-empty.bin":              makeSig(t, SigHeader{BlockSize: 64 << 10, Seed: 1}, nil),
@@ -48,6 +49,13 @@ func writeTestdata(t testing.TB) {
 		"delta-bad-trailing.bin":     append(bytes.Clone(delta), delta[DeltaHeaderSize:]...),
 		"delta-example.bin":          exampleDelta(t),
 		"sig-example.bin":            exampleSig(t),
+		"sig-v2-small.bin":           makeSig(t, SigHeader{Version: 2, BlockSize: 4096, Seed: 5, NextSeed: 6, Base: testBase}, []uint64{1, 2, 3, 4}),
+		"delta-v2-small.bin":         v2small,
+		"delta-v2-bad-truncated.bin": v2small[:len(v2small)-7],
+		"delta-v2-bad-gap.bin": rawDelta(DeltaHeader{Version: 2, BlockSize: 4096, DeviceSize: 8192, NextSeed: 1, Base: Base{Size: 8192}},
+			rec(RecordZero, 1, nil), []uint64{2, 0, 1, 0, 0, 0, 0, 0}, nil),
+		"delta-v2-bad-split.bin": rawDelta(DeltaHeader{Version: 2, BlockSize: 4096, DeviceSize: 8192, NextSeed: 1, Base: Base{Size: 8192}},
+			cat(hashesRec(0, 1), hashesRec(1, 2)), []uint64{2, 0, 0, 0, 0, 0, 0, 0}, nil),
 		"delta-bad-out-of-order.bin": rawDelta(DeltaHeader{BlockSize: 4096, DeviceSize: 8192}, cat(rec(RecordZero, 1, nil), rec(RecordZero, 0, nil)), []uint64{2, 0, 2, 0, 0, 0, 0}, nil),
 	}
 	for name, b := range files {
@@ -142,13 +150,18 @@ func FuzzDeltaReader(f *testing.F) {
 		}
 		var data, zero uint64
 		for _, r := range recs {
-			if r.typ == RecordData {
+			switch r.typ {
+			case RecordData:
 				data++
 				if len(r.data) != hdr.BlockLen(r.index) {
 					t.Fatalf("data record %d has %d bytes", r.index, len(r.data))
 				}
-			} else {
+			case RecordZero:
 				zero++
+			case RecordHashes:
+				if hdr.V() < 2 || len(r.data) == 0 || len(r.data) > int(hdr.BlockSize) {
+					t.Fatalf("hashes record %d of %d bytes in a version %d stream", r.index, len(r.data), hdr.V())
+				}
 			}
 		}
 		if end.DataRecords != data || end.ZeroRecords != zero || end.Blocks != hdr.Blocks() {

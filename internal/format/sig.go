@@ -30,6 +30,12 @@ func NewSigWriter(w io.Writer, h SigHeader) (*SigWriter, error) {
 	if !ValidBlockSize(h.BlockSize) {
 		return nil, fmt.Errorf("invalid block size %d (want a power of two from %d to %d)", h.BlockSize, MinBlockSize, MaxBlockSize)
 	}
+	if h.Version > Version {
+		return nil, fmt.Errorf("signature stream: cannot write version %d", h.Version)
+	}
+	if h.V() < 2 && h.NextSeed != 0 {
+		return nil, errors.New("signature stream: version 1 has no next seed")
+	}
 	sw := &SigWriter{w: bufio.NewWriterSize(w, 32<<10), hdr: h, digest: xxhash.New()}
 	b := MarshalSigHeader(h)
 	sw.digest.Write(b)
@@ -39,18 +45,23 @@ func NewSigWriter(w io.Writer, h SigHeader) (*SigWriter, error) {
 	return sw, nil
 }
 
-// MarshalSigHeader returns the 64-byte encoding of h.
+// MarshalSigHeader returns the encoding of h: 64 bytes in version 1, 72 in
+// version 2.
 func MarshalSigHeader(h SigHeader) []byte {
-	b := make([]byte, SigHeaderSize)
+	n := h.Size()
+	b := make([]byte, n)
 	copy(b, SigMagic)
-	binary.LittleEndian.PutUint16(b[8:], Version)
+	binary.LittleEndian.PutUint16(b[8:], h.V())
 	binary.LittleEndian.PutUint16(b[10:], 0) // flags
 	binary.LittleEndian.PutUint32(b[12:], h.BlockSize)
 	binary.LittleEndian.PutUint64(b[16:], h.Seed)
 	copy(b[24:40], h.Base.ImageID[:])
 	binary.LittleEndian.PutUint64(b[40:], h.Base.Generation)
 	binary.LittleEndian.PutUint64(b[48:], h.Base.Size)
-	binary.LittleEndian.PutUint64(b[56:], xxhash.Sum64(b[:56]))
+	if h.V() >= 2 {
+		binary.LittleEndian.PutUint64(b[56:], h.NextSeed)
+	}
+	binary.LittleEndian.PutUint64(b[n-8:], xxhash.Sum64(b[:n-8]))
 	return b
 }
 
@@ -128,13 +139,13 @@ type SigReader struct {
 // reads nothing beyond the header.
 func NewSigReader(r io.Reader) (*SigReader, error) {
 	br := bufio.NewReaderSize(r, 32<<10)
-	b := make([]byte, SigHeaderSize)
+	b := make([]byte, SigHeaderSizeV2)
 	h, err := parseSigHeader(br, b)
 	if err != nil {
 		return nil, err
 	}
 	sr := &SigReader{r: br, hdr: h, digest: xxhash.New()}
-	sr.digest.Write(b)
+	sr.digest.Write(b[:h.Size()])
 	return sr, nil
 }
 
@@ -165,14 +176,20 @@ func parseSigHeader(r io.Reader, b []byte) (SigHeader, error) {
 		return h, err
 	}
 	version := binary.LittleEndian.Uint16(b[8:])
-	if version != Version {
-		return h, sigErr(ErrVersion, "unsupported version %d (this build reads version %d)", version, Version)
+	if err := checkVersion(sigStream, version); err != nil {
+		return h, err
 	}
+	h.Version = version
+	size := h.Size()
+	b = b[:size]
 	if n, err := io.ReadFull(r, b[10:]); err != nil {
-		return h, sigStream.readErr(err, "truncated header (%d of %d bytes)", 10+n, SigHeaderSize)
+		return h, sigStream.readErr(err, "truncated header (%d of %d bytes)", 10+n, size)
 	}
-	if got, want := binary.LittleEndian.Uint64(b[56:]), xxhash.Sum64(b[:56]); got != want {
+	if got, want := binary.LittleEndian.Uint64(b[size-8:]), xxhash.Sum64(b[:size-8]); got != want {
 		return h, sigErr(ErrChecksum, "header checksum %#016x, computed %#016x", got, want)
+	}
+	if version >= 2 {
+		h.NextSeed = binary.LittleEndian.Uint64(b[56:])
 	}
 	h.BlockSize = binary.LittleEndian.Uint32(b[12:])
 	if err := checkHeaderCommon(sigStream, version, binary.LittleEndian.Uint16(b[10:]), h.BlockSize); err != nil {

@@ -147,9 +147,9 @@ func readManifest(dir string) (*Manifest, error) {
 	}
 	// Its versions are reverse deltas in that stream format: a build that
 	// cannot read them must not add versions in another format beside them.
-	if m.FormatVersion != format.Version {
-		return nil, fmt.Errorf("manifest %s records stream format version %d, this dosvob knows %d: %w",
-			filepath.Join(dir, manifestName), m.FormatVersion, format.Version, ErrUnknownVersion)
+	if m.FormatVersion < format.MinVersion || m.FormatVersion > format.Version {
+		return nil, fmt.Errorf("manifest %s records stream format version %d, this dosvob knows %d to %d: %w",
+			filepath.Join(dir, manifestName), m.FormatVersion, format.MinVersion, format.Version, ErrUnknownVersion)
 	}
 	return &m, nil
 }
