@@ -79,7 +79,7 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	// Hand the hashes on every MiB of image, so that the delta side, which
 	// compares block by block, never waits for a large buffer to fill.
 	flushEvery := uint64(max(1, chunkTarget/int(h.BlockSize)))
-	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, h.Seed, opts.Readers, func(b *block) error {
+	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, hashSeeds{seed: h.Seed}, opts.Readers, func(b *block) error {
 		if opts.OnHash != nil {
 			if err := opts.OnHash(b.index, b.hash); err != nil {
 				return err
@@ -97,6 +97,44 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	})
 	if err != nil {
 		return err
+	}
+	return sw.Flush()
+}
+
+// SignCached writes a signature from per-block hashes that are already
+// known (an image store's cache), without reading the content: next
+// returns the hash of each block in order. It checks that there are
+// exactly as many as the header's blocks and, like Sign, does not write
+// the trailer.
+func SignCached(ctx context.Context, next func() (uint64, error), sw *format.SigWriter, opts Options) error {
+	h := sw.Header()
+	c := opts.counters()
+	c.Total.Store(h.Blocks())
+	flushEvery := uint64(max(1, chunkTarget/int(h.BlockSize)))
+	for i := range h.Blocks() {
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		v, err := next()
+		if err != nil {
+			return fmt.Errorf("cached hash of block %d: %w", i, err)
+		}
+		if opts.OnHash != nil {
+			if err := opts.OnHash(i, v); err != nil {
+				return err
+			}
+		}
+		if err := sw.Add(v); err != nil {
+			return err
+		}
+		c.Blocks.Add(1)
+		if (i+1)%flushEvery == 0 {
+			if err := sw.Flush(); err != nil {
+				return err
+			}
+		}
 	}
 	return sw.Flush()
 }
@@ -119,13 +157,20 @@ func (e *sigError) Unwrap() []error {
 // record instead when such a block is all zeros, and the End record. It
 // returns the End record it wrote.
 //
+// The delta has the signature's version. For a version 2 signature every
+// device block is hashed under the next seed as well: the hashes of the
+// unchanged blocks travel in Hashes records and the digest of them all in
+// the End record, so that the patching side can keep them as the
+// signature of the next run.
+//
 // Errors of the signature stream wrap ErrSignature (and the
 // *format.ParseError, if any). On error the delta stream is left without an
 // End record, so that no reader accepts it.
 func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize uint64, w io.Writer, opts Options) (format.End, error) {
 	sh := sr.Header()
 	c := opts.counters()
-	hdr := format.DeltaHeader{BlockSize: sh.BlockSize, DeviceSize: devSize, Seed: sh.Seed, Base: sh.Base}
+	hdr := format.DeltaHeader{Version: sh.V(), BlockSize: sh.BlockSize, DeviceSize: devSize, Seed: sh.Seed, NextSeed: sh.NextSeed, Base: sh.Base}
+	two := sh.V() >= 2
 	c.Total.Store(hdr.Blocks())
 	dw, err := format.NewDeltaWriter(countingWriter{w, &c.BytesSent}, hdr, format.DeltaOptions{Level: opts.Level, Concurrency: opts.Concurrency})
 	if err != nil {
@@ -133,9 +178,13 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 	}
 	sigBlocks := sh.Blocks()
 	bd := format.NewBlockDigester()
+	nd := format.NewBlockDigester()
 	dd := xxhash.New()
-	err = readBlocks(ctx, dev, devSize, sh.BlockSize, sh.Seed, opts.Readers, func(b *block) error {
+	err = readBlocks(ctx, dev, devSize, sh.BlockSize, hashSeeds{seed: sh.Seed, next: sh.NextSeed, two: two}, opts.Readers, func(b *block) error {
 		bd.Add(b.hash)
+		if two {
+			nd.Add(b.next)
+		}
 		dd.Write(b.buf)
 		c.Blocks.Add(1)
 		c.BytesRead.Add(uint64(len(b.buf)))
@@ -145,7 +194,7 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 				return &sigError{err}
 			}
 			if want == b.hash {
-				return nil
+				return dw.Unchanged(b.index, b.next)
 			}
 		}
 		if isZero(b.buf) {
@@ -167,6 +216,7 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		SigDigest:    sr.Digest(),
 		BlockDigest:  bd.Sum64(),
 		DeviceDigest: dd.Sum64(),
+		NextDigest:   nd.Sum64(),
 	})
 	if err != nil {
 		return format.End{}, fmt.Errorf("writing delta stream: %w", err)

@@ -75,10 +75,13 @@ func apply(t testing.TB, img []byte, d []byte) (out []byte, data, zero []uint64)
 		}
 		off := r.Index * uint64(h.BlockSize)
 		n := uint64(h.BlockLen(r.Index))
-		if r.Type == format.RecordData {
+		switch r.Type {
+		case format.RecordHashes:
+			// unchanged blocks: their next-seed hashes only
+		case format.RecordData:
 			copy(out[off:], r.Bytes)
 			data = append(data, r.Index)
-		} else {
+		default:
 			clear(out[off : off+n])
 			zero = append(zero, r.Index)
 		}

@@ -23,6 +23,7 @@ type block struct {
 	index uint64
 	buf   []byte // len = the block's length
 	hash  uint64 // xxhash64(seed, buf)
+	next  uint64 // xxhash64(next seed, buf), when readBlocks was given one
 }
 
 // chunk is the unit of reading: several consecutive blocks, so that small
@@ -31,6 +32,7 @@ type chunk struct {
 	first  uint64 // index of its first block
 	buf    []byte
 	hashes []uint64
+	nexts  []uint64 // hashes under the next seed, if any
 	err    error
 	done   chan struct{}
 }
@@ -41,12 +43,20 @@ const (
 	memoryCap   = 32 << 20
 )
 
+// hashSeeds are the seeds readBlocks hashes each block with: always seed,
+// and next as well when two is set.
+type hashSeeds struct {
+	seed, next uint64
+	two        bool
+}
+
 // readBlocks reads the blocks of src (size bytes, cut in blockSize blocks)
-// with up to readers reads in flight, hashes each block with seed, and calls
-// fn for each block in order. fn must not keep b.buf after it returns.
-// Reads are of about 1 MiB (a whole number of blocks); at most readers+2
-// of them are buffered, and never more than 32 MiB.
-func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seed uint64, readers int, fn func(b *block) error) error {
+// with up to readers reads in flight, hashes each block with the seeds
+// (in the reading goroutines, so hashing runs in parallel), and calls fn
+// for each block in order. fn must not keep b.buf after it returns. Reads
+// are of about 1 MiB (a whole number of blocks); at most readers+2 of them
+// are buffered, and never more than 32 MiB. Nothing is allocated per block.
+func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seeds hashSeeds, readers int, fn func(b *block) error) error {
 	n := format.BlockCount(size, blockSize)
 	if n == 0 {
 		return nil
@@ -62,7 +72,11 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 
 	free := make(chan *chunk, depth)
 	for range depth {
-		free <- &chunk{buf: make([]byte, chunkSize), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
+		c := &chunk{buf: make([]byte, chunkSize), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
+		if seeds.two {
+			c.nexts = make([]uint64, per)
+		}
+		free <- c
 	}
 	jobs := make(chan *chunk, depth)
 	order := make(chan *chunk, depth)
@@ -71,14 +85,19 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 
 	for range readers {
 		go func() {
-			h := format.NewHasher(seed)
+			h := format.NewHasher(seeds.seed)
+			h2 := format.NewHasher(seeds.next)
 			for c := range jobs {
 				off := c.first * uint64(blockSize)
 				c.err = readFull(src, c.buf, int64(off))
 				if c.err == nil {
 					for k := range c.hashes {
 						lo := uint64(k) * uint64(blockSize)
-						c.hashes[k] = h.Sum(c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))])
+						b := c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
+						c.hashes[k] = h.Sum(b)
+						if seeds.two {
+							c.nexts[k] = h2.Sum(b)
+						}
 					}
 				}
 				c.done <- struct{}{}
@@ -100,6 +119,9 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 			off := c.first * uint64(blockSize)
 			c.buf = c.buf[:min(nb*uint64(blockSize), size-off)]
 			c.hashes = c.hashes[:nb]
+			if seeds.two {
+				c.nexts = c.nexts[:nb]
+			}
 			c.err = nil
 			jobs <- c // never blocks: at most depth chunks exist
 			order <- c
@@ -119,12 +141,16 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 			b.index = c.first + uint64(k)
 			b.buf = c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
 			b.hash = h
+			if seeds.two {
+				b.next = c.nexts[k]
+			}
 			if err := fn(&b); err != nil {
 				return err
 			}
 		}
 		c.buf = c.buf[:cap(c.buf)]
 		c.hashes = c.hashes[:cap(c.hashes)]
+		c.nexts = c.nexts[:cap(c.nexts)]
 		free <- c
 	}
 	return ctx.Err()

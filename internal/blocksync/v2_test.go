@@ -1,0 +1,154 @@
+package blocksync
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/dosvob/dosvob/internal/format"
+)
+
+// signV2 returns a version 2 signature of img with the given seeds.
+func signV2(t testing.TB, img []byte, seed, next uint64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	sw, err := format.NewSigWriter(&buf, format.SigHeader{Version: 2, BlockSize: bs, Seed: seed, NextSeed: next, Base: format.Base{Generation: 1, Size: uint64(len(img))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Sign(context.Background(), bytes.NewReader(img), sw, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestDeltaV2NextHashes: against a version 2 signature the delta is
+// version 2, covers every block, carries the next-seed hash of each
+// unchanged block, and its End record holds the digest of the next-seed
+// hashes of the whole device.
+func TestDeltaV2NextHashes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(2, 9))
+	img := randBytes(rng, 1500*bs+77)
+	for i := 100; i < 700; i++ { // a long zero stretch
+		clear(img[i*bs : (i+1)*bs])
+	}
+	dev := bytes.Clone(img)
+	for _, i := range []int{0, 3, 599, 1000, 1499} {
+		copy(dev[i*bs:], randBytes(rng, 100))
+	}
+	clear(dev[5*bs : 6*bs])
+	dev = append(dev, randBytes(rng, 3*bs)...) // grown
+	const seed, next = 11, 22
+	d, end := delta(t, bytes.NewReader(signV2(t, img, seed, next)), dev, Options{})
+
+	dr, err := format.NewDeltaReader(bytes.NewReader(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dr.Close()
+	h := dr.Header()
+	if h.V() != 2 || h.NextSeed != next {
+		t.Fatalf("delta header %+v, want version 2 with next seed %d", h, next)
+	}
+	got := make([]uint64, h.Blocks()) // next-seed hashes as the patch side would know them
+	covered := uint64(0)
+	nh := format.NewHasher(next)
+	for {
+		r, err := dr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch r.Type {
+		case format.RecordHashes:
+			copy(got[r.Index:], r.Hashes)
+			covered += uint64(len(r.Hashes))
+		case format.RecordData:
+			got[r.Index] = nh.Sum(r.Bytes)
+			covered++
+		case format.RecordZero:
+			got[r.Index] = nh.Sum(make([]byte, h.BlockLen(r.Index)))
+			covered++
+		}
+	}
+	if covered != h.Blocks() {
+		t.Fatalf("records cover %d of %d blocks", covered, h.Blocks())
+	}
+	nd := format.NewBlockDigester()
+	for i := range h.Blocks() {
+		want := nh.Sum(dev[i*bs : i*bs+uint64(h.BlockLen(i))])
+		if got[i] != want {
+			t.Fatalf("next-seed hash of block %d: %x, want %x", i, got[i], want)
+		}
+		nd.Add(want)
+	}
+	if end.NextDigest != nd.Sum64() {
+		t.Fatalf("end next digest %x, want %x", end.NextDigest, nd.Sum64())
+	}
+	// The records themselves still turn the image into the device.
+	out, data, zero := apply(t, img, d)
+	if !bytes.Equal(out, dev) {
+		t.Fatal("applying the version 2 delta does not give the device")
+	}
+	if len(data) != 9 || len(zero) != 1 { // 5 changed, the old short last block, 3 new
+		t.Fatalf("%d data records %v and %d zero records, want 9 and 1", len(data), data, len(zero))
+	}
+
+	// A version 1 signature still gets a version 1 delta.
+	d1, _ := delta(t, bytes.NewReader(sign(t, img, bs, seed, Options{})), dev, Options{})
+	dr1, err := format.NewDeltaReader(bytes.NewReader(d1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr1.Close()
+	if dr1.Header().V() != 1 {
+		t.Fatalf("delta against a version 1 signature has version %d", dr1.Header().V())
+	}
+}
+
+// TestSignCached: a signature from cached hashes equals the one from
+// reading, and a short cache is an error.
+func TestSignCached(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	img := randBytes(rng, 10*bs+5)
+	hdr := format.SigHeader{Version: 2, BlockSize: bs, Seed: 5, NextSeed: 6, Base: format.Base{Size: uint64(len(img))}}
+	var read, cached bytes.Buffer
+	sw, _ := format.NewSigWriter(&read, hdr)
+	if err := Sign(context.Background(), bytes.NewReader(img), sw, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	sw.Close()
+	var hashes []uint64
+	for i := range hdr.Blocks() {
+		hashes = append(hashes, format.HashBlock(5, img[i*bs:min(uint64(len(img)), (i+1)*bs)]))
+	}
+	next := func(hs []uint64) func() (uint64, error) {
+		return func() (uint64, error) {
+			if len(hs) == 0 {
+				return 0, io.ErrUnexpectedEOF
+			}
+			v := hs[0]
+			hs = hs[1:]
+			return v, nil
+		}
+	}
+	sw, _ = format.NewSigWriter(&cached, hdr)
+	if err := SignCached(context.Background(), next(hashes), sw, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	sw.Close()
+	if !bytes.Equal(read.Bytes(), cached.Bytes()) {
+		t.Fatal("signature from the cache differs from the one read")
+	}
+	sw, _ = format.NewSigWriter(io.Discard, hdr)
+	if err := SignCached(context.Background(), next(hashes[:5]), sw, Options{}); err == nil {
+		t.Fatal("a short cache signed")
+	}
+}
