@@ -545,9 +545,15 @@ func (p *Provisioner) copyVolume(ctx context.Context, v *VolumeState, tags []str
 	if err := p.update(func(*State) { v.CopyID = gv.ID }); err != nil {
 		return err
 	}
-	// The copy exists: the snapshot only costs money now.
+	// The copy exists: the snapshot only costs money now. If it cannot be
+	// deleted yet (DigitalOcean may still be reading it for the copy), the
+	// run goes on: it carries the run's tag, and teardown deletes it.
 	if err := p.API.DeleteSnapshot(ctx, snap.ID); err != nil {
-		return err
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p.logf("could not delete the snapshot of %s yet (teardown will): %v", v.SourceName, err)
+		return nil
 	}
 	return p.update(func(*State) { v.SnapshotDeleted = true })
 }
