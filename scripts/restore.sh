@@ -36,6 +36,7 @@ that exists in REGION is refused.
 
 On success it prints the new volume as one JSON object on stdout:
   {"name":"...","id":"...","region":"...","size_gib":N,"sha256":"..."}
+("sha256" is null with --no-sha256.)
 
 Options:
       --volume-name NAME  the new volume's name (required; must not exist)
@@ -46,6 +47,9 @@ Options:
                           dosvob-patch versions IMAGE) instead of the newest
                           backup; it is first written to a temporary file
                           beside the image, and the image is not touched
+      --no-sha256         skip the SHA-256 comparison, which reads the whole
+                          volume and image once more (dosvob-patch has
+                          already checked the volume against the image)
   -c, --config FILE       dosvob config (default: dosvob-provision's default)
       --bin DIR           directory with the dosvob binaries (default:
                           $DOSVOB_BIN, else ../bin beside this script, else
@@ -84,6 +88,7 @@ config=""
 bin_dir=""
 lock_file=""
 ssh_prog=ssh
+sha_check=1
 
 usage_error() {
 	log "$1"
@@ -107,6 +112,7 @@ while [[ $# -gt 0 ]]; do
 	--region) need_arg "$@"; region=$2; shift 2 ;;
 	--size-gib) need_arg "$@"; size_gib=$2; shift 2 ;;
 	--version) need_arg "$@"; version=$2; shift 2 ;;
+	--no-sha256) sha_check=0; shift ;;
 	-c | --config) need_arg "$@"; config=$2; shift 2 ;;
 	--bin) need_arg "$@"; bin_dir=$2; shift 2 ;;
 	--lock) need_arg "$@"; lock_file=$2; shift 2 ;;
@@ -203,8 +209,12 @@ do_teardown() {
 		log "deleting the temporary droplet and key of run $run_id (the new volume is kept)"
 		run_group pid "$teardown" "${config_args[@]}" "$run_json" </dev/null
 	else
-		log "deleting everything dosvob-ephemeral (provisioning did not finish)"
-		run_group pid "$teardown" "${config_args[@]}" --all </dev/null
+		# No run to name. dosvob-provision deletes what it made when it
+		# fails; only an interrupted one leaves something. Do not tear down
+		# --all here: that could hit a backup run in progress.
+		log "provisioning did not finish; dosvob-provision removes what it made when it fails"
+		log "hint: if it was interrupted, run dosvob-teardown --all${config:+ --config $config} once no backup is running"
+		return 0
 	fi
 	wait "$pid" || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
@@ -336,25 +346,26 @@ fi
 
 # ---- verify ----------------------------------------------------------------
 
-log "verifying: SHA-256 of the first $(human_bytes "$image_bytes") of the volume against the image"
-remote_sum_cmd="head -c $image_bytes $(printf '%q' "$device") | sha256sum"
-remote_sum=""
 local_sum=""
-verify() {
-	"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$remote_sum_cmd" </dev/null >"$work/remote.sum" &
-	local rpid=$!
-	sha256sum <"$source_file" >"$work/local.sum"
-	wait "$rpid"
-}
-rc=0
-run_bg verify || rc=$?
-remote_sum=$(awk '{print $1}' "$work/remote.sum" 2>/dev/null || true)
-local_sum=$(awk '{print $1}' "$work/local.sum" 2>/dev/null || true)
-if [[ "$rc" -ne 0 || -z "$remote_sum" || "$remote_sum" != "$local_sum" ]]; then
-	die "$EXIT_FAILED" "verification failed: volume ${remote_sum:-unreadable}, image ${local_sum:-unreadable}; the new volume ($new_id) is kept" \
-		"delete it and run restore.sh again"
+if [[ "$sha_check" -eq 1 ]]; then
+	log "verifying: SHA-256 of the first $(human_bytes "$image_bytes") of the volume against the image"
+	remote_sum_cmd="head -c $image_bytes $(printf '%q' "$device") | sha256sum"
+	verify() {
+		"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$remote_sum_cmd" </dev/null >"$work/remote.sum" &
+		local rpid=$!
+		sha256sum <"$source_file" >"$work/local.sum"
+		wait "$rpid"
+	}
+	rc=0
+	run_bg verify || rc=$?
+	remote_sum=$(awk '{print $1}' "$work/remote.sum" 2>/dev/null || true)
+	local_sum=$(awk '{print $1}' "$work/local.sum" 2>/dev/null || true)
+	if [[ "$rc" -ne 0 || -z "$remote_sum" || "$remote_sum" != "$local_sum" ]]; then
+		die "$EXIT_FAILED" "verification failed: volume ${remote_sum:-unreadable}, image ${local_sum:-unreadable}; the new volume ($new_id) is kept" \
+			"delete it and run restore.sh again"
+	fi
+	log "verified: $local_sum"
 fi
-log "verified: $local_sum"
 
 do_teardown
 if [[ "$teardown_failed" -eq 1 ]]; then
@@ -363,4 +374,4 @@ fi
 log "done: $volume_name ($new_id) in $region holds the image and is detached, ready to attach"
 jq -cn --arg name "$volume_name" --arg id "$new_id" --arg region "$region" \
 	--argjson size "$size_gib" --arg sum "$local_sum" \
-	'{name: $name, id: $id, region: $region, size_gib: $size, sha256: $sum}'
+	'{name: $name, id: $id, region: $region, size_gib: $size, sha256: (if $sum == "" then null else $sum end)}'
