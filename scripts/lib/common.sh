@@ -93,7 +93,7 @@ human_bytes() {
 
 # ssh_opts_for RUN_JSON: fill the global array SSH_OPTS with the options that
 # pin the run's host key and use the run's key, nothing else: no user ssh
-# config, no agent, no trust on first use.
+# config, no keys but the run's, no trust on first use.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 SSH_OPTS=()
 ssh_opts_for() {
@@ -105,7 +105,6 @@ ssh_opts_for() {
 		-F none
 		-i "$key"
 		-o IdentitiesOnly=yes
-		-o IdentityAgent=none
 		-o UserKnownHostsFile="$known"
 		-o GlobalKnownHostsFile=/dev/null
 		-o StrictHostKeyChecking=yes

@@ -40,7 +40,6 @@ const (
 // requireEnv skips (or, with CI=true, fails) when the machine cannot run
 // the end-to-end tests.
 func requireEnv(t *testing.T) {
-	t.Helper()
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (for sshd and loop devices)")
@@ -63,7 +62,6 @@ func requireEnv(t *testing.T) {
 
 // repoRoot is the module root, three levels above this package.
 func repoRoot(t *testing.T) string {
-	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +78,6 @@ var (
 // binDir builds every command once per test process, static and for
 // linux/amd64 as dosvob-provision uploads them to droplets.
 func binDir(t *testing.T) string {
-	t.Helper()
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "dosvob-e2e-bin-")
 		if buildErr != nil {
@@ -155,7 +152,6 @@ func seedAccount() *doemu.Account {
 // files, which read several times faster (reading a sparse 1 GiB volume
 // through a loop device dominates a run's time on a small machine).
 func newEnv(t *testing.T, loop bool) *env {
-	t.Helper()
 	requireEnv(t)
 	e := &env{t: t, dir: t.TempDir(), bin: binDir(t), ids: map[string]string{}}
 	emu, err := doemu.New(doemu.Options{
@@ -219,7 +215,6 @@ func tail(s string, n int) string {
 }
 
 func writeFile(t *testing.T, name, data string, mode os.FileMode) {
-	t.Helper()
 	if err := os.WriteFile(name, []byte(data), mode); err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +240,6 @@ func (e *env) sourceFile(vol string) string {
 // change overwrites n random 4 KiB blocks of a source volume (within its
 // first 256 MiB, where its data is), as an application on it would.
 func (e *env) change(vol string, n int) {
-	e.t.Helper()
 	f, err := os.OpenFile(e.sourceFile(vol), os.O_WRONLY, 0)
 	if err != nil {
 		e.t.Fatal(err)
@@ -303,7 +297,6 @@ func wait(cmd *exec.Cmd, stdout, stderr *bytes.Buffer, start time.Time) result {
 
 // backup runs backup-all.sh to completion with extra options.
 func (e *env) backup(opts ...string) result {
-	e.t.Helper()
 	args := append([]string{"--config", e.conf, "--keep", "3"}, opts...)
 	cmd, stdout, stderr := e.script("backup-all.sh", append(args, e.backups)...)
 	start := time.Now()
@@ -314,7 +307,6 @@ func (e *env) backup(opts ...string) result {
 }
 
 func (e *env) mustBackup(opts ...string) result {
-	e.t.Helper()
 	r := e.backup(opts...)
 	if r.code != 0 {
 		e.t.Fatalf("backup-all.sh exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
@@ -334,7 +326,6 @@ func (e *env) slowSSH(rate string) string {
 // to its source volume (the snapshot was taken from it, and nothing changed
 // since), and that the excluded volume has no image.
 func (e *env) checkImages() {
-	e.t.Helper()
 	for _, v := range sourceVolumes {
 		if a, b := digest(e.t, e.image(v)), digest(e.t, e.sourceFile(v)); a != b {
 			e.t.Errorf("image of %s differs from the volume: xxhash %s, want %s", v, a, b)
@@ -358,7 +349,6 @@ func (e *env) digests() map[string]string {
 }
 
 func digest(t *testing.T, name string) string {
-	t.Helper()
 	f, err := os.Open(name)
 	if err != nil {
 		t.Fatal(err)
@@ -378,7 +368,6 @@ func digest(t *testing.T, name string) string {
 // before dosvob ran, plus the resources in extra (a restored volume), and
 // that nothing of a run is left in the state directory's key files.
 func (e *env) checkNothingLeft(extraVolumes ...string) {
-	e.t.Helper()
 	// Teardown waits for detaches; give the emulator's asynchronous
 	// completions a moment to settle before comparing.
 	var got doemu.State
@@ -494,7 +483,6 @@ func descendants(pid int, comm string) []int {
 // waitFor polls until descendants of pid named comm exist, and returns
 // them; it fails the test after timeout.
 func (e *env) waitFor(pid int, comm string, timeout time.Duration) []int {
-	e.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if ps := descendants(pid, comm); len(ps) > 0 {
@@ -508,7 +496,6 @@ func (e *env) waitFor(pid int, comm string, timeout time.Duration) []int {
 
 // manifest reads an image's manifest.
 func manifest(t *testing.T, img string) map[string]any {
-	t.Helper()
 	b, err := os.ReadFile(img + ".dosvob/manifest.json")
 	if err != nil {
 		t.Fatal(err)
@@ -521,7 +508,6 @@ func manifest(t *testing.T, img string) map[string]any {
 }
 
 func versions(t *testing.T, img string) []any {
-	t.Helper()
 	v, _ := manifest(t, img)["versions"].([]any)
 	return v
 }

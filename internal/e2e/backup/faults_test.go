@@ -24,7 +24,6 @@ type running struct {
 // startBackup starts backup-all.sh with a throttled ssh, so that the test
 // can act while a volume is being transferred.
 func (e *env) startBackup(opts ...string) *running {
-	e.t.Helper()
 	args := append([]string{"--config", e.conf, "--keep", "3", "--ssh", e.slowSSH("256k")}, opts...)
 	cmd, stdout, stderr := e.script("backup-all.sh", append(args, e.backups)...)
 	r := &running{e: e, done: make(chan result, 1), start: time.Now()}
@@ -45,7 +44,6 @@ func (r *running) syncing() []int {
 }
 
 func (r *running) wait(timeout time.Duration) result {
-	r.e.t.Helper()
 	select {
 	case res := <-r.done:
 		return res
@@ -75,7 +73,6 @@ func failedVolumes(stderr string) []string {
 // checkUnchanged asserts that each image is exactly as before (digests
 // from e.digests()).
 func (e *env) checkUnchanged(before map[string]string, vols ...string) {
-	e.t.Helper()
 	for _, v := range vols {
 		if got := digest(e.t, e.image(v)); got != before[v] {
 			e.t.Errorf("image of %s changed after a failed run: xxhash %s, want the previous %s", v, got, before[v])
@@ -86,7 +83,6 @@ func (e *env) checkUnchanged(before map[string]string, vols ...string) {
 // checkOldOrNew asserts that each image is exactly its previous backup
 // (digests from e.digests()) or exactly the new one (its volume now).
 func (e *env) checkOldOrNew(before map[string]string, vols ...string) {
-	e.t.Helper()
 	for _, v := range vols {
 		got := digest(e.t, e.image(v))
 		if got != before[v] && got != digest(e.t, e.sourceFile(v)) {
@@ -264,7 +260,6 @@ func TestFaults(t *testing.T) {
 // first finishes or undoes an interrupted run, as every dosvob command
 // that touches the image does.
 func recoverImage(t *testing.T, e *env, vol string) {
-	t.Helper()
 	cmd := exec.Command(e.bin+"/dosvob-hash", "--quiet", e.image(vol))
 	cmd.Stdout = io.Discard
 	var stderr strings.Builder

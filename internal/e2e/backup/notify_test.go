@@ -40,7 +40,6 @@ func (p *pings) list() []string {
 // checkPings asserts the start ping and then exactly one of success or
 // failure, with the summary table as the body of the last one.
 func checkPings(t *testing.T, p *pings, uuid string, success bool) {
-	t.Helper()
 	got := p.list()
 	if len(got) != 2 {
 		t.Fatalf("want 2 pings (start, then the result), got %q", got)
@@ -63,7 +62,6 @@ func hookCommand(file string) string {
 }
 
 func checkHook(t *testing.T, file, wantFirstLine string) {
-	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatalf("the hook did not run: %v", err)

@@ -20,7 +20,6 @@ import (
 
 // restore runs restore.sh to completion.
 func (e *env) restore(args ...string) result {
-	e.t.Helper()
 	cmd, stdout, stderr := e.script("restore.sh", append([]string{"--config", e.conf}, args...)...)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -41,7 +40,6 @@ func (e *env) volumeNamed(region, name string) (doemu.Volume, bool) {
 
 // prefixDigest is the digest (as digest's) of the first n bytes of a file.
 func prefixDigest(t *testing.T, name string, n int64) string {
-	t.Helper()
 	f, err := os.Open(name)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +54,6 @@ func prefixDigest(t *testing.T, name string, n int64) string {
 
 // sha256File is the SHA-256 of a file, as sha256sum prints it.
 func sha256File(t *testing.T, name string) string {
-	t.Helper()
 	f, err := os.Open(name)
 	if err != nil {
 		t.Fatal(err)

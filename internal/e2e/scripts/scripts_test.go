@@ -14,7 +14,6 @@ import (
 
 // repoRoot is the module root, three levels above this package.
 func repoRoot(t *testing.T) string {
-	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +27,6 @@ func repoRoot(t *testing.T) string {
 // need skips the test when tool is missing, but fails it when CI=true:
 // CI installs every tool these tests use.
 func need(t *testing.T, tool string) string {
-	t.Helper()
 	p, err := exec.LookPath(tool)
 	if err == nil {
 		return p
@@ -48,7 +46,6 @@ var debPackage = map[string]string{
 // shellScripts lists every shell script under dir: files ending in .sh and
 // files whose first line is a shell shebang.
 func shellScripts(t *testing.T, dir string) []string {
-	t.Helper()
 	var out []string
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -141,7 +138,6 @@ func TestScriptsHaveStrictMode(t *testing.T) {
 // its error and combined output. Any output counts as a finding: verify
 // exits 0 on unknown keys and only warns.
 func analyzeUnits(t *testing.T, dir string, units ...string) (string, error) {
-	t.Helper()
 	sa := need(t, "systemd-analyze")
 	args := []string{"verify"}
 	for _, u := range units {
@@ -158,7 +154,6 @@ func analyzeUnits(t *testing.T, dir string, units ...string) (string, error) {
 const installedPath = "/usr/local/lib/dosvob/scripts/"
 
 func copyUnits(t *testing.T, root, dir string, mutate func(name, text string) string) {
-	t.Helper()
 	for _, u := range []string{"dosvob-backup.service", "dosvob-backup.timer"} {
 		b, err := os.ReadFile(filepath.Join(root, "scripts", "deploy", u))
 		if err != nil {
