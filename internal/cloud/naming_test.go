@@ -1,16 +1,20 @@
 package cloud
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/digitalocean/godo"
+
+	"github.com/dosvob/dosvob/internal/doemu"
 )
 
 // DigitalOcean's rules: volume names ^[a-z][a-z0-9-]{0,63}$; droplet names
@@ -235,4 +239,37 @@ func TestScrub(t *testing.T) {
 	if ce := ExitError(errors.New("token sekret-123 leaked"), "sekret-123"); ce.Error() != "token [redacted] leaked" {
 		t.Errorf("ExitError does not scrub: %q", ce)
 	}
+}
+
+// An account past DigitalOcean's request limit answers 429 with
+// retry-after; calls wait and go on instead of failing.
+func TestRateLimitedAccount(t *testing.T) {
+	lb := &logBuf{t: t}
+	e, err := doemu.New(doemu.Options{Token: testToken, ActionDelay: 10 * time.Millisecond, Account: userAccount(3, 2),
+		DataDir: t.TempDir(), RequestLimit: 15, RateWindow: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	api, err := NewAPI(APIOptions{BaseURL: e.URL(), Token: testToken, Backoff: 5 * time.Millisecond, MaxAttempts: 4, Poll: 10 * time.Millisecond, Logf: lb.logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := 0; i < 6; i++ { // 6 x (droplets, volumes, snapshots, keys) = 24 requests
+		inv, err := api.Discover(context.Background(), Scope{})
+		if err != nil {
+			t.Fatalf("round %d: %v\n%s", i, err, lb.String())
+		}
+		if !inv.Empty() {
+			t.Fatal("found resources in a fresh account")
+		}
+	}
+	if !strings.Contains(lb.String(), "429") || !strings.Contains(lb.String(), "retrying in") {
+		t.Fatalf("the limit was never hit:\n%s", lb.String())
+	}
+	if time.Since(start) < 500*time.Millisecond {
+		t.Errorf("did not wait for the window (%v)", time.Since(start))
+	}
+	noToken(t, lb.String())
 }
