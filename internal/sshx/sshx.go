@@ -1,7 +1,7 @@
 // Package sshx is dosvob's SSH client for the ephemeral droplets: it makes
 // the keys of a run, connects with a pinned host key (never trust on first
 // use), waits until a new droplet's SSH answers, runs commands and uploads
-// files over a plain session ("cat > file"), so the droplet needs neither
+// files over a plain exec channel ("cat > file"), so the droplet needs neither
 // scp nor sftp.
 package sshx
 
@@ -217,7 +217,7 @@ func (e *RemoteError) Error() string {
 
 // Run runs cmd through the remote user's shell with stdin (may be nil) and
 // returns its stdout. A non-zero exit is a *RemoteError carrying stderr.
-// Cancelling ctx closes the session.
+// Cancelling ctx closes the channel.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error) {
 	s, err := c.c.NewSession()
 	if err != nil {
