@@ -46,7 +46,13 @@ the valid signature of an empty image. If an earlier run on IMAGE was
 interrupted, it is first finished or undone (and the partial image of an
 interrupted first backup is what gets signed, so only the rest travels).
 The signing run is recorded in IMAGE.dosvob/, so that dosvob-patch accepts
-only a delta made against exactly this signature.
+only a delta made against exactly this signature. When the last run left a
+valid hash cache in IMAGE.dosvob/ (the per-block hashes of the image under
+a seed no run has compared with yet), the signature comes from it and the
+image is not read at all; otherwise (or with --no-cache) the image is read.
+The summary line says which. The signature also announces a fresh next
+seed: the delta side hashes the device under it as well, and dosvob-patch
+keeps those hashes as the cache of the next run.
 
 dosvob-hash --delta DEVICE reads such a signature stream on standard input
 and DEVICE (a block device or a regular file) at the same time, with several
@@ -117,6 +123,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "delta", Aliases: []string{"d"}, Usage: "read a signature on stdin and DEVICE; write the delta to stdout"},
 			&cli.BoolFlag{Name: "verify", Usage: "re-read IMAGE and check it against its manifest (scrub)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "read IMAGE to sign it even when its hash cache is valid"},
 			&cli.BoolFlag{Name: "raw", Usage: "sign DEVICE as it is, with no state directory (the restore direction; see above)"},
 			&cli.StringFlag{Name: "block-size", Aliases: []string{"b"}, DefaultText: sizeString(blocksync.DefaultBlockSize) + ", or the image's",
 				Usage: "block `SIZE` when signing (4K to 16M, a power of two; K and M suffixes); the delta side takes it from the signature"},
@@ -206,12 +213,14 @@ func action(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 			return cliutil.WithHint(cliutil.Usagef("refusing to write a binary signature stream to a terminal"),
 				"pipe it into dosvob-hash --delta DEVICE")
 		}
-		return sign(c.Context, path, blockSize, stdout, o, opts)
+		return sign(c.Context, path, blockSize, c.Bool("no-cache"), stdout, o, opts)
 	}
 }
 
-// sign writes the signature stream of the image at path.
-func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, o output, opts blocksync.Options) error {
+// sign writes the signature stream of the image at path: from the image
+// store's hash cache when it offers a fresh one (no read of the image at
+// all), by reading the image otherwise.
+func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdout io.Writer, o output, opts blocksync.Options) error {
 	s, err := imagestore.Open(path, imagestore.Options{Logf: o.logf})
 	if err != nil {
 		return storeErr(err, path)
@@ -231,22 +240,46 @@ func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, 
 			blockSize = uint32(m.BlockSize) // keep the image's recorded per-block hashes comparable
 		}
 	}
+	// The seed of this run's comparison: the cache's (drawn by the last run
+	// and never used for a comparison) or a fresh one. The next seed is
+	// always fresh: the delta side hashes the device under it too, and the
+	// patch keeps those hashes as the next run's cache.
+	var cache *imagestore.HashCache
+	why := "--no-cache"
+	if !noCache {
+		cache, why = s.HashCache()
+	}
+	if cache != nil && cache.BlockSize != blockSize {
+		cache, why = nil, fmt.Sprintf("the cache has %s blocks", sizeString(uint64(cache.BlockSize)))
+	}
 	seed, err := randomSeed()
 	if err != nil {
 		return err
 	}
-	rec, err := s.BeginSigning(seed, blockSize)
+	if cache != nil {
+		seed = cache.Seed
+	}
+	next, err := randomSeed()
+	if err != nil {
+		return err
+	}
+	hdr := format.SigHeader{Version: format.Version, BlockSize: blockSize, Seed: seed, NextSeed: next, Base: base}
+	rec, err := s.BeginSigning(hdr)
 	if err != nil {
 		return storeErr(err, path)
 	}
-	sw, err := format.NewSigWriter(stdout, format.SigHeader{BlockSize: blockSize, Seed: seed, Base: base})
+	sw, err := format.NewSigWriter(stdout, hdr)
 	if err != nil {
 		rec.Abort()
 		return err
 	}
 	opts.OnHash = func(_, h uint64) error { return rec.Add(h) }
 	stop := o.start("sign", opts.Counters)
-	err = blocksync.Sign(ctx, src, sw, opts)
+	if cache != nil {
+		err = blocksync.SignCached(ctx, cache.Next, sw, opts)
+	} else {
+		err = blocksync.Sign(ctx, src, sw, opts)
+	}
 	if err == nil {
 		// The record must be complete before the trailer lets a delta
 		// stream finish.
@@ -266,9 +299,13 @@ func sign(ctx context.Context, path string, blockSize uint32, stdout io.Writer, 
 	if s.Partial() {
 		what = "partial image"
 	}
-	o.summary("signed %s %s: %d blocks of %s, %s read, %s sent in %s (%s/s)", what, path,
-		c.Blocks.Load(), sizeString(uint64(blockSize)), sizeString(c.BytesRead.Load()),
-		sizeString(format.SigHeaderSize+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(c.BytesRead.Load(), el))
+	how := "from the hash cache, image not read"
+	if cache == nil {
+		how = "read the image (no cache: " + why + ")"
+	}
+	o.summary("signed %s %s: %d blocks of %s, %s, %s read, %s sent in %s (%s/s)", what, path,
+		c.Blocks.Load(), sizeString(uint64(blockSize)), how, sizeString(c.BytesRead.Load()),
+		sizeString(uint64(hdr.Size())+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(uint64(size), el))
 	return nil
 }
 
@@ -291,7 +328,12 @@ func signRaw(ctx context.Context, path string, blockSize uint32, stdout io.Write
 	if err != nil {
 		return err
 	}
-	sw, err := format.NewSigWriter(stdout, format.SigHeader{BlockSize: blockSize, Seed: seed, Base: format.Base{Size: size}})
+	next, err := randomSeed()
+	if err != nil {
+		return err
+	}
+	hdr := format.SigHeader{Version: format.Version, BlockSize: blockSize, Seed: seed, NextSeed: next, Base: format.Base{Size: size}}
+	sw, err := format.NewSigWriter(stdout, hdr)
 	if err != nil {
 		return err
 	}
@@ -307,7 +349,7 @@ func signRaw(ctx context.Context, path string, blockSize uint32, stdout io.Write
 	c := opts.Counters
 	o.summary("signed device %s (raw, no state): %d blocks of %s, %s read, %s sent in %s (%s/s)", path,
 		c.Blocks.Load(), sizeString(uint64(blockSize)), sizeString(c.BytesRead.Load()),
-		sizeString(format.SigHeaderSize+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(c.BytesRead.Load(), el))
+		sizeString(uint64(hdr.Size())+8*c.Blocks.Load()+format.SigTrailerSize), seconds(el), rate(c.BytesRead.Load(), el))
 	return nil
 }
 

@@ -219,7 +219,7 @@ func cmdMkbackup(ts *testscript.TestScript, neg bool, args []string) {
 	ctx := context.Background()
 	quiet := output{w: io.Discard, quiet: true}
 	var sig, delta bytes.Buffer
-	ts.Check(sign(ctx, img, 4096, &sig, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
+	ts.Check(sign(ctx, img, 4096, false, &sig, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
 	ts.Check(deltaRun(ctx, dev, &sig, &delta, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
 	s, err := imagestore.Open(img, imagestore.Options{Writer: true})
 	ts.Check(err)

@@ -131,14 +131,15 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A version 1 signature and delta: dosvob-patch still takes them.
 	seed := rand.Uint64()
 	base := s.Base()
-	g, err := s.BeginSigning(seed, bs)
+	g, err := s.BeginSigning(format.SigHeader{Version: 1, BlockSize: bs, Seed: seed, Base: base})
 	if err != nil {
 		return nil, err
 	}
 	var sig bytes.Buffer
-	sw, err := format.NewSigWriter(&sig, format.SigHeader{BlockSize: bs, Seed: seed, Base: base})
+	sw, err := format.NewSigWriter(&sig, format.SigHeader{Version: 1, BlockSize: bs, Seed: seed, Base: base})
 	if err != nil {
 		return nil, err
 	}

@@ -3,16 +3,18 @@ package imagestore
 import (
 	"bufio"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/dosvob/dosvob/internal/format"
 )
 
-// HashCache is the per-block hashes of the image as the run that made it
-// recorded them (hashes-<generation> in the state directory): xxhash64 with
-// Seed of each block of BlockSize, little-endian, in block order. With it a
-// signature can be produced without reading the image.
+// HashCache is the per-block hashes of the image that the run which made it
+// (or the latest scrub) recorded in hashes-<generation> in the state
+// directory: xxhash64 with Seed of each block of BlockSize, little-endian,
+// in block order. With it dosvob-hash signs without reading the image.
 type HashCache struct {
 	Seed      uint64
 	BlockSize uint32
@@ -21,40 +23,85 @@ type HashCache struct {
 	r         *bufio.Reader
 }
 
-// HashCache returns the image's per-block hashes, or nil when they cannot
-// be trusted: no manifest, a partial image, a missing or short hash file,
-// or an image whose size or modification time is not what the last commit
-// left (it was changed outside dosvob). The cache is closed by Close.
-func (s *Store) HashCache() *HashCache {
+// HashCache returns the image's per-block hashes when dosvob-hash may sign
+// from them, or nil and the reason why not. They are trusted only when all
+// of this holds:
+//
+//   - the manifest marks them fresh: their seed is the next seed of the run
+//     that committed the image (or a scrub's new seed) and no comparison
+//     has used it yet, so a colliding pair of blocks cannot hide behind it;
+//   - the hash file is the one the manifest names for its generation
+//     (hashes-<generation>, or hashes-<generation>-<seed> from a scrub),
+//     written and renamed before the manifest that
+//     names it was committed, and its contents have the manifest's
+//     BlockDigest (so a stale, torn or foreign file is refused);
+//   - the current content is the committed image: its image id,
+//     generation and size are the manifest's, and its size and
+//     modification time are what the commit (or scrub) left, so that a
+//     change outside dosvob is noticed.
+//
+// The cache is closed by Close.
+func (s *Store) HashCache() (*HashCache, string) {
 	m := s.manifest
-	if m == nil || s.content != s.path || m.Hashes == "" || m.ImageMtime == 0 || !format.ValidBlockSize(uint32(m.BlockSize)) {
-		return nil
+	switch {
+	case m == nil:
+		return nil, "no manifest"
+	case s.content != s.path:
+		return nil, "partial image"
+	case !m.HashesFresh:
+		return nil, "no fresh per-block hashes (made by an older dosvob or a version 1 delta)"
+	case !ofGeneration(m.Hashes, m.Generation) || !format.ValidBlockSize(uint32(m.BlockSize)) || m.ImageMtime == 0:
+		return nil, "manifest does not name per-block hashes of its generation"
+	case s.base != format.Base{ImageID: m.ImageID, Generation: m.Generation, Size: uint64(m.DeviceSize)}:
+		return nil, "image is not the one the manifest describes"
 	}
 	fi, err := os.Stat(s.path)
 	if err != nil || fi.Size() != m.DeviceSize || fi.ModTime().UnixNano() != m.ImageMtime {
-		return nil
+		return nil, "image changed since the last commit (size or modification time)"
 	}
 	f, err := os.Open(s.join(m.Hashes))
 	if err != nil {
-		return nil
+		return nil, "per-block hashes missing"
 	}
 	blocks := format.BlockCount(uint64(m.DeviceSize), uint32(m.BlockSize))
 	if hf, err := f.Stat(); err != nil || hf.Size() != int64(blocks)*8 {
 		f.Close()
-		return nil
+		return nil, "per-block hashes have the wrong length"
 	}
+	c := &HashCache{Seed: uint64(m.HashSeed), BlockSize: uint32(m.BlockSize), Blocks: blocks, f: f, r: bufio.NewReaderSize(f, 256<<10)}
+	d := format.NewBlockDigester()
+	for range blocks {
+		h, err := c.Next()
+		if err != nil {
+			f.Close()
+			return nil, "per-block hashes unreadable"
+		}
+		d.Add(h)
+	}
+	if Digest(d.Sum64()) != m.BlockDigest {
+		f.Close()
+		return nil, "per-block hashes do not match the manifest's digest"
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, "per-block hashes unreadable"
+	}
+	c.r.Reset(f)
 	s.open = append(s.open, f)
-	return &HashCache{Seed: uint64(m.HashSeed), BlockSize: uint32(m.BlockSize), Blocks: blocks, f: f, r: bufio.NewReaderSize(f, 64<<10)}
+	return c, ""
 }
 
 // Next returns the hash of the next block; io.EOF after the last.
 func (c *HashCache) Next() (uint64, error) {
 	var b [8]byte
 	if _, err := io.ReadFull(c.r, b[:]); err != nil {
-		if err == io.ErrUnexpectedEOF {
-			return 0, io.ErrUnexpectedEOF
-		}
 		return 0, err
 	}
 	return binary.LittleEndian.Uint64(b[:]), nil
+}
+
+// ofGeneration reports whether name is a hash file of generation gen.
+func ofGeneration(name string, gen uint64) bool {
+	p := fmt.Sprintf("hashes-%d", gen)
+	return name == p || strings.HasPrefix(name, p+"-")
 }

@@ -96,19 +96,24 @@ type Version struct {
 // Manifest is manifest.json in an image's state directory: what the image
 // is a backup of and how to check it. docs/MANIFEST.md describes it.
 type Manifest struct {
-	ManifestVersion int       `json:"manifest_version"`
-	FormatVersion   int       `json:"format_version"`
-	ImageID         ID        `json:"image_id"`
-	Generation      uint64    `json:"generation"`
-	Source          Source    `json:"source"`
-	DeviceSize      int64     `json:"device_size"`
-	BlockSize       int       `json:"block_size"`
-	DeviceDigest    Digest    `json:"device_digest"`
-	BlockDigest     Digest    `json:"block_digest"`
-	HashSeed        Digest    `json:"hash_seed"`
-	Hashes          string    `json:"hashes"` // per-block hash file in the state directory
-	BackupTime      time.Time `json:"backup_time"`
-	Keep            int       `json:"keep"`
+	ManifestVersion int    `json:"manifest_version"`
+	FormatVersion   int    `json:"format_version"`
+	ImageID         ID     `json:"image_id"`
+	Generation      uint64 `json:"generation"`
+	Source          Source `json:"source"`
+	DeviceSize      int64  `json:"device_size"`
+	BlockSize       int    `json:"block_size"`
+	DeviceDigest    Digest `json:"device_digest"`
+	BlockDigest     Digest `json:"block_digest"`
+	HashSeed        Digest `json:"hash_seed"`
+	Hashes          string `json:"hashes"` // per-block hash file in the state directory
+	// HashesFresh says that no comparison has used HashSeed yet: it is the
+	// next seed of the run that made the image (or a scrub's new seed), so
+	// dosvob-hash may sign from the hash file without reading the image.
+	// BlockDigest is the digest of the hash file.
+	HashesFresh bool      `json:"hashes_fresh,omitempty"`
+	BackupTime  time.Time `json:"backup_time"`
+	Keep        int       `json:"keep"`
 	// ImageMtime is IMAGE's modification time (ns) when the run committed:
 	// the per-block hashes are trusted without reading IMAGE only while it
 	// is unchanged.

@@ -53,6 +53,8 @@ func (s *Store) Patch(ctx context.Context, r io.Reader, opts PatchOptions) (*Res
 			bytes += int64(len(rec.Bytes))
 		case format.RecordZero:
 			err = tx.ZeroBlock(rec.Index)
+		case format.RecordHashes:
+			err = tx.KeepHashes(rec.Index, rec.Hashes)
 		default:
 			err = fmt.Errorf("unexpected %s record", rec.Type)
 		}

@@ -36,31 +36,55 @@ func makeDelta(t testing.TB, img string, dev []byte, bs uint32) ([]byte, deltaSt
 	return makeDeltaStore(t, s, dev, bs)
 }
 
+// testStreamVersion is the stream version makeDeltaStore signs with.
+var testStreamVersion uint16 = format.Version
+
+// makeDeltaStore plays dosvob-hash IMAGE and dosvob-hash --delta: it signs
+// the store's content (from the hash cache when the store offers one, by
+// reading otherwise) and computes the delta to dev. In version 2 it draws
+// a next seed and sends the next-seed hashes of unchanged blocks.
 func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, deltaStats) {
 	r, size, err := s.Content()
 	if err != nil {
 		t.Fatal(err)
 	}
-	seed := rand.Uint64()
+	version := testStreamVersion
+	seed, next := rand.Uint64(), uint64(0)
+	if version >= 2 {
+		next = rand.Uint64()
+	}
+	n := format.BlockCount(uint64(size), bs)
+	old := make([]uint64, n)
+	cache, _ := s.HashCache()
+	if version >= 2 && cache != nil && cache.BlockSize == bs {
+		seed = cache.Seed
+		for i := range n {
+			if old[i], err = cache.Next(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	} else {
+		buf := make([]byte, bs)
+		for i := range n {
+			l := format.BlockLen(uint64(size), bs, i)
+			if _, err := r.ReadAt(buf[:l], int64(i)*int64(bs)); err != nil {
+				t.Fatal(err)
+			}
+			old[i] = format.HashBlock(seed, buf[:l])
+		}
+	}
 	base := s.Base()
-	g, err := s.BeginSigning(seed, bs)
+	hdr := format.SigHeader{Version: version, BlockSize: bs, Seed: seed, NextSeed: next, Base: base}
+	g, err := s.BeginSigning(hdr)
 	if err != nil {
 		t.Fatalf("begin signing: %v", err)
 	}
 	var sig bytes.Buffer
-	sw, err := format.NewSigWriter(&sig, format.SigHeader{BlockSize: bs, Seed: seed, Base: base})
+	sw, err := format.NewSigWriter(&sig, hdr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := format.BlockCount(uint64(size), bs)
-	old := make([]uint64, n)
-	buf := make([]byte, bs)
 	for i := range n {
-		l := format.BlockLen(uint64(size), bs, i)
-		if _, err := r.ReadAt(buf[:l], int64(i)*int64(bs)); err != nil {
-			t.Fatal(err)
-		}
-		old[i] = format.HashBlock(seed, buf[:l])
 		sw.Add(old[i])
 		if err := g.Add(old[i]); err != nil {
 			t.Fatal(err)
@@ -72,18 +96,22 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 	sigDigest := sw.Digest()
 
 	var out bytes.Buffer
-	h := format.DeltaHeader{BlockSize: bs, DeviceSize: uint64(len(dev)), Seed: seed, Base: base}
+	h := format.DeltaHeader{Version: version, BlockSize: bs, DeviceSize: uint64(len(dev)), Seed: seed, NextSeed: next, Base: base}
 	dw, err := format.NewDeltaWriter(&out, h, format.DeltaOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var st deltaStats
-	bd := format.NewBlockDigester()
+	bd, nd := format.NewBlockDigester(), format.NewBlockDigester()
 	for i := range h.Blocks() {
 		b := dev[int(i)*int(bs) : int(i)*int(bs)+h.BlockLen(i)]
-		hh := format.HashBlock(seed, b)
+		hh, nh := format.HashBlock(seed, b), format.HashBlock(next, b)
 		bd.Add(hh)
+		nd.Add(nh)
 		if i < n && old[i] == hh {
+			if err := dw.Unchanged(i, nh); err != nil {
+				t.Fatal(err)
+			}
 			continue
 		}
 		if allZero(b) {
@@ -95,7 +123,7 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 			st.bytes += len(b)
 		}
 	}
-	if _, err := dw.Close(format.End{SigDigest: sigDigest, BlockDigest: bd.Sum64(), DeviceDigest: xxhashSum(dev)}); err != nil {
+	if _, err := dw.Close(format.End{SigDigest: sigDigest, BlockDigest: bd.Sum64(), DeviceDigest: xxhashSum(dev), NextDigest: nd.Sum64()}); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes(), st

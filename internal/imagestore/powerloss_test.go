@@ -106,7 +106,7 @@ func TestPowerLoss(t *testing.T) {
 			total := counter.ops
 			t.Logf("%d mutating operations in a complete run", total)
 
-			var sawOld, sawNew, lost int
+			var sawOld, sawNew, lost, cached int
 			for k := 0; k <= 2*total+1; k++ {
 				// Each cut point twice: once keeping what was written
 				// before it, once also losing every write no fsync had
@@ -143,6 +143,11 @@ func TestPowerLoss(t *testing.T) {
 				default:
 					t.Fatalf("k=%d: after recovery the image is neither old nor new (%v, %d bytes)", k, err, len(got))
 				}
+				// The hash cache the next run would sign from, if any,
+				// holds the hashes of the image as it is.
+				if err == nil && checkCache(t, rimg) {
+					cached++
+				}
 				// The next run completes the backup.
 				syncTo(t, rimg, c.new, PatchOptions{})
 			}
@@ -151,6 +156,10 @@ func TestPowerLoss(t *testing.T) {
 				t.Fatal("the lossy cuts never lost an unsynced write: the model is not exercised")
 			}
 			t.Logf("%d unsynced operations lost in all", lost)
+			t.Logf("%d recovered images offered a hash cache, each checked block by block", cached)
+			if cached == 0 {
+				t.Fatal("no recovered image offered a hash cache: the cache commit is not exercised")
+			}
 			if sawOld == 0 || sawNew == 0 {
 				t.Fatalf("expected both outcomes, got old %d new %d", sawOld, sawNew)
 			}

@@ -16,7 +16,11 @@ import (
 // signRecord is sign.json: what the latest dosvob-hash of this image signed.
 // dosvob-patch accepts only a delta made against exactly this signature.
 type signRecord struct {
-	Seed      Digest    `json:"seed"`
+	Seed Digest `json:"seed"`
+	// NextSeed is the next seed of a version 2 signature: the delta must
+	// carry it, and the run's new hash cache is under it.
+	NextSeed  Digest    `json:"next_seed,omitempty"`
+	Version   uint16    `json:"version,omitempty"` // stream version; 0 means 1
 	BlockSize uint32    `json:"block_size"`
 	ImageID   ID        `json:"image_id"`
 	Gen       uint64    `json:"generation"`
@@ -57,8 +61,12 @@ func (w fileWriter) Write(p []byte) (int, error) {
 }
 
 // BeginSigning records the start of a signing run of the current content
-// with seed and blockSize. Call it before writing the signature header.
-func (s *Store) BeginSigning(seed uint64, blockSize uint32) (*Signing, error) {
+// with the seed, next seed, version and block size of h, whose Base must be
+// Base(). Call it before writing the signature header.
+func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
+	if h.Base != s.base {
+		return nil, fmt.Errorf("signature base (image %s generation %d size %d) is not the content of %s", ID(h.Base.ImageID), h.Base.Generation, h.Base.Size, s.path)
+	}
 	st, err := s.lockState()
 	if err != nil {
 		return nil, err
@@ -74,7 +82,7 @@ func (s *Store) BeginSigning(seed uint64, blockSize uint32) (*Signing, error) {
 		w.unlock()
 	}
 	g := &Signing{s: s, rec: signRecord{
-		Seed: Digest(seed), BlockSize: blockSize,
+		Seed: Digest(h.Seed), NextSeed: Digest(h.NextSeed), Version: h.V(), BlockSize: h.BlockSize,
 		ImageID: s.base.ImageID, Gen: s.base.Generation, Size: s.base.Size,
 		Started: time.Now().UTC(),
 	}}

@@ -25,7 +25,8 @@ const (
 	signName     = "sign.json" // the latest signing record
 	signHashes   = "sign.hashes"
 	versionsDir  = "versions"
-	newHashes    = "hashes.new" // per-block hashes being written by a run
+	newHashes    = "hashes.new"      // per-block hashes being written by a run
+	nextTmp      = "hashes-next.tmp" // next-seed hashes being written by a version 2 run
 )
 
 // Errors the commands map to exit codes.

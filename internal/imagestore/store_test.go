@@ -207,9 +207,9 @@ func TestHashCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := s.HashCache()
+	c, why := s.HashCache()
 	if c == nil {
-		t.Fatal("no hash cache after a committed run")
+		t.Fatalf("no hash cache after a committed run: %s", why)
 	}
 	for i := range c.Blocks {
 		h, err := c.Next()
@@ -226,7 +226,7 @@ func TestHashCache(t *testing.T) {
 	later := time.Now().Add(time.Minute)
 	os.Chtimes(img, later, later)
 	s, _ = Open(img, Options{})
-	if s.HashCache() != nil {
+	if c, _ := s.HashCache(); c != nil {
 		t.Fatal("hash cache trusted for an image changed outside dosvob")
 	}
 	s.Close()
@@ -248,8 +248,8 @@ func TestVerifyRefreshesHashCache(t *testing.T) {
 	}
 	s, _ = Open(img, Options{})
 	defer s.Close()
-	if s.HashCache() == nil {
-		t.Fatal("scrub of an intact image did not refresh the hash cache")
+	if c, why := s.HashCache(); c == nil {
+		t.Fatalf("scrub of an intact image did not refresh the hash cache: %s", why)
 	}
 	if rep, err := Verify(context.Background(), img, nil, t.Logf); err == nil {
 		// s holds no writer lock, so Verify ran; it must use the cache now.

@@ -59,6 +59,18 @@ type Tx struct {
 	zeroLast  uint64 // hash of an all-zero last block
 	pending   []pendingOp
 	pendBytes int
+
+	// Version 2: the next-seed hashes of every block of the device, in
+	// order, become the hash cache of the next run (nextTmp until commit).
+	v2        bool
+	next      file
+	nextW     *bufio.Writer
+	nextOff   int64
+	nextN     uint64 // hashes written
+	nextHash  *format.Hasher
+	nextZeroF uint64 // next-seed hash of an all-zero full block
+	nextZeroL uint64 // next-seed hash of an all-zero last block
+	nextDig   *format.BlockDigester
 	stats     RunStats
 	start     time.Time
 	done      bool
@@ -133,6 +145,10 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 	if sign.BlockSize != h.BlockSize {
 		return nil, baseError("delta block size %d, signature block size %d", h.BlockSize, sign.BlockSize)
 	}
+	if h.V() != max(sign.Version, 1) || h.NextSeed != uint64(sign.NextSeed) {
+		return nil, baseError("delta stream version %d with next seed %s, but the latest dosvob-hash of %s signed version %d with next seed %s",
+			h.V(), Digest(h.NextSeed), s.path, max(sign.Version, 1), sign.NextSeed)
+	}
 	if h.Base != sign.base() || h.Base != s.base {
 		return nil, baseError("delta base (image %s generation %d size %d) is not the current content of %s (image %s generation %d size %d)",
 			ID(h.Base.ImageID), h.Base.Generation, h.Base.Size, s.path, ID(s.base.ImageID), s.base.Generation, s.base.Size)
@@ -154,6 +170,15 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 	if blocks > 0 {
 		tx.zeroLast = format.HashBlock(h.Seed, zero[:h.BlockLen(blocks-1)])
 	}
+	if h.V() >= 2 {
+		tx.v2 = true
+		tx.nextHash = format.NewHasher(h.NextSeed)
+		tx.nextDig = format.NewBlockDigester()
+		tx.nextZeroF = format.HashBlock(h.NextSeed, zero)
+		if blocks > 0 {
+			tx.nextZeroL = format.HashBlock(h.NextSeed, zero[:h.BlockLen(blocks-1)])
+		}
+	}
 	if err := tx.open(); err != nil {
 		tx.closeFiles()
 		return nil, err
@@ -167,6 +192,13 @@ func (tx *Tx) open() error {
 	tx.hashes, err = fs.OpenFile(s.join(newHashes), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
+	}
+	if tx.v2 {
+		tx.next, err = fs.OpenFile(s.join(nextTmp), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return err
+		}
+		tx.nextW = bufio.NewWriterSize(fileWriter{f: tx.next, off: &tx.nextOff}, 64<<10)
 	}
 	if exists(s.path) {
 		// An existing image: every overwrite is journaled first.
@@ -242,6 +274,11 @@ func (tx *Tx) WriteBlock(i uint64, b []byte) error {
 	if err := tx.recordHash(i, tx.hasher.Sum(b)); err != nil {
 		return err
 	}
+	if tx.v2 {
+		if err := tx.addNext(i, tx.nextHash.Sum(b)); err != nil {
+			return err
+		}
+	}
 	tx.stats.DataBlocks++
 	tx.stats.BytesWritten += int64(len(b))
 	off := int64(i) * tx.bs
@@ -270,6 +307,15 @@ func (tx *Tx) ZeroBlock(i uint64) error {
 	if err := tx.recordHash(i, h); err != nil {
 		return err
 	}
+	if tx.v2 {
+		nh := tx.nextZeroF
+		if i == tx.hdr.Blocks()-1 {
+			nh = tx.nextZeroL
+		}
+		if err := tx.addNext(i, nh); err != nil {
+			return err
+		}
+	}
 	tx.stats.ZeroBlocks++
 	off := int64(i) * tx.bs
 	if off >= tx.oldSize {
@@ -283,6 +329,43 @@ func (tx *Tx) ZeroBlock(i uint64) error {
 	if tx.pendBytes >= batchBytes {
 		return tx.flush()
 	}
+	return nil
+}
+
+// KeepHashes takes the next-seed hashes of blocks i, i+1, ... that the
+// delta leaves unchanged (a version 2 Hashes record).
+func (tx *Tx) KeepHashes(i uint64, hs []uint64) error {
+	if tx.done {
+		return errors.New("transaction is finished")
+	}
+	if !tx.v2 {
+		return errors.New("next-seed hashes in a version 1 run")
+	}
+	oldBlocks := format.BlockCount(uint64(tx.oldSize), uint32(tx.bs))
+	if end := i + uint64(len(hs)); end > oldBlocks || end > tx.hdr.Blocks() {
+		return fmt.Errorf("unchanged blocks %d to %d past the old content's %d or the device's %d blocks", i, end-1, oldBlocks, tx.hdr.Blocks())
+	}
+	for k, h := range hs {
+		if err := tx.addNext(i+uint64(k), h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addNext appends the next-seed hash of block i to the new hash cache.
+// Blocks come in order, each once (the delta covers every block).
+func (tx *Tx) addNext(i, h uint64) error {
+	if i != tx.nextN {
+		return fmt.Errorf("next-seed hash of block %d, expected block %d", i, tx.nextN)
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], h)
+	if _, err := tx.nextW.Write(b[:]); err != nil {
+		return err
+	}
+	tx.nextDig.Add(h)
+	tx.nextN++
 	return nil
 }
 
@@ -433,12 +516,35 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	// The new per-block hashes: the delta's for blocks it carried, the
 	// signature's for the others. Their digest must be the device's.
 	cacheName := fmt.Sprintf("hashes-%d", tx.newGen)
-	oldDigest, newDigest, err := tx.writeCache(s.join(cacheName+".tmp"), sign)
+	cacheTmp := s.join(cacheName + ".tmp")
+	if tx.v2 {
+		cacheTmp = "" // the cache is the next-seed hashes, written as they came
+	}
+	oldDigest, newDigest, err := tx.writeCache(cacheTmp, sign)
 	if err != nil {
 		return nil, err
 	}
 	if newDigest != end.BlockDigest {
 		return nil, baseError("block digest of the patched image %s, end record says %s", Digest(newDigest), Digest(end.BlockDigest))
+	}
+	hashSeed, hashDigest := tx.hdr.Seed, end.BlockDigest
+	if tx.v2 {
+		if tx.nextN != blocks {
+			return nil, baseError("the delta gave next-seed hashes for %d of %d blocks", tx.nextN, blocks)
+		}
+		if got := tx.nextDig.Sum64(); got != end.NextDigest {
+			return nil, baseError("next-seed digest of the patched image %s, end record says %s", Digest(got), Digest(end.NextDigest))
+		}
+		if err := tx.nextW.Flush(); err != nil {
+			return nil, err
+		}
+		if err := tx.next.Sync(); err != nil {
+			return nil, err
+		}
+		cacheTmp = s.join(nextTmp)
+		hashSeed, hashDigest = tx.hdr.NextSeed, end.NextDigest
+	} else {
+		cacheTmp = s.join(cacheName + ".tmp")
 	}
 
 	// Shrinking cuts old blocks away: journal them first.
@@ -468,7 +574,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	if fi, err := tx.img.Stat(); err == nil {
 		mtime = fi.ModTime().UnixNano()
 	}
-	if err := fs.Rename(s.join(cacheName+".tmp"), s.join(cacheName)); err != nil {
+	if err := fs.Rename(cacheTmp, s.join(cacheName)); err != nil {
 		return nil, err
 	}
 
@@ -513,8 +619,9 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	m.DeviceSize = tx.newSize
 	m.BlockSize = int(tx.bs)
 	m.DeviceDigest = Digest(end.DeviceDigest)
-	m.BlockDigest = Digest(end.BlockDigest)
-	m.HashSeed = Digest(tx.hdr.Seed)
+	m.BlockDigest = Digest(hashDigest)
+	m.HashSeed = Digest(hashSeed)
+	m.HashesFresh = tx.v2
 	m.Hashes = cacheName
 	m.ImageMtime = mtime
 	m.BackupTime = now
@@ -577,13 +684,19 @@ func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest ui
 	if sign.Blocks != oldBlocks {
 		return 0, 0, baseError("dosvob-hash recorded %d block hashes, the content has %d blocks", sign.Blocks, oldBlocks)
 	}
-	out, err := s.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer out.Close()
+	// With no name, only the digests are computed.
+	var out file
 	var off int64
-	w := bufio.NewWriterSize(fileWriter{f: out, off: &off}, 64<<10)
+	var dst io.Writer = io.Discard
+	if name != "" {
+		out, err = s.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer out.Close()
+		dst = fileWriter{f: out, off: &off}
+	}
+	w := bufio.NewWriterSize(dst, 64<<10)
 	// hashes.new has holes and may end early where the delta carried
 	// nothing: those read as zeros, and the bitmap says which count.
 	nr := bufio.NewReaderSize(io.MultiReader(io.NewSectionReader(tx.hashes, 0, 1<<62), zeros{}), 64<<10)
@@ -615,6 +728,9 @@ func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest ui
 		binary.LittleEndian.PutUint64(b[:], h)
 		w.Write(b[:])
 	}
+	if name == "" {
+		return od.Sum64(), nd.Sum64(), nil
+	}
 	if err := w.Flush(); err != nil {
 		return 0, 0, err
 	}
@@ -625,7 +741,7 @@ func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest ui
 }
 
 func (tx *Tx) closeFiles() {
-	for _, f := range []file{tx.img, tx.hashes} {
+	for _, f := range []file{tx.img, tx.hashes, tx.next} {
 		if f != nil {
 			f.Close()
 		}
@@ -633,7 +749,7 @@ func (tx *Tx) closeFiles() {
 	if tx.jw != nil {
 		tx.jw.close()
 	}
-	tx.img, tx.hashes, tx.jw = nil, nil, nil
+	tx.img, tx.hashes, tx.jw, tx.next = nil, nil, nil, nil
 }
 
 // Abort undoes the run: an existing image gets its old contents and size
@@ -662,6 +778,7 @@ func (tx *Tx) Abort() error {
 		tx.closeFiles()
 	}
 	s.fs.Remove(s.join(newHashes))
+	s.fs.Remove(s.join(nextTmp))
 	return err
 }
 

@@ -3,6 +3,7 @@ package imagestore
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -78,9 +79,16 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	}
 	hasher := format.NewHasher(uint64(m.HashSeed))
 	bd := format.NewBlockDigester()
+	// The new per-block hashes are under a new seed that no comparison has
+	// used: the next run signs from them and compares the image's actual
+	// content with the device afresh.
+	newSeed := randomSeed()
+	newHasher := format.NewHasher(newSeed)
+	nd := format.NewBlockDigester()
 	// The scrub rewrites the per-block hashes as it goes; they replace the
 	// cache if the image proves intact.
-	tmpName := s.join(m.Hashes + ".tmp")
+	newName := fmt.Sprintf("hashes-%d-%016x", m.Generation, newSeed)
+	tmpName := s.join(newName + ".tmp")
 	var cacheOff int64
 	tmp, err := s.fs.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -106,8 +114,10 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 			d.Write(buf[:n])
 			sum := hasher.Sum(buf[:n])
 			bd.Add(sum)
+			fresh := newHasher.Sum(buf[:n])
+			nd.Add(fresh)
 			var hb [8]byte
-			binary.LittleEndian.PutUint64(hb[:], sum)
+			binary.LittleEndian.PutUint64(hb[:], fresh)
 			cw.Write(hb[:])
 			if hr != nil && i < blocks {
 				var b [8]byte
@@ -149,13 +159,11 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	case Digest(bd.Sum64()) != m.BlockDigest:
 		return rep, fmt.Errorf("%q: its per-block digest %s is not the recorded %s: %w", s.path, Digest(bd.Sum64()), m.BlockDigest, ErrCorrupt)
 	}
-	// Intact: refresh the hash cache and tie it to the image as it is now.
+	// Intact: refresh the hash cache under the new seed and tie it to the
+	// image as it is now.
 	fi, err = f.Stat()
 	if err != nil {
 		return rep, err
-	}
-	if rep.PerBlock && fi.ModTime().UnixNano() == m.ImageMtime {
-		return rep, nil // the cache was checked block by block and is current
 	}
 	if err := cw.Flush(); err != nil {
 		return rep, err
@@ -165,15 +173,35 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	}
 	tmp.Close()
 	tmp = nil
-	if err := s.fs.Rename(tmpName, s.join(m.Hashes)); err != nil {
+	// A new name: until the manifest names it, the old file stays valid.
+	if err := s.fs.Rename(tmpName, s.join(newName)); err != nil {
 		return rep, err
 	}
 	nm := *m
 	nm.ImageMtime = fi.ModTime().UnixNano()
+	nm.HashSeed = Digest(newSeed)
+	nm.BlockDigest = Digest(nd.Sum64())
+	nm.HashesFresh = true
+	nm.Hashes = newName
 	if err := writeJSONAtomic(s.fs, s.join(manifestName), &nm); err != nil {
 		return rep, err
 	}
 	s.manifest = &nm
-	s.logf("refreshed the per-block hashes of %s", s.path)
+	if m.Hashes != "" && m.Hashes != newName {
+		s.fs.Remove(s.join(m.Hashes))
+	}
+	if !rep.PerBlock || fi.ModTime().UnixNano() != m.ImageMtime {
+		// Routine otherwise: every scrub renews the hashes and their seed.
+		s.logf("refreshed the per-block hashes of %s", s.path)
+	}
 	return rep, nil
+}
+
+// randomSeed draws a 64-bit hash seed.
+func randomSeed() uint64 {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return binary.LittleEndian.Uint64(b[:])
 }

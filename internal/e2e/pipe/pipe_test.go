@@ -333,6 +333,10 @@ func testPipe(t *testing.T, mk func([]byte) target) {
 		if data, zero := r.records(t); data != 0 || zero != 0 {
 			t.Errorf("no change: %d data and %d zero records", data, zero)
 		}
+		// The image was signed from the cache the first sync left.
+		if !strings.Contains(r.stderr[0], "from the hash cache, image not read, 0 B read") {
+			t.Errorf("no change: the image was read to sign it: %s", r.stderr[0])
+		}
 	})
 
 	// Scattered 4 KiB writes: one data record per touched block.
