@@ -180,12 +180,11 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 	bd := format.NewBlockDigester()
 	nd := format.NewBlockDigester()
 	dd := xxhash.New()
-	err = readBlocks(ctx, dev, devSize, sh.BlockSize, hashSeeds{seed: sh.Seed, next: sh.NextSeed, two: two}, opts.Readers, func(b *block) error {
+	err = readBlocks(ctx, dev, devSize, sh.BlockSize, hashSeeds{seed: sh.Seed, next: sh.NextSeed, two: two, whole: dd}, opts.Readers, func(b *block) error {
 		bd.Add(b.hash)
 		if two {
 			nd.Add(b.next)
 		}
-		dd.Write(b.buf)
 		c.Blocks.Add(1)
 		c.BytesRead.Add(uint64(len(b.buf)))
 		if b.index < sigBlocks {

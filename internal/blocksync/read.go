@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +49,10 @@ const (
 type hashSeeds struct {
 	seed, next uint64
 	two        bool
+	// whole, if set, receives every byte of the source in order. It is
+	// fed by a goroutine of its own after fn is done with a chunk, so that
+	// this serial pass runs beside the comparing loop instead of in it.
+	whole *xxhash.Digest
 }
 
 // readBlocks reads the blocks of src (size bytes, cut in blockSize blocks)
@@ -82,6 +87,26 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 	order := make(chan *chunk, depth)
 	quit := make(chan struct{})
 	defer close(quit)
+	release := free // where the consumer hands a chunk when done with it
+	if seeds.whole != nil {
+		digestQ := make(chan *chunk, depth)
+		digested := make(chan struct{})
+		go func() {
+			defer close(digested)
+			for c := range digestQ {
+				seeds.whole.Write(c.buf)
+				c.buf = c.buf[:cap(c.buf)]
+				free <- c
+			}
+		}()
+		// Runs before close(quit): the digest is complete when
+		// readBlocks returns.
+		defer func() {
+			close(digestQ)
+			<-digested
+		}()
+		release = digestQ
+	}
 
 	for range readers {
 		go func() {
@@ -148,10 +173,12 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 				return err
 			}
 		}
-		c.buf = c.buf[:cap(c.buf)]
 		c.hashes = c.hashes[:cap(c.hashes)]
 		c.nexts = c.nexts[:cap(c.nexts)]
-		free <- c
+		if release == free {
+			c.buf = c.buf[:cap(c.buf)]
+		}
+		release <- c
 	}
 	return ctx.Err()
 }
