@@ -1,0 +1,92 @@
+// Package testenv decides, in one place, whether a test that needs something
+// from the machine (root, loop devices, OpenSSH's sshd, a command) can run.
+//
+// The rule: on a developer's machine that lacks it, the test skips with a
+// message saying what is missing; when CI=true, it fails instead, because CI
+// must run every test. Tests call Require* at their start.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// InCI reports whether the tests run in CI (CI=true), where nothing may skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// SkipOrFail skips t with the formatted reason, or fails it when InCI.
+func SkipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("CI=true, so not skipping: "+format, args...)
+		return
+	}
+	t.Skipf(format, args...)
+}
+
+// RequireRoot needs the test to run as root.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		SkipOrFail(t, "%s: needs root", why)
+	}
+}
+
+// RequireCommand needs each named program on PATH (or in /usr/sbin, /sbin).
+func RequireCommand(t testing.TB, names ...string) {
+	t.Helper()
+	var missing []string
+	for _, n := range names {
+		if _, err := LookPath(n); err != nil {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		SkipOrFail(t, "needs %s on PATH", strings.Join(missing, ", "))
+	}
+}
+
+// LookPath is exec.LookPath that also searches /usr/sbin and /sbin, where
+// Debian puts sshd and losetup but a non-root PATH may not reach.
+func LookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return exec.LookPath(name)
+}
+
+// RequireSSHD needs root and OpenSSH's server, as the emulator's droplets
+// and the loopback ssh tests do.
+func RequireSSHD(t testing.TB) {
+	t.Helper()
+	RequireRoot(t, "sshd on loopback addresses")
+	RequireCommand(t, "sshd", "ssh", "ssh-keygen")
+}
+
+// LoopDevice attaches a loop device to the file at path and detaches it
+// when the test ends. It needs root and losetup.
+func LoopDevice(t testing.TB, path string) string {
+	t.Helper()
+	RequireRoot(t, "loop devices")
+	RequireCommand(t, "losetup")
+	out, err := exec.Command("losetup", "--find", "--show", path).CombinedOutput()
+	if err != nil {
+		SkipOrFail(t, "losetup --find --show %s: %v: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
+		}
+	})
+	return dev
+}
