@@ -188,6 +188,7 @@ type dropFS struct {
 	rnd    *rand.Rand
 	unsync map[string][]undo // per path, in order, since the last fsync
 	lost   int               // operations revert undid
+	punch  int               // Punch calls (holes made)
 }
 
 // undo restores what one unsynced operation changed in a file.
@@ -361,6 +362,9 @@ func (f *dropFile) Sync() error {
 }
 
 func (f *dropFile) Punch(off, n int64) error {
+	f.d.mu.Lock()
+	f.d.punch++
+	f.d.mu.Unlock()
 	if !f.d.allow() || f.inner == nil {
 		return nil
 	}

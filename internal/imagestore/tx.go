@@ -432,15 +432,28 @@ func (tx *Tx) flush() error {
 	if err := tx.jw.sync(); err != nil {
 		return err
 	}
-	for _, p := range tx.pending {
+	// Neighbouring zero blocks become one hole: one fallocate call for a
+	// run of them instead of one per block.
+	for k := 0; k < len(tx.pending); {
+		p := tx.pending[k]
 		off := int64(p.index) * tx.bs
-		if p.data == nil {
-			if err := tx.img.Punch(off, int64(tx.hdr.BlockLen(p.index))); err != nil {
+		if p.data != nil {
+			if _, err := tx.img.WriteAt(p.data, off); err != nil {
 				return err
 			}
-		} else if _, err := tx.img.WriteAt(p.data, off); err != nil {
+			k++
+			continue
+		}
+		j := k + 1
+		for j < len(tx.pending) && tx.pending[j].data == nil && tx.pending[j].index == tx.pending[j-1].index+1 {
+			j++
+		}
+		last := tx.pending[j-1].index
+		n := int64(last-p.index)*tx.bs + int64(tx.hdr.BlockLen(last))
+		if err := tx.img.Punch(off, n); err != nil {
 			return err
 		}
+		k = j
 	}
 	tx.pending = tx.pending[:0]
 	tx.pendBytes = 0
