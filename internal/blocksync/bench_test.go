@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dosvob/dosvob/internal/format"
+	"github.com/klauspost/compress/zstd"
 )
 
 // benchData is 64 MiB like the bench script's image: 30% random data in
@@ -145,4 +146,86 @@ func BenchmarkDeltaNoChangeV2(b *testing.B) {
 		sent = c.BytesSent.Load()
 	}
 	b.ReportMetric(float64(sent)/float64(len(data)/4096), "sent-B/block")
+}
+
+// BenchmarkIncrementalWire is the incremental of the wire-bytes goal: 1% of
+// the 4 KiB blocks of a 64 MiB image rewritten with random data. It reports
+// the delta stream's bytes against the zstd-compressed size of the changed
+// blocks themselves ("wire/zstd"; goal: at most 1.5), for a version 1 and
+// a version 2 signature (version 2 adds 8 bytes per unchanged block, the
+// next-seed hashes, less what zstd saves on the equal hashes of zero blocks).
+func BenchmarkIncrementalWire(b *testing.B) {
+	img := benchData()
+	rng := rand.New(rand.NewPCG(9, 9))
+	dev := bytes.Clone(img)
+	nblocks := len(dev) / 4096
+	var changed bytes.Buffer
+	picked := map[int]bool{}
+	for len(picked) < nblocks/100 {
+		i := rng.IntN(nblocks)
+		if picked[i] {
+			continue
+		}
+		picked[i] = true
+		for j := i * 4096; j < (i+1)*4096; j++ {
+			dev[j] = byte(rng.Uint32())
+		}
+	}
+	for i := range nblocks {
+		if picked[i] {
+			changed.Write(dev[i*4096 : (i+1)*4096])
+		}
+	}
+	var z bytes.Buffer
+	enc, _ := zstd.NewWriter(&z, zstd.WithEncoderLevel(zstd.EncoderLevel(format.DefaultLevel)), zstd.WithWindowSize(format.DefaultWindow))
+	enc.Write(changed.Bytes())
+	enc.Close()
+	for _, v := range []uint16{1, 2} {
+		b.Run(fmt.Sprintf("v%d", v), func(b *testing.B) {
+			var sig bytes.Buffer
+			sw, _ := format.NewSigWriter(&sig, format.SigHeader{Version: v, BlockSize: 4096, Seed: 1, NextSeed: uint64(v - 1), Base: format.Base{Size: uint64(len(img))}})
+			if err := Sign(context.Background(), bytes.NewReader(img), sw, Options{}); err != nil {
+				b.Fatal(err)
+			}
+			sw.Close()
+			b.SetBytes(int64(len(dev)))
+			var sent uint64
+			for b.Loop() {
+				sr, _ := format.NewSigReader(bytes.NewReader(sig.Bytes()))
+				c := new(Counters)
+				if _, err := Delta(context.Background(), sr, bytes.NewReader(dev), uint64(len(dev)), io.Discard, Options{Counters: c}); err != nil {
+					b.Fatal(err)
+				}
+				sent = c.BytesSent.Load()
+			}
+			b.ReportMetric(float64(sent), "wire-B")
+			b.ReportMetric(float64(z.Len()), "zstd-changed-B")
+			b.ReportMetric(float64(sent)/float64(z.Len()), "wire/zstd")
+		})
+	}
+}
+
+// BenchmarkSlowDeviceInFlight measures the delta side over a device whose
+// every (1 MiB) read takes 10 ms, at 1, 2, 4, 8 and 16 reads in flight, and
+// reports each throughput and the ratio of 8 in flight to 1 (goal: 4 or
+// more).
+func BenchmarkSlowDeviceInFlight(b *testing.B) {
+	const size = 32 << 20
+	sig := sign(b, nil, 64<<10, 1, Options{})
+	for b.Loop() {
+		rates := map[int]float64{}
+		for _, readers := range []int{1, 2, 4, 8, 16} {
+			sr, _ := format.NewSigReader(bytes.NewReader(sig))
+			dev := &slowReaderAt{r: zeroReaderAt{size}, delay: 10 * time.Millisecond}
+			start := time.Now()
+			if _, err := Delta(context.Background(), sr, dev, size, io.Discard, Options{Readers: readers}); err != nil {
+				b.Fatal(err)
+			}
+			rates[readers] = size / time.Since(start).Seconds() / (1 << 20)
+		}
+		for _, r := range []int{1, 2, 4, 8, 16} {
+			b.ReportMetric(rates[r], fmt.Sprintf("MiB/s@%d", r))
+		}
+		b.ReportMetric(rates[8]/rates[1], "x8/x1")
+	}
 }
