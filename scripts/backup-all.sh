@@ -54,6 +54,8 @@ Options:
                           DOSVOB_SUMMARY_FILE (the summary table)
       --ssh PROGRAM       ssh client to run (default: ssh)
       --provision-arg ARG pass ARG on to dosvob-provision (repeatable)
+      --dry-run           print what a run would create and its estimated
+                          cost (dosvob-provision --dry-run), then exit
   -h, --help              show this help
 
 Exit codes:
@@ -89,6 +91,7 @@ hook=""
 ssh_prog=ssh
 provision_args=()
 backup_dir=""
+dry_run=0
 
 usage_error() {
 	log "$1"
@@ -126,6 +129,7 @@ while [[ $# -gt 0 ]]; do
 	--hook) need_arg "$@"; hook=$2; shift 2 ;;
 	--ssh) need_arg "$@"; ssh_prog=$2; shift 2 ;;
 	--provision-arg) need_arg "$@"; provision_args+=("$2"); shift 2 ;;
+	--dry-run) dry_run=1; shift ;;
 	--) shift; break ;;
 	-*) usage_error "unknown option \"$1\"" ;;
 	*) break ;;
@@ -162,6 +166,16 @@ patch="$bin_dir/dosvob-patch"
 config_args=()
 if [[ -n "$config" ]]; then
 	config_args=(--config "$config")
+fi
+
+if [[ "$dry_run" -eq 1 ]]; then
+	log "dry run: what a run would create and cost; nothing is created, no image is touched"
+	rc=0
+	"$provision" "${config_args[@]}" --dry-run "${provision_args[@]}" </dev/null >&2 || rc=$?
+	if [[ "$rc" -ne 0 ]]; then
+		die "$EXIT_PROVISION" "dosvob-provision --dry-run failed (exit $rc)"
+	fi
+	exit "$EXIT_OK"
 fi
 
 mkdir -p -- "$backup_dir"

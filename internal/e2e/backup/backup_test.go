@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,18 @@ func TestBackupAndRestore(t *testing.T) {
 	t.Parallel()
 	// Volumes as backing files: the demo test below covers loop devices.
 	e := newEnv(t, false)
+
+	// A dry run plans and prices, and creates nothing.
+	dry := e.backup("--dry-run")
+	if dry.code != 0 || !strings.Contains(dry.stderr, "$") {
+		t.Fatalf("backup-all.sh --dry-run exited %d, want 0 and a cost estimate\nstderr:\n%s", dry.code, dry.stderr)
+	}
+	if diff := stateDiff(e.initial, e.emu.State()); diff != "" {
+		t.Fatalf("a dry run changed the account: %s", diff)
+	}
+	if _, err := os.Stat(e.backups); err == nil {
+		t.Errorf("a dry run made the backup directory")
+	}
 
 	p := newPings(t)
 	hook := filepath.Join(e.dir, "hook.out")
