@@ -185,6 +185,7 @@ func TestExitCodes(t *testing.T) {
 }
 
 func runWith(t *testing.T, stdin *os.File, stdout io.Writer, args ...string) int {
+	t.Helper()
 	var in io.Reader = strings.NewReader("")
 	if stdin != nil {
 		in = stdin

@@ -35,6 +35,7 @@ func (c cleanupM) Run() int {
 
 // buildBinary builds the real binary once per test process.
 func buildBinary(t *testing.T) string {
+	t.Helper()
 	if binPath != "" {
 		return binPath
 	}

@@ -127,6 +127,7 @@ func TestRealPipe(t *testing.T) {
 }
 
 func mustEqualFile(t *testing.T, name string, want []byte) {
+	t.Helper()
 	got, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)

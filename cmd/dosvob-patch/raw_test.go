@@ -16,6 +16,7 @@ import (
 // rawDelta is the delta that dosvob-hash --raw TARGET | dosvob-hash --delta
 // SRC produces: against a raw signature (no image id) of target.
 func rawDelta(t *testing.T, target, src []byte) []byte {
+	t.Helper()
 	const bs = 4096
 	seed := rand.Uint64()
 	base := format.Base{Size: uint64(len(target))}
@@ -114,6 +115,7 @@ func exists(name string) bool {
 // detaches it when the test ends. Without root or losetup it skips, except
 // under CI=true, where it fails.
 func loopDevice(t *testing.T, size int64) string {
+	t.Helper()
 	skip := func(why string) {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("loop device needed but %s (CI=true)", why)

@@ -118,6 +118,7 @@ func readDelta(b []byte) (DeltaHeader, []testRec, End, error) {
 }
 
 func smallDelta(t testing.TB) (DeltaHeader, []testRec, []byte) {
+	t.Helper()
 	hdr := DeltaHeader{Version: 1, BlockSize: 4096, DeviceSize: 5*4096 + 123, Seed: 42, Base: testBase}
 	blk := bytes.Repeat([]byte("dosvob"), 4096/6+1)[:4096]
 	recs := []testRec{

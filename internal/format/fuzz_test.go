@@ -17,6 +17,7 @@ var update = flag.Bool("update", false, "rewrite the streams in testdata/")
 // testdataStreams are the files in testdata/: name prefix "sig-" or
 // "delta-"; a name containing "-bad-" must be rejected, any other accepted.
 func testdataStreams(t testing.TB) map[string][]byte {
+	t.Helper()
 	if *update {
 		writeTestdata(t)
 	}
@@ -36,6 +37,7 @@ func testdataStreams(t testing.TB) map[string][]byte {
 }
 
 func writeTestdata(t testing.TB) {
+	t.Helper()
 	_, _, delta := smallDelta(t)
 	_, _, v2small := v2Delta(t)
 	sig := makeSig(t, SigHeader{BlockSize: 4096, Seed: 0x0123456789abcdef, Base: testBase}, []uint64{1, 2, 3, 4})
@@ -69,6 +71,7 @@ func writeTestdata(t testing.TB) {
 // an image of 5000 bytes (two 4 KiB blocks, the second short) that the
 // device changed in its first block and extended by a zero block.
 func exampleSig(t testing.TB) []byte {
+	t.Helper()
 	hdr := SigHeader{BlockSize: 4096, Seed: 0x1122334455667788,
 		Base: Base{ImageID: [16]byte{0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf}, Generation: 2, Size: 5000}}
 	img := make([]byte, 5000)
@@ -76,6 +79,7 @@ func exampleSig(t testing.TB) []byte {
 }
 
 func exampleDelta(t testing.TB) []byte {
+	t.Helper()
 	sig := exampleSig(t)
 	sh, _, err := readSig(sig)
 	if err != nil {

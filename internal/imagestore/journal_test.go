@@ -10,6 +10,7 @@ import (
 
 // writeTestJournal makes a journal with a few entries and returns its bytes.
 func writeTestJournal(t testing.TB) []byte {
+	t.Helper()
 	name := filepath.Join(t.TempDir(), "journal")
 	w, err := createJournal(newOSFS(), name, journalHeader{BlockSize: 4096, OldSize: 10000, NewSize: 20000, OldGen: 1, NewGen: 2})
 	if err != nil {

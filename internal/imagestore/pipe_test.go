@@ -28,6 +28,7 @@ type deltaStats struct {
 // makeDelta signs the content of img through its Store and returns the
 // delta stream that turns it into dev.
 func makeDelta(t testing.TB, img string, dev []byte, bs uint32) ([]byte, deltaStats) {
+	t.Helper()
 	s, err := Open(img, Options{Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("open for signing: %v", err)
@@ -44,6 +45,7 @@ var testStreamVersion uint16 = format.Version
 // reading otherwise) and computes the delta to dev. In version 2 it draws
 // a next seed and sends the next-seed hashes of unchanged blocks.
 func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, deltaStats) {
+	t.Helper()
 	r, size, err := s.Content()
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +138,7 @@ func xxhashSum(b []byte) uint64 {
 
 // patch applies delta to img in-process.
 func patch(t testing.TB, img string, delta []byte, opts PatchOptions) (*Result, error) {
+	t.Helper()
 	s, err := Open(img, Options{Writer: true, Logf: t.Logf})
 	if err != nil {
 		return nil, err
@@ -146,6 +149,7 @@ func patch(t testing.TB, img string, delta []byte, opts PatchOptions) (*Result, 
 
 // syncTo runs the whole pipe and fails the test unless img ends equal to dev.
 func syncTo(t testing.TB, img string, dev []byte, opts PatchOptions) *Result {
+	t.Helper()
 	d, _ := makeDelta(t, img, dev, testBS)
 	res, err := patch(t, img, d, opts)
 	if err != nil {
@@ -156,6 +160,7 @@ func syncTo(t testing.TB, img string, dev []byte, opts PatchOptions) *Result {
 }
 
 func mustEqual(t testing.TB, name string, want []byte) {
+	t.Helper()
 	got, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 // copyTree copies the regular files of src (a file or a directory tree) to
 // dst, replacing dst.
 func copyTree(t testing.TB, src, dst string) {
+	t.Helper()
 	os.RemoveAll(dst)
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
