@@ -394,6 +394,20 @@ sync_volume() {
 	printf '%s\t%s\t-\t-\t-\t%s\trunning\n' "$region/$name" "$size" "$img" >"$d/result"
 	log "[$region/$name] syncing into $img"
 
+	# The stages' messages go to files (their summary lines are read
+	# below) and are logged as they come, each line prefixed: tail follows
+	# the files until the keeper process ends after the pipe.
+	: >"$d/hash.err"
+	: >"$d/ssh.err"
+	: >"$d/patch.err"
+	sleep 2147483647 &
+	local keeper=$! follower
+	tail -q -n +1 -s 0.2 -F --pid="$keeper" "$d/hash.err" "$d/ssh.err" "$d/patch.err" 2>/dev/null |
+		while IFS= read -r line; do
+			log "[$region/$name] $line"
+		done &
+	follower=$!
+
 	local st
 	set +e
 	"$hash" "$img" 2>"$d/hash.err" |
@@ -402,15 +416,11 @@ sync_volume() {
 		"$patch" --keep "$keep" --volume-name "$name" --volume-id "$id" \
 			--snapshot-time "$snap" "$img" 2>"$d/patch.err"
 	st=("${PIPESTATUS[@]}")
+	kill "$keeper" 2>/dev/null
+	wait "$keeper" 2>/dev/null
+	wait "$follower"
 	set -e
 	t1=$(date +%s)
-
-	local f line
-	for f in hash ssh patch; do
-		while IFS= read -r line; do
-			log "[$region/$name] $line"
-		done <"$d/$f.err"
-	done
 
 	local result="ok"
 	if [[ "${st[0]}" -ne 0 || "${st[1]}" -ne 0 || "${st[2]}" -ne 0 ]]; then
