@@ -207,3 +207,37 @@ func TestInterrupt(t *testing.T) {
 		t.Fatal("journal left after an in-process rollback")
 	}
 }
+
+// TestVersion1Delta: dosvob-patch still applies version 1 deltas (from a
+// dosvob-hash of the previous stream version), and a version 2 run after
+// them starts a fresh hash cache again.
+func TestVersion1Delta(t *testing.T) {
+	bin := buildBinary(t)
+	r := rand.New(rand.NewPCG(5, 55))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	defer func(v uint16) { deltaVersion = v }(deltaVersion)
+	dev := device(r, 120*1024+7)
+	for i, v := range []uint16{1, 1, 2, 2, 1, 2} {
+		deltaVersion = v
+		dev = mutate(r, dev, 5)
+		d, err := makeDelta(img, dev, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, img)
+		cmd.Stdin = bytes.NewReader(d)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("run %d (version %d): %v\n%s", i, v, err, out)
+		}
+		mustEqualFile(t, img, dev)
+		s, err := imagestore.Open(img, imagestore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, why := s.HashCache()
+		s.Close()
+		if (c != nil) != (v == 2) {
+			t.Fatalf("run %d (version %d): hash cache offered %v (%s)", i, v, c != nil, why)
+		}
+	}
+}

@@ -119,9 +119,14 @@ func cmdCutfile(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.Truncate(ts.MkAbs(args[0]), n))
 }
 
+// deltaVersion is the stream version makeDelta plays (dosvob-hash writes
+// version 2; dosvob-patch still takes version 1).
+var deltaVersion uint16 = format.Version
+
 // makeDelta plays dosvob-hash IMAGE and dosvob-hash --delta: it signs the
 // image's current content through its store (recording the signing run as
-// dosvob-hash does) and returns the delta stream that turns it into dev.
+// dosvob-hash does, from the store's hash cache when it offers one) and
+// returns the delta stream that turns it into dev.
 func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 	s, err := imagestore.Open(img, imagestore.Options{})
 	if err != nil {
@@ -132,27 +137,41 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A version 1 signature and delta: dosvob-patch still takes them.
-	seed := rand.Uint64()
+	seed, next := rand.Uint64(), uint64(0)
+	if deltaVersion >= 2 {
+		next = rand.Uint64()
+	}
+	n := format.BlockCount(uint64(size), bs)
+	old := make([]uint64, n)
+	if c, _ := s.HashCache(); deltaVersion >= 2 && c != nil && c.BlockSize == bs {
+		seed = c.Seed
+		for i := range n {
+			if old[i], err = c.Next(); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		buf := make([]byte, bs)
+		for i := range n {
+			l := format.BlockLen(uint64(size), bs, i)
+			if _, err := r.ReadAt(buf[:l], int64(i)*int64(bs)); err != nil {
+				return nil, err
+			}
+			old[i] = format.HashBlock(seed, buf[:l])
+		}
+	}
 	base := s.Base()
-	g, err := s.BeginSigning(format.SigHeader{Version: 1, BlockSize: bs, Seed: seed, Base: base})
+	sh := format.SigHeader{Version: deltaVersion, BlockSize: bs, Seed: seed, NextSeed: next, Base: base}
+	g, err := s.BeginSigning(sh)
 	if err != nil {
 		return nil, err
 	}
 	var sig bytes.Buffer
-	sw, err := format.NewSigWriter(&sig, format.SigHeader{Version: 1, BlockSize: bs, Seed: seed, Base: base})
+	sw, err := format.NewSigWriter(&sig, sh)
 	if err != nil {
 		return nil, err
 	}
-	n := format.BlockCount(uint64(size), bs)
-	old := make([]uint64, n)
-	buf := make([]byte, bs)
 	for i := range n {
-		l := format.BlockLen(uint64(size), bs, i)
-		if _, err := r.ReadAt(buf[:l], int64(i)*int64(bs)); err != nil {
-			return nil, err
-		}
-		old[i] = format.HashBlock(seed, buf[:l])
 		sw.Add(old[i])
 		g.Add(old[i])
 	}
@@ -160,17 +179,21 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 		return nil, err
 	}
 	var out bytes.Buffer
-	h := format.DeltaHeader{BlockSize: bs, DeviceSize: uint64(len(dev)), Seed: seed, Base: base}
+	h := format.DeltaHeader{Version: deltaVersion, BlockSize: bs, DeviceSize: uint64(len(dev)), Seed: seed, NextSeed: next, Base: base}
 	dw, err := format.NewDeltaWriter(&out, h, format.DeltaOptions{})
 	if err != nil {
 		return nil, err
 	}
-	bd := format.NewBlockDigester()
+	bd, nd := format.NewBlockDigester(), format.NewBlockDigester()
 	for i := range h.Blocks() {
 		b := dev[int(i)*int(bs) : int(i)*int(bs)+h.BlockLen(i)]
-		hh := format.HashBlock(seed, b)
+		hh, nh := format.HashBlock(seed, b), format.HashBlock(next, b)
 		bd.Add(hh)
+		nd.Add(nh)
 		if i < n && old[i] == hh {
+			if err := dw.Unchanged(i, nh); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		if bytes.Count(b, []byte{0}) == len(b) {
@@ -179,7 +202,7 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 			dw.Data(i, b)
 		}
 	}
-	_, err = dw.Close(format.End{SigDigest: sw.Digest(), BlockDigest: bd.Sum64(), DeviceDigest: format.HashBlock(0, dev)})
+	_, err = dw.Close(format.End{SigDigest: sw.Digest(), BlockDigest: bd.Sum64(), DeviceDigest: format.HashBlock(0, dev), NextDigest: nd.Sum64()})
 	return out.Bytes(), err
 }
 
