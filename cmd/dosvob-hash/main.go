@@ -312,12 +312,12 @@ func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdo
 // signRaw writes the signature stream of the device (or file) at path as it
 // is: base "no image" with the device's size, and no state recorded.
 func signRaw(ctx context.Context, path string, blockSize uint32, stdout io.Writer, o output, opts blocksync.Options) error {
-	f, err := os.Open(path)
+	f, err := blocksync.OpenSource(path)
 	if err != nil {
 		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
 	}
 	defer f.Close()
-	size, err := blocksync.Size(f)
+	size, err := blocksync.Size(f.File())
 	if err != nil {
 		return err
 	}
@@ -365,12 +365,12 @@ func randomSeed() (uint64, error) {
 // deltaRun writes the delta stream of the device at path against the
 // signature on stdin.
 func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
-	f, err := os.Open(path)
+	f, err := blocksync.OpenSource(path)
 	if err != nil {
 		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
 	}
 	defer f.Close()
-	size, err := blocksync.Size(f)
+	size, err := blocksync.Size(f.File())
 	if err != nil {
 		return err
 	}
@@ -388,8 +388,12 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 		return deviceErr(err, path)
 	}
 	c := opts.Counters
-	o.summary("delta of %s: %d blocks scanned, %d changed, %d zero, %s read, %s sent in %s (%s/s)", path,
-		end.Blocks, end.DataRecords, end.ZeroRecords, sizeString(c.BytesRead.Load()), sizeString(c.BytesSent.Load()),
+	how := ""
+	if f.Direct.Load() > 0 {
+		how = " (O_DIRECT)"
+	}
+	o.summary("delta of %s: %d blocks scanned, %d changed, %d zero, %s read%s, %s sent in %s (%s/s)", path,
+		end.Blocks, end.DataRecords, end.ZeroRecords, sizeString(c.BytesRead.Load()), how, sizeString(c.BytesSent.Load()),
 		seconds(el), rate(c.BytesRead.Load(), el))
 	return nil
 }

@@ -77,7 +77,7 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 
 	free := make(chan *chunk, depth)
 	for range depth {
-		c := &chunk{buf: make([]byte, chunkSize), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
+		c := &chunk{buf: alignedBuf(int(chunkSize)), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
 		if seeds.two {
 			c.nexts = make([]uint64, per)
 		}

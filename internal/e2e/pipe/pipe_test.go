@@ -337,6 +337,10 @@ func testPipe(t *testing.T, mk func([]byte) target) {
 		if !strings.Contains(r.stderr[0], "from the hash cache, image not read, 0 B read") {
 			t.Errorf("no change: the image was read to sign it: %s", r.stderr[0])
 		}
+		// A block device is read with O_DIRECT, a file through the cache.
+		if _, isLoop := dev.(loopTarget); isLoop != strings.Contains(r.stderr[1], "(O_DIRECT)") {
+			t.Errorf("no change: O_DIRECT use does not fit the device kind: %s", r.stderr[1])
+		}
 	})
 
 	// Scattered 4 KiB writes: one data record per touched block.
