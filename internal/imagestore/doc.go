@@ -5,7 +5,9 @@
 // manifest (what the image is a backup of, its digests, its kept versions),
 // the locks, the undo journal of a run in progress, the partial image of an
 // unfinished first backup, the record of the latest signing run and the
-// per-block hashes of the image. docs/MANIFEST.md describes the layout and
+// per-block hashes of the image (the hash cache: with a version 2 delta,
+// dosvob-patch keeps the device's hashes under the signature's next seed,
+// so that the next dosvob-hash signs without reading the image). docs/MANIFEST.md describes the layout and
 // docs/CRASH-SAFETY.md the argument why a run that stops at any point leaves
 // the image exactly the previous backup or exactly the new one.
 //
@@ -14,8 +16,9 @@
 //	// dosvob-hash IMAGE
 //	s, err := imagestore.Open(path, imagestore.Options{Logf: logf}) // recovers first
 //	r, size, err := s.Content()         // the image, or the partial image
-//	g, err := s.BeginSigning(seed, bs)  // before the signature header
-//	g.Add(hash) ...                     // per block
+//	cache, why := s.HashCache()         // per-block hashes to sign from, or nil and why not
+//	g, err := s.BeginSigning(hdr)       // before the signature header (seed, next seed)
+//	g.Add(hash) ...                     // per block, from the cache or from reading r
 //	g.Finish(sigWriter.Digest())        // before the signature trailer
 //
 //	// dosvob-patch IMAGE
