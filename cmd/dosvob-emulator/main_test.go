@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -43,7 +45,7 @@ func TestScripts(t *testing.T) {
 				if _, err := exec.LookPath("losetup"); err != nil {
 					ok = false
 				}
-				if !ok && os.Getenv("CI") == "true" {
+				if !ok && testenv.InCI() {
 					return false, fmt.Errorf("CI=true but root, /usr/sbin/sshd or losetup is missing")
 				}
 				return ok, nil

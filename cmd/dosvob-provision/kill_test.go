@@ -17,24 +17,14 @@ import (
 
 	"github.com/dosvob/dosvob/internal/cloud"
 	"github.com/dosvob/dosvob/internal/doemu"
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 const killToken = "dop_v1_killtest-4e8a0c6d2b19"
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "emulated droplets with sshd need root"
-	} else if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
-		why = "sshd not installed (apt-get install openssh-server)"
-	}
-	if why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %s", why)
-		}
-		t.Skip(why)
-	}
+	testenv.RequireSSHD(t)
 }
 
 // buildBinaries builds the four binaries, static, into one directory (so

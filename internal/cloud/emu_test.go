@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dosvob/dosvob/internal/doemu"
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // testToken is the emulator's token. Every test's captured output is
@@ -24,18 +24,7 @@ const testToken = "dop_v1_cloudtest-6f1d2a9be0c34f7d"
 // emulator's real sshd droplets.
 func needRootSSHD(t *testing.T) {
 	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "emulated droplets with sshd need root"
-	} else if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
-		why = "sshd not installed (apt-get install openssh-server)"
-	}
-	if why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %s", why)
-		}
-		t.Skip(why)
-	}
+	testenv.RequireSSHD(t)
 }
 
 // logBuf collects log lines of a test (thread-safe) so they can be
@@ -216,14 +205,10 @@ func userAccount(fra, ams int) *doemu.Account {
 	return a
 }
 
-// sshAvailable reports whether the real OpenSSH client is installed.
+// sshClient returns the path of the real OpenSSH client.
 func sshClient(t *testing.T) string {
-	p, err := exec.LookPath("ssh")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true: ssh client not installed")
-		}
-		t.Skip("ssh client not installed")
-	}
+	t.Helper()
+	testenv.RequireCommand(t, "ssh")
+	p, _ := testenv.LookPath("ssh")
 	return p
 }

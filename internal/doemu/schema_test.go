@@ -3,7 +3,6 @@ package doemu
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -18,32 +17,16 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // specPath finds DigitalOcean's OpenAPI description: ../shared/do-openapi.yaml
 // next to the module root. Without it the test skips, or fails when CI=true.
 func specPath(t *testing.T) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-	p := filepath.Join(filepath.Dir(dir), "shared", "do-openapi.yaml")
+	p := filepath.Join(filepath.Dir(testenv.RepoRoot(t)), "shared", "do-openapi.yaml")
 	if _, err := os.Stat(p); err != nil {
-		msg := fmt.Sprintf("DigitalOcean's OpenAPI description is not at %s", p)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true: not skipping)")
-		}
-		t.Skip(msg)
+		testenv.SkipOrFail(t, "DigitalOcean's OpenAPI description is not at %s", p)
 	}
 	return p
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // needSSHD skips (or, under CI=true, fails) when a real sshd cannot run.
@@ -25,19 +27,10 @@ func needSSHD(t *testing.T) string {
 			}
 		}
 	}
-	why := ""
-	switch {
-	case err != nil:
-		why = "sshd not installed (apt-get install openssh-server)"
-	case os.Geteuid() != 0:
-		why = "sshd tests need root"
+	if err != nil {
+		testenv.SkipOrFail(t, "sshd not installed (apt-get install openssh-server)")
 	}
-	if why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %s", why)
-		}
-		t.Skip(why)
-	}
+	testenv.RequireRoot(t, "sshd tests")
 	return sshd
 }
 

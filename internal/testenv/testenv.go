@@ -90,3 +90,23 @@ func LoopDevice(t testing.TB, path string) string {
 	})
 	return dev
 }
+
+// RepoRoot returns the directory of the module's go.mod, found by walking up
+// from the test's working directory (its package directory).
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // TestDemo runs scripts/demo.sh, the README's first command, as a newcomer
@@ -16,14 +18,7 @@ import (
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	requireEnv(t)
-	for _, tool := range []string{"debugfs", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not found and CI=true", tool)
-			}
-			t.Skipf("%s not found: the demo needs it", tool)
-		}
-	}
+	testenv.RequireCommand(t, "debugfs", "curl")
 	bin := binDir(t)
 	work := filepath.Join(t.TempDir(), "demo")
 	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "demo.sh"), "--workdir", work)

@@ -10,19 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
-// repoRoot is the module root, three levels above this package.
-func repoRoot(t *testing.T) string {
-	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		t.Fatalf("module root not found at %s: %v", root, err)
-	}
-	return root
-}
+func repoRoot(t *testing.T) string { return testenv.RepoRoot(t) }
 
 // need skips the test when tool is missing, but fails it when CI=true:
 // CI installs every tool these tests use.
@@ -31,10 +23,7 @@ func need(t *testing.T, tool string) string {
 	if err == nil {
 		return p
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found and CI=true: install it (Debian package %s)", tool, debPackage[tool])
-	}
-	t.Skipf("%s not found: install it (Debian package %s) to run this test", tool, debPackage[tool])
+	testenv.SkipOrFail(t, "%s not found: install it (Debian package %s) to run this test", tool, debPackage[tool])
 	return ""
 }
 
