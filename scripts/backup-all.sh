@@ -219,19 +219,6 @@ ping() {
 	fi
 }
 
-# run_group VAR CMD...: start CMD in its own process group (so a terminal's
-# Ctrl-C reaches this script only, which then stops it in order) and store
-# its pid in VAR.
-run_group() {
-	local -n pid_ref=$1
-	shift
-	set -m
-	"$@" 9>&- &
-	# shellcheck disable=SC2034 # a nameref: sets the caller's variable
-	pid_ref=$!
-	set +m
-}
-
 do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	torn_down=1

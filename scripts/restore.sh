@@ -189,16 +189,6 @@ teardown_failed=0
 interrupted=0
 child_pid=""
 
-run_group() {
-	local -n pid_ref=$1
-	shift
-	set -m
-	"$@" 9>&- &
-	# shellcheck disable=SC2034 # a nameref: sets the caller's variable
-	pid_ref=$!
-	set +m
-}
-
 do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	torn_down=1

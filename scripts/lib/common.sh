@@ -126,6 +126,19 @@ remote_cmd() {
 	printf '%s\n' "${out% }"
 }
 
+# run_group VAR CMD...: start CMD in its own process group (so a terminal's
+# Ctrl-C reaches the calling script only, which then stops it in order) and
+# store its pid in VAR. CMD does not inherit fd 9, the lock.
+run_group() {
+	local -n pid_ref=$1
+	shift
+	set -m
+	"$@" 9>&- &
+	# shellcheck disable=SC2034 # a nameref: sets the caller's variable
+	pid_ref=$!
+	set +m
+}
+
 # stop_group PID: send SIGTERM to the process group led by PID (a job
 # started with `set -m`), if it still exists.
 stop_group() {
