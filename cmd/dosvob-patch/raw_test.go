@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/dosvob/dosvob/internal/format"
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // rawDelta is the delta that dosvob-hash --raw TARGET | dosvob-hash --delta
@@ -116,18 +117,6 @@ func exists(name string) bool {
 // under CI=true, where it fails.
 func loopDevice(t *testing.T, size int64) string {
 	t.Helper()
-	skip := func(why string) {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("loop device needed but %s (CI=true)", why)
-		}
-		t.Skipf("skipping: %s", why)
-	}
-	if os.Geteuid() != 0 {
-		skip("not root")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		skip("no losetup")
-	}
 	file := filepath.Join(t.TempDir(), "loop.img")
 	if err := os.Truncate(file, size); err != nil {
 		f, err := os.Create(file)
@@ -139,11 +128,5 @@ func loopDevice(t *testing.T, size int64) string {
 			t.Fatal(err)
 		}
 	}
-	out, err := exec.Command("losetup", "--find", "--show", file).Output()
-	if err != nil {
-		skip("losetup failed: " + err.Error())
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
-	return dev
+	return testenv.LoopDevice(t, file)
 }

@@ -5,46 +5,22 @@ import (
 	"context"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/dosvob/dosvob/internal/format"
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // loopDevice attaches a loop device over a file holding b. Without root or
 // losetup the test is skipped, but with CI=true it fails.
 func loopDevice(t *testing.T, b []byte) string {
 	t.Helper()
-	need := func(format string, args ...any) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true, but "+format, args...)
-		}
-		t.Skipf(format, args...)
-	}
-	if os.Geteuid() != 0 {
-		need("loop devices need root")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		need("losetup not found: %v", err)
-	}
 	backing := filepath.Join(t.TempDir(), "backing")
 	if err := os.WriteFile(backing, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-	if err != nil {
-		need("losetup --find --show: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v\n%s", dev, err, out)
-		}
-	})
-	return dev
+	return testenv.LoopDevice(t, backing)
 }
 
 // TestDirectSource: a block device is read with O_DIRECT, and the delta

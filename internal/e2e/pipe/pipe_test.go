@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/dosvob/dosvob/internal/format"
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 var bin string // directory with the built binaries
@@ -248,40 +249,14 @@ func (l loopTarget) Resize(t *testing.T, size int64) {
 	}
 }
 
-// skipOrFail skips a test that needs something the machine lacks, but
-// fails it when CI=true: CI must run every test.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true, but "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // newLoop attaches a loop device to a new backing file holding b.
 func newLoop(t *testing.T, b []byte) loopTarget {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "loop devices need root")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		skipOrFail(t, "losetup not found: %v", err)
-	}
 	backing := filepath.Join(t.TempDir(), "backing")
 	if err := os.WriteFile(backing, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-	if err != nil {
-		skipOrFail(t, "losetup --find --show: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v\n%s", dev, err, out)
-		}
-	})
-	return loopTarget{dev: dev, backing: backing}
+	return loopTarget{dev: testenv.LoopDevice(t, backing), backing: backing}
 }
 
 func newFile(t *testing.T, b []byte) fileTarget {

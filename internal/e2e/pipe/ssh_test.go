@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // sshd is a private OpenSSH server on 127.0.0.1 that accepts one key.
@@ -21,21 +23,8 @@ type sshd struct {
 // and authorized key, pinned on the client side; it stops with the test.
 func startSSHD(t *testing.T) sshd {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "a private sshd needs root")
-	}
-	daemon, err := exec.LookPath("sshd")
-	if err != nil {
-		daemon = "/usr/sbin/sshd"
-		if _, err := os.Stat(daemon); err != nil {
-			skipOrFail(t, "sshd not found (install openssh-server)")
-		}
-	}
-	for _, tool := range []string{"ssh", "ssh-keygen"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(t, "%s not found (install openssh-client)", tool)
-		}
-	}
+	testenv.RequireSSHD(t)
+	daemon, _ := testenv.LookPath("sshd")
 	dir := t.TempDir()
 	for _, k := range []string{"host_key", "client_key"} {
 		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
