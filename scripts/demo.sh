@@ -141,13 +141,17 @@ if [[ -n "${DOSVOB_BIN:-}" ]]; then
 	bin=$DOSVOB_BIN
 	note "using the binaries in $bin (DOSVOB_BIN)"
 else
+	if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+		# sudo resets PATH; Go's own installer puts it here.
+		PATH=$PATH:/usr/local/go/bin
+	fi
 	if ! command -v go >/dev/null 2>&1; then
 		die 1 "go not found: the demo builds dosvob from this checkout" \
 			"install Go (https://go.dev/dl/), or set DOSVOB_BIN to a directory with the dosvob binaries"
 	fi
 	bin="$work/bin"
-	note "CGO_ENABLED=0 go build -o $bin ./cmd/...   (static: dosvob-provision uploads dosvob-hash to the droplets)"
-	(cd "$repo" && CGO_ENABLED=0 go build -o "$bin" ./cmd/...)
+	note "CGO_ENABLED=0 go build -o $bin/ ./cmd/...   (static: dosvob-provision uploads dosvob-hash to the droplets)"
+	(cd "$repo" && CGO_ENABLED=0 go build -o "$bin/" ./cmd/...)
 fi
 check_bins "$bin" dosvob-emulator dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
 export PATH="$bin:$PATH"

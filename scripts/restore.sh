@@ -150,7 +150,7 @@ need_cmd flock util-linux
 need_cmd sha256sum coreutils
 need_cmd "$ssh_prog" openssh-client
 if [[ -z "$bin_dir" ]] && ! bin_dir=$(find_bin_dir "$script_dir"); then
-	die "$EXIT_FAILED" "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin ./cmd/... (or pass --bin DIR)"
+	die "$EXIT_FAILED" "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
 fi
 check_bins "$bin_dir" dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
 provision="$bin_dir/dosvob-provision"

@@ -41,7 +41,7 @@ need_cmd() {
 
 # find_bin_dir SCRIPT_DIR: print the directory that holds the dosvob
 # binaries. $DOSVOB_BIN wins; then SCRIPT_DIR/../bin (where
-# `go build -o bin ./cmd/...` puts them in a checkout); then the directory of
+# `go build -o bin/ ./cmd/...` puts them in a checkout); then the directory of
 # dosvob-provision on PATH.
 find_bin_dir() {
 	local script_dir=$1 p
@@ -66,7 +66,7 @@ check_bins() {
 	shift
 	for b in "$@"; do
 		if [[ ! -x "$dir/$b" ]]; then
-			die 1 "$b not found in $dir" "build them: CGO_ENABLED=0 go build -o bin ./cmd/... (or pass --bin DIR)"
+			die 1 "$b not found in $dir" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
 		fi
 	done
 }
