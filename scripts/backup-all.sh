@@ -18,8 +18,9 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$script_dir/lib/common.sh"
 
-# Exit codes of this script (documented in --help and docs/OPERATIONS.md).
-readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_LOCKED=6 EXIT_PROVISION=7 \
+# Exit codes of this script (documented in --help and docs/OPERATIONS.md);
+# usage errors exit 2 through usage_error in lib/common.sh.
+readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_LOCKED=6 EXIT_PROVISION=7 \
 	EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
 
 usage() {
@@ -92,18 +93,6 @@ ssh_prog=ssh
 provision_args=()
 backup_dir=""
 dry_run=0
-
-usage_error() {
-	log "$1"
-	log "hint: see backup-all.sh --help"
-	exit "$EXIT_USAGE"
-}
-
-need_arg() {
-	if [[ $# -lt 2 || -z "$2" ]]; then
-		usage_error "option $1 needs a value"
-	fi
-}
 
 while [[ $# -gt 0 ]]; do
 	case "$1" in

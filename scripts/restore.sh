@@ -18,7 +18,7 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$script_dir/lib/common.sh"
 
-readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_REFUSED=4 EXIT_LOCKED=6 \
+readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_REFUSED=4 EXIT_LOCKED=6 \
 	EXIT_PROVISION=7 EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
 
 usage() {
@@ -89,18 +89,6 @@ bin_dir=""
 lock_file=""
 ssh_prog=ssh
 sha_check=1
-
-usage_error() {
-	log "$1"
-	log "hint: see restore.sh --help"
-	exit "$EXIT_USAGE"
-}
-
-need_arg() {
-	if [[ $# -lt 2 || -z "$2" ]]; then
-		usage_error "option $1 needs a value"
-	fi
-}
 
 while [[ $# -gt 0 ]]; do
 	case "$1" in

@@ -30,6 +30,20 @@ die() {
 	exit "$code"
 }
 
+# usage_error MESSAGE: a bad option or argument: exit 2 (every dosvob
+# command's usage code) with a hint to read the script's --help.
+usage_error() {
+	die 2 "$1" "see $DOSVOB_PROG.sh --help"
+}
+
+# need_arg OPTION [VALUE...]: in an option loop, called with "$@": fail
+# unless OPTION is followed by a non-empty value.
+need_arg() {
+	if [[ $# -lt 2 || -z "$2" ]]; then
+		usage_error "option $1 needs a value"
+	fi
+}
+
 # need_cmd CMD PACKAGE: fail with exit 1 and an install hint when CMD is
 # not on PATH.
 need_cmd() {
