@@ -62,14 +62,6 @@ func (e *Emulator) dropletJSON(d *droplet) map[string]any {
 			"type":       "public",
 		})
 	}
-	tags := slices.Clone(d.Tags)
-	if tags == nil {
-		tags = []string{}
-	}
-	vols := slices.Clone(d.VolumeIDs)
-	if vols == nil {
-		vols = []string{}
-	}
 	return map[string]any{
 		"id":                 d.ID,
 		"name":               d.Name,
@@ -85,12 +77,12 @@ func (e *Emulator) dropletJSON(d *droplet) map[string]any {
 		"next_backup_window": backupWindow(d.CreatedAt),
 		"snapshot_ids":       []int{},
 		"image":              imageObj,
-		"volume_ids":         vols,
+		"volume_ids":         jsonList(d.VolumeIDs),
 		"size":               sizeObj,
 		"size_slug":          d.Size,
 		"networks":           map[string]any{"v4": v4, "v6": []any{}},
 		"region":             e.regionJSON(d.Region),
-		"tags":               tags,
+		"tags":               jsonList(d.Tags),
 		"vpc_uuid":           "",
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"time"
 )
@@ -17,10 +16,6 @@ type snapshot struct {
 }
 
 func snapshotJSON(s *snapshot) map[string]any {
-	tags := slices.Clone(s.Tags)
-	if tags == nil {
-		tags = []string{}
-	}
 	return map[string]any{
 		"id":             s.ID,
 		"name":           s.Name,
@@ -30,7 +25,7 @@ func snapshotJSON(s *snapshot) map[string]any {
 		"size_gigabytes": s.SizeGigabytes,
 		"resource_id":    s.ResourceID,
 		"resource_type":  s.ResourceType,
-		"tags":           tags,
+		"tags":           jsonList(s.Tags),
 	}
 }
 

@@ -173,3 +173,12 @@ func (e *Emulator) Calls() []Call {
 	defer e.mu.Unlock()
 	return slices.Clone(e.calls)
 }
+
+// jsonList copies s for a response body, as an empty array rather than
+// null when it is empty: DigitalOcean's schema requires arrays there.
+func jsonList[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return slices.Clone(s)
+}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"time"
 )
@@ -24,25 +23,17 @@ const (
 )
 
 func (e *Emulator) volumeJSON(v *volume) map[string]any {
-	ids := slices.Clone(v.DropletIDs)
-	if ids == nil {
-		ids = []int{}
-	}
-	tags := slices.Clone(v.Tags)
-	if tags == nil {
-		tags = []string{}
-	}
 	return map[string]any{
 		"id":               v.ID,
 		"region":           e.regionJSON(v.Region),
-		"droplet_ids":      ids,
+		"droplet_ids":      jsonList(v.DropletIDs),
 		"name":             v.Name,
 		"description":      v.Description,
 		"size_gigabytes":   v.SizeGigabytes,
 		"created_at":       timeJSON(v.CreatedAt),
 		"filesystem_type":  v.FilesystemType,
 		"filesystem_label": v.FilesystemLabel,
-		"tags":             tags,
+		"tags":             jsonList(v.Tags),
 	}
 }
 
