@@ -100,6 +100,13 @@ func runPipeVia(t *testing.T, img string, c2 *exec.Cmd) result {
 	t.Helper()
 	c1 := exec.Command(filepath.Join(bin, "dosvob-hash"), img)
 	c3 := exec.Command(filepath.Join(bin, "dosvob-patch"), img)
+	return runStages(t, c1, c2, c3)
+}
+
+// runStages runs c1 | c2 | c3 with real pipes and returns their exit codes
+// and stderr, and the stream between c2 and c3 (the delta).
+func runStages(t *testing.T, c1, c2, c3 *exec.Cmd) result {
+	t.Helper()
 	var res result
 	var errs [3]bytes.Buffer
 	c1.Stderr, c2.Stderr, c3.Stderr = &errs[0], &errs[1], &errs[2]

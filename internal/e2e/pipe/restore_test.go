@@ -2,7 +2,6 @@ package pipe
 
 import (
 	"bytes"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -21,37 +20,7 @@ func runRestore(t *testing.T, img, dev string) result {
 	c1 := exec.Command(filepath.Join(bin, "dosvob-hash"), "--raw", dev)
 	c2 := exec.Command(filepath.Join(bin, "dosvob-hash"), "--delta", img)
 	c3 := exec.Command(filepath.Join(bin, "dosvob-patch"), "--raw", dev)
-	var errs [3]bytes.Buffer
-	c1.Stderr, c2.Stderr, c3.Stderr = &errs[0], &errs[1], &errs[2]
-	r1, w1, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2, w2, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var delta bytes.Buffer
-	c1.Stdout, c2.Stdin = w1, r1
-	c2.Stdout, c3.Stdin = io.MultiWriter(w2, &delta), r2
-	for _, c := range []*exec.Cmd{c1, c2, c3} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r1.Close()
-	w1.Close()
-	r2.Close()
-	var res result
-	res.codes[0] = exitCode(c1.Wait())
-	res.codes[1] = exitCode(c2.Wait())
-	w2.Close()
-	res.codes[2] = exitCode(c3.Wait())
-	for i := range errs {
-		res.stderr[i] = strings.TrimSpace(errs[i].String())
-	}
-	res.delta = delta.Bytes()
-	return res
+	return runStages(t, c1, c2, c3)
 }
 
 // TestRestoreOntoLoop restores a backup image onto a real loop block device
