@@ -2,7 +2,6 @@ package imagestore
 
 import (
 	"bytes"
-	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -23,14 +22,9 @@ func BenchmarkPatchFirst(b *testing.B) {
 		os.RemoveAll(StateDir(img))
 		d, _ := makeDelta(b, img, dev, 1<<20)
 		b.StartTimer()
-		s, err := Open(img, Options{Writer: true})
-		if err != nil {
+		if _, err := patch(b, img, d, PatchOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := s.Patch(context.Background(), bytes.NewReader(d), PatchOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		s.Close()
 	}
 }
 
@@ -51,14 +45,9 @@ func BenchmarkPatchIncremental(b *testing.B) {
 		dev = mutate(r, dev, len(dev)/4096/100)
 		d, _ := makeDelta(b, img, dev, 64<<10)
 		b.StartTimer()
-		s, err := Open(img, Options{Writer: true})
-		if err != nil {
+		if _, err := patch(b, img, d, PatchOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := s.Patch(context.Background(), bytes.NewReader(d), PatchOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		s.Close()
 	}
 }
 
@@ -79,14 +68,9 @@ func BenchmarkPatchIncremental4K(b *testing.B) {
 		dev = mutate(r, dev, len(dev)/4096/100)
 		d, _ := makeDelta(b, img, dev, testBS)
 		b.StartTimer()
-		s, err := Open(img, Options{Writer: true})
-		if err != nil {
+		if _, err := patch(b, img, d, PatchOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := s.Patch(context.Background(), bytes.NewReader(d), PatchOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		s.Close()
 	}
 }
 
@@ -111,13 +95,8 @@ func BenchmarkPatchZeros(b *testing.B) {
 		syncTo(b, img, full, PatchOptions{})
 		d, _ := makeDelta(b, img, zeroed, testBS)
 		b.StartTimer()
-		s, err := Open(img, Options{Writer: true})
-		if err != nil {
+		if _, err := patch(b, img, d, PatchOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := s.Patch(context.Background(), bytes.NewReader(d), PatchOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		s.Close()
 	}
 }
