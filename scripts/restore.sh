@@ -137,14 +137,7 @@ need_cmd jq jq
 need_cmd flock util-linux
 need_cmd sha256sum coreutils
 need_cmd "$ssh_prog" openssh-client
-if [[ -z "$bin_dir" ]] && ! bin_dir=$(find_bin_dir "$script_dir"); then
-	die "$EXIT_FAILED" "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
-fi
-check_bins "$bin_dir" dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
-provision="$bin_dir/dosvob-provision"
-teardown="$bin_dir/dosvob-teardown"
-hash="$bin_dir/dosvob-hash"
-patch="$bin_dir/dosvob-patch"
+use_bins "$script_dir"
 config_args=()
 if [[ -n "$config" ]]; then
 	config_args=(--config "$config")

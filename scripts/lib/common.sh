@@ -53,6 +53,19 @@ need_cmd() {
 	fi
 }
 
+# use_bins SCRIPT_DIR: settle bin_dir (kept if --bin set it, else
+# find_bin_dir), check the four binaries there, and set provision, teardown,
+# hash and patch to their paths.
+use_bins() {
+	if [[ -z "${bin_dir:-}" ]] && ! bin_dir=$(find_bin_dir "$1"); then
+		die 1 "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
+	fi
+	check_bins "$bin_dir" dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
+	# shellcheck disable=SC2034 # used by the sourcing script
+	provision="$bin_dir/dosvob-provision" teardown="$bin_dir/dosvob-teardown" \
+		hash="$bin_dir/dosvob-hash" patch="$bin_dir/dosvob-patch"
+}
+
 # find_bin_dir SCRIPT_DIR: print the directory that holds the dosvob
 # binaries. $DOSVOB_BIN wins; then SCRIPT_DIR/../bin (where
 # `go build -o bin/ ./cmd/...` puts them in a checkout); then the directory of
