@@ -176,7 +176,11 @@ func WaitReady(ctx context.Context, t Target, timeout time.Duration, logf func(s
 			}
 			c.Close()
 		}
-		last = err
+		if last == nil || ctx.Err() == nil {
+			// An attempt cut short by the wait's own end says nothing
+			// new: the error before it is the one to report.
+			last = err
+		}
 		if logf != nil && attempt%8 == 0 {
 			logf("still waiting for ssh on %s: %v", t.addr(), err)
 		}
