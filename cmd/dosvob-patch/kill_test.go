@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -208,16 +209,18 @@ func TestInterrupt(t *testing.T) {
 	}
 }
 
-// TestVersion1Delta: dosvob-patch still applies version 1 deltas (from a
-// dosvob-hash of the previous stream version), and a version 2 run after
-// them starts a fresh hash cache again.
+// TestVersion1Delta: dosvob-patch still applies version 1 and 2 deltas
+// (from a dosvob-hash of an older stream version) in any order with
+// version 3 ones; a version 2 or 3 run after a version 1 run starts a fresh
+// hash cache again, and the scrub checks each image against the digest of
+// the version that made it.
 func TestVersion1Delta(t *testing.T) {
 	bin := buildBinary(t)
 	r := rand.New(rand.NewPCG(5, 55))
 	img := filepath.Join(t.TempDir(), "vol.img")
 	defer func(v uint16) { deltaVersion = v }(deltaVersion)
 	dev := device(r, 120*1024+7)
-	for i, v := range []uint16{1, 1, 2, 2, 1, 2} {
+	for i, v := range []uint16{1, 1, 2, 2, 1, 2, 3, 3, 1, 3, 2} {
 		deltaVersion = v
 		dev = mutate(r, dev, 5)
 		d, err := makeDelta(img, dev, 4096)
@@ -236,8 +239,11 @@ func TestVersion1Delta(t *testing.T) {
 		}
 		c, why := s.HashCache()
 		s.Close()
-		if (c != nil) != (v == 2) {
+		if (c != nil) != (v >= 2) {
 			t.Fatalf("run %d (version %d): hash cache offered %v (%s)", i, v, c != nil, why)
+		}
+		if rep, err := imagestore.Verify(context.Background(), img, nil, t.Logf); err != nil || !rep.Intact() {
+			t.Fatalf("run %d (version %d): scrub: %v %+v", i, v, err, rep)
 		}
 	}
 }

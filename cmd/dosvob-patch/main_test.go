@@ -99,7 +99,8 @@ func cmdMkdelta(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.WriteFile(ts.MkAbs(args[2]), d, 0o644))
 }
 
-// flipbyte FILE OFFSET: flips one bit of the byte at OFFSET.
+// flipbyte FILE OFFSET [MASK]: flips the bits of MASK (default 1) in the
+// byte at OFFSET.
 func cmdFlipbyte(ts *testscript.TestScript, neg bool, args []string) {
 	f, err := os.OpenFile(ts.MkAbs(args[0]), os.O_RDWR, 0)
 	ts.Check(err)
@@ -108,7 +109,12 @@ func cmdFlipbyte(ts *testscript.TestScript, neg bool, args []string) {
 	b := []byte{0}
 	_, err = f.ReadAt(b, off)
 	ts.Check(err)
-	b[0] ^= 0x01
+	mask := int64(1)
+	if len(args) > 2 {
+		mask, err = strconv.ParseInt(args[2], 0, 16)
+		ts.Check(err)
+	}
+	b[0] ^= byte(mask)
 	_, err = f.WriteAt(b, off)
 	ts.Check(err)
 }
@@ -120,7 +126,7 @@ func cmdCutfile(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // deltaVersion is the stream version makeDelta plays (dosvob-hash writes
-// version 2; dosvob-patch still takes version 1).
+// the newest; dosvob-patch still takes versions 1 and 2).
 var deltaVersion uint16 = format.Version
 
 // makeDelta plays dosvob-hash IMAGE and dosvob-hash --delta: it signs the
@@ -202,7 +208,9 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 			dw.Data(i, b)
 		}
 	}
-	_, err = dw.Close(format.End{SigDigest: sw.Digest(), BlockDigest: bd.Sum64(), DeviceDigest: format.HashBlock(0, dev), NextDigest: nd.Sum64()})
+	dd := format.NewDeviceDigester(deltaVersion, bs)
+	dd.Write(dev)
+	_, err = dw.Close(format.End{SigDigest: sw.Digest(), BlockDigest: bd.Sum64(), DeviceDigest: dd.Sum64(), NextDigest: nd.Sum64()})
 	return out.Bytes(), err
 }
 

@@ -69,6 +69,9 @@ func (c countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// flushBytes is how much image a signature covers between flushes.
+const flushBytes = 1 << 20
+
 // Sign reads src (the content sw's header describes: Base.Size bytes) and
 // adds the hash of every block to sw. It does not write the trailer: the
 // caller records sw.Digest() where it must and then calls sw.Close.
@@ -78,7 +81,7 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	c.Total.Store(h.Blocks())
 	// Hand the hashes on every MiB of image, so that the delta side, which
 	// compares block by block, never waits for a large buffer to fill.
-	flushEvery := uint64(max(1, chunkTarget/int(h.BlockSize)))
+	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
 	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, hashSeeds{seed: h.Seed}, opts.Readers, func(b *block) error {
 		if opts.OnHash != nil {
 			if err := opts.OnHash(b.index, b.hash); err != nil {
@@ -110,7 +113,7 @@ func SignCached(ctx context.Context, next func() (uint64, error), sw *format.Sig
 	h := sw.Header()
 	c := opts.counters()
 	c.Total.Store(h.Blocks())
-	flushEvery := uint64(max(1, chunkTarget/int(h.BlockSize)))
+	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
 	for i := range h.Blocks() {
 		if i%4096 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -157,11 +160,13 @@ func (e *sigError) Unwrap() []error {
 // record instead when such a block is all zeros, and the End record. It
 // returns the End record it wrote.
 //
-// The delta has the signature's version. For a version 2 signature every
-// device block is hashed under the next seed as well: the hashes of the
-// unchanged blocks travel in Hashes records and the digest of them all in
-// the End record, so that the patching side can keep them as the
-// signature of the next run.
+// The delta has the signature's version. From version 2 every device block
+// is hashed under the next seed as well: the hashes of the unchanged blocks
+// travel in Hashes records and the digest of them all in the End record,
+// so that the patching side can keep them as the signature of the next
+// run. From version 3 the device digest is made of per-block hashes too
+// (format.DeviceDigester), so no serial pass over the content remains and
+// an all-zero block is never hashed.
 //
 // Errors of the signature stream wrap ErrSignature (and the
 // *format.ParseError, if any). On error the delta stream is left without an
@@ -179,11 +184,19 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 	sigBlocks := sh.Blocks()
 	bd := format.NewBlockDigester()
 	nd := format.NewBlockDigester()
-	dd := xxhash.New()
-	err = readBlocks(ctx, dev, devSize, sh.BlockSize, hashSeeds{seed: sh.Seed, next: sh.NextSeed, two: two, whole: dd}, opts.Readers, func(b *block) error {
+	dd := format.NewDeviceDigester(hdr.V(), hdr.BlockSize)
+	seeds := hashSeeds{seed: sh.Seed, next: sh.NextSeed, two: two, content: dd.PerBlock()}
+	if !dd.PerBlock() {
+		// Versions 1 and 2 digest the content itself, in a pass of its own.
+		seeds.whole = xxhash.New()
+	}
+	err = readBlocks(ctx, dev, devSize, sh.BlockSize, seeds, opts.Readers, func(b *block) error {
 		bd.Add(b.hash)
 		if two {
 			nd.Add(b.next)
+		}
+		if seeds.content {
+			dd.AddBlockHash(b.content)
 		}
 		c.Blocks.Add(1)
 		c.BytesRead.Add(uint64(len(b.buf)))
@@ -196,7 +209,7 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 				return dw.Unchanged(b.index, b.next)
 			}
 		}
-		if isZero(b.buf) {
+		if b.zero {
 			c.Zero.Add(1)
 			return dw.Zero(b.index)
 		}
@@ -210,11 +223,15 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		dw.Abort()
 		return format.End{}, err
 	}
+	devDigest := dd.Sum64()
+	if seeds.whole != nil {
+		devDigest = seeds.whole.Sum64()
+	}
 	end, err := dw.Close(format.End{
 		BytesRead:    c.BytesRead.Load(),
 		SigDigest:    sr.Digest(),
 		BlockDigest:  bd.Sum64(),
-		DeviceDigest: dd.Sum64(),
+		DeviceDigest: devDigest,
 		NextDigest:   nd.Sum64(),
 	})
 	if err != nil {

@@ -21,21 +21,37 @@ const MaxReaders = 64
 
 // block is one block handed to the consumer of readBlocks.
 type block struct {
-	index uint64
-	buf   []byte // len = the block's length
-	hash  uint64 // xxhash64(seed, buf)
-	next  uint64 // xxhash64(next seed, buf), when readBlocks was given one
+	index   uint64
+	buf     []byte // len = the block's length
+	zero    bool   // buf is all zeros
+	hash    uint64 // xxhash64(seed, buf)
+	next    uint64 // xxhash64(next seed, buf), when hashSeeds.two
+	content uint64 // xxhash64(0, buf), when hashSeeds.content
 }
 
 // chunk is the unit of reading: several consecutive blocks, so that small
-// blocks still make large reads.
+// blocks still make large reads. Its slices have one entry per block.
 type chunk struct {
-	first  uint64 // index of its first block
-	buf    []byte
-	hashes []uint64
-	nexts  []uint64 // hashes under the next seed, if any
-	err    error
-	done   chan struct{}
+	first    uint64 // index of its first block
+	buf      []byte
+	zero     []bool
+	hashes   []uint64
+	nexts    []uint64 // hashes under the next seed, if any
+	contents []uint64 // hashes under seed 0, if any
+	err      error
+	done     chan struct{}
+}
+
+// resize sets the chunk's length to nb blocks.
+func (c *chunk) resize(nb uint64) {
+	c.zero = c.zero[:nb]
+	c.hashes = c.hashes[:nb]
+	if c.nexts != nil {
+		c.nexts = c.nexts[:nb]
+	}
+	if c.contents != nil {
+		c.contents = c.contents[:nb]
+	}
 }
 
 // chunkTarget is the preferred read size; memoryCap bounds the buffers.
@@ -45,10 +61,12 @@ const (
 )
 
 // hashSeeds are the seeds readBlocks hashes each block with: always seed,
-// and next as well when two is set.
+// next as well when two is set, and seed 0 when content is set (the
+// per-block hashes of a version 3 DeviceDigest).
 type hashSeeds struct {
 	seed, next uint64
 	two        bool
+	content    bool
 	// whole, if set, receives every byte of the source in order. It is
 	// fed by a goroutine of its own after fn is done with a chunk, so that
 	// this serial pass runs beside the comparing loop instead of in it.
@@ -56,11 +74,13 @@ type hashSeeds struct {
 }
 
 // readBlocks reads the blocks of src (size bytes, cut in blockSize blocks)
-// with up to readers reads in flight, hashes each block with the seeds
-// (in the reading goroutines, so hashing runs in parallel), and calls fn
-// for each block in order. fn must not keep b.buf after it returns. Reads
-// are of about 1 MiB (a whole number of blocks); at most readers+2 of them
-// are buffered, and never more than 32 MiB. Nothing is allocated per block.
+// with up to readers reads in flight, tells the all-zero blocks, hashes
+// each block with the seeds (in the reading goroutines, so hashing runs in
+// parallel; an all-zero block of full length is not hashed, as its hashes
+// are constants), and calls fn for each block in order. fn must not keep
+// b.buf after it returns. Reads are of about 1 MiB (a whole
+// number of blocks); at most readers+2 of them are buffered, and never
+// more than 32 MiB. Nothing is allocated per block.
 func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seeds hashSeeds, readers int, fn func(b *block) error) error {
 	n := format.BlockCount(size, blockSize)
 	if n == 0 {
@@ -77,11 +97,22 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 
 	free := make(chan *chunk, depth)
 	for range depth {
-		c := &chunk{buf: alignedBuf(int(chunkSize)), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
+		c := &chunk{buf: alignedBuf(int(chunkSize)), zero: make([]bool, per), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
 		if seeds.two {
 			c.nexts = make([]uint64, per)
 		}
+		if seeds.content {
+			c.contents = make([]uint64, per)
+		}
 		free <- c
+	}
+	// The hashes of a full all-zero block, which the readers do not compute.
+	zeroHash := block{zero: true, hash: zeroBlockHash(seeds.seed, blockSize)}
+	if seeds.two {
+		zeroHash.next = zeroBlockHash(seeds.next, blockSize)
+	}
+	if seeds.content {
+		zeroHash.content = zeroBlockHash(0, blockSize)
 	}
 	jobs := make(chan *chunk, depth)
 	order := make(chan *chunk, depth)
@@ -112,6 +143,7 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 		go func() {
 			h := format.NewHasher(seeds.seed)
 			h2 := format.NewHasher(seeds.next)
+			h0 := format.NewHasher(0)
 			for c := range jobs {
 				off := c.first * uint64(blockSize)
 				c.err = readFull(src, c.buf, int64(off))
@@ -119,9 +151,23 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 					for k := range c.hashes {
 						lo := uint64(k) * uint64(blockSize)
 						b := c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
+						c.zero[k] = isZero(b)
+						if c.zero[k] && len(b) == int(blockSize) {
+							c.hashes[k] = zeroHash.hash
+							if seeds.two {
+								c.nexts[k] = zeroHash.next
+							}
+							if seeds.content {
+								c.contents[k] = zeroHash.content
+							}
+							continue
+						}
 						c.hashes[k] = h.Sum(b)
 						if seeds.two {
 							c.nexts[k] = h2.Sum(b)
+						}
+						if seeds.content {
+							c.contents[k] = h0.Sum(b)
 						}
 					}
 				}
@@ -143,10 +189,7 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 			nb := min(per, n-c.first)
 			off := c.first * uint64(blockSize)
 			c.buf = c.buf[:min(nb*uint64(blockSize), size-off)]
-			c.hashes = c.hashes[:nb]
-			if seeds.two {
-				c.nexts = c.nexts[:nb]
-			}
+			c.resize(nb)
 			c.err = nil
 			jobs <- c // never blocks: at most depth chunks exist
 			order <- c
@@ -165,22 +208,35 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 			lo := uint64(k) * uint64(blockSize)
 			b.index = c.first + uint64(k)
 			b.buf = c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
+			b.zero = c.zero[k]
 			b.hash = h
 			if seeds.two {
 				b.next = c.nexts[k]
+			}
+			if seeds.content {
+				b.content = c.contents[k]
 			}
 			if err := fn(&b); err != nil {
 				return err
 			}
 		}
-		c.hashes = c.hashes[:cap(c.hashes)]
-		c.nexts = c.nexts[:cap(c.nexts)]
+		c.resize(per)
 		if release == free {
 			c.buf = c.buf[:cap(c.buf)]
 		}
 		release <- c
 	}
 	return ctx.Err()
+}
+
+// zeroBlockHash returns xxhash64(seed) of n zero bytes, without a buffer of
+// n bytes.
+func zeroBlockHash(seed uint64, n uint32) uint64 {
+	d := xxhash.NewWithSeed(seed)
+	for rest := int(n); rest > 0; rest -= len(zeros) {
+		d.Write(zeros[:min(rest, len(zeros))])
+	}
+	return d.Sum64()
 }
 
 // readFull reads len(p) bytes at off. A source that ends early (it shrank

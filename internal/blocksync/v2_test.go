@@ -3,18 +3,27 @@ package blocksync
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"testing"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 )
 
 // signV2 returns a version 2 signature of img with the given seeds.
 func signV2(t testing.TB, img []byte, seed, next uint64) []byte {
+	return signVersion(t, 2, img, seed, next)
+}
+
+// signVersion returns a signature of the given version (2 or later) of img
+// with the given seeds.
+func signVersion(t testing.TB, version uint16, img []byte, seed, next uint64) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	sw, err := format.NewSigWriter(&buf, format.SigHeader{Version: 2, BlockSize: bs, Seed: seed, NextSeed: next, Base: format.Base{Generation: 1, Size: uint64(len(img))}})
+	sw, err := format.NewSigWriter(&buf, format.SigHeader{Version: version, BlockSize: bs, Seed: seed, NextSeed: next, Base: format.Base{Generation: 1, Size: uint64(len(img))}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,11 +36,17 @@ func signV2(t testing.TB, img []byte, seed, next uint64) []byte {
 	return buf.Bytes()
 }
 
-// TestDeltaV2NextHashes: against a version 2 signature the delta is
-// version 2, covers every block, carries the next-seed hash of each
+// TestDeltaV2NextHashes: against a version 2 or 3 signature the delta has
+// that version, covers every block, carries the next-seed hash of each
 // unchanged block, and its End record holds the digest of the next-seed
-// hashes of the whole device.
+// hashes of the whole device, and the device digest of its version.
 func TestDeltaV2NextHashes(t *testing.T) {
+	for _, v := range []uint16{2, 3} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { testDeltaNextHashes(t, v) })
+	}
+}
+
+func testDeltaNextHashes(t *testing.T, version uint16) {
 	rng := rand.New(rand.NewPCG(2, 9))
 	img := randBytes(rng, 1500*bs+77)
 	for i := 100; i < 700; i++ { // a long zero stretch
@@ -44,7 +59,7 @@ func TestDeltaV2NextHashes(t *testing.T) {
 	clear(dev[5*bs : 6*bs])
 	dev = append(dev, randBytes(rng, 3*bs)...) // grown
 	const seed, next = 11, 22
-	d, end := delta(t, bytes.NewReader(signV2(t, img, seed, next)), dev, Options{})
+	d, end := delta(t, bytes.NewReader(signVersion(t, version, img, seed, next)), dev, Options{})
 
 	dr, err := format.NewDeltaReader(bytes.NewReader(d))
 	if err != nil {
@@ -52,8 +67,8 @@ func TestDeltaV2NextHashes(t *testing.T) {
 	}
 	defer dr.Close()
 	h := dr.Header()
-	if h.V() != 2 || h.NextSeed != next {
-		t.Fatalf("delta header %+v, want version 2 with next seed %d", h, next)
+	if h.V() != version || h.NextSeed != next {
+		t.Fatalf("delta header %+v, want version %d with next seed %d", h, version, next)
 	}
 	got := make([]uint64, h.Blocks()) // next-seed hashes as the patch side would know them
 	covered := uint64(0)
@@ -91,6 +106,20 @@ func TestDeltaV2NextHashes(t *testing.T) {
 	}
 	if end.NextDigest != nd.Sum64() {
 		t.Fatalf("end next digest %x, want %x", end.NextDigest, nd.Sum64())
+	}
+	// The device digest, computed here independently of the format
+	// package: the content itself in version 2, per-block hashes under
+	// seed 0 from version 3.
+	wantDev := xxhash.Sum64(dev)
+	if version >= 3 {
+		var hs []byte
+		for i := 0; i < len(dev); i += bs {
+			hs = binary.LittleEndian.AppendUint64(hs, xxhash.Sum64(dev[i:min(i+bs, len(dev))]))
+		}
+		wantDev = xxhash.Sum64(hs)
+	}
+	if end.DeviceDigest != wantDev {
+		t.Fatalf("end device digest %x, want %x", end.DeviceDigest, wantDev)
 	}
 	// The records themselves still turn the image into the device.
 	out, data, zero := apply(t, img, d)

@@ -32,7 +32,11 @@ import (
 // hashes of the blocks it sends no record for under that seed (Hashes
 // records), and its End record their digest, so that the image store can
 // keep a signature cache for the next run without reading the image.
-const Version = 2
+// Version 3 keeps the layout of version 2 and changes what End.DeviceDigest
+// digests: the per-block hashes xxhash64(0, block) instead of the content
+// itself, so that it is computed block by block, in parallel, and at no
+// cost for an all-zero block (see DeviceDigester).
+const Version = 3
 
 // MinVersion is the oldest stream version this package reads (and writes
 // when a header asks for it).
@@ -214,7 +218,10 @@ type End struct {
 	// BlockDigest is xxhash64 (seed 0) over the little-endian 64-bit
 	// per-block hashes xxhash64(Seed, block) of the whole device.
 	BlockDigest uint64
-	// DeviceDigest is xxhash64 (seed 0) of the entire device content.
+	// DeviceDigest is the digest of the entire device content, as
+	// DeviceDigester computes it for the stream's version: in versions 1
+	// and 2 xxhash64 (seed 0) of the content, from version 3 xxhash64
+	// (seed 0) over the little-endian per-block hashes xxhash64(0, block).
 	DeviceDigest uint64
 	// NextDigest (version 2) is xxhash64 (seed 0) over the little-endian
 	// per-block hashes xxhash64(NextSeed, block) of the whole device.
@@ -290,6 +297,78 @@ func (b *BlockDigester) Add(h uint64) {
 
 // Sum64 returns the digest of the hashes added so far.
 func (b *BlockDigester) Sum64() uint64 { return b.d.Sum64() }
+
+// DeviceDigester computes End.DeviceDigest of a stream version from the
+// device content in order. For versions 1 and 2 it is xxhash64 (seed 0) of
+// the content. From version 3 it is xxhash64 (seed 0) over the
+// little-endian per-block hashes xxhash64(0, block) (the last block may be
+// short), like BlockDigest with seed 0: the per-block hashes can be
+// computed in parallel and handed in with AddBlockHash, and the hash of an
+// all-zero block is a constant.
+type DeviceDigester struct {
+	whole     *xxhash.Digest // versions 1 and 2
+	perBlock  *BlockDigester // version 3
+	block     *xxhash.Digest // version 3: the block being written
+	blockSize uint64
+	filled    uint64 // bytes of the current block written so far
+}
+
+// NewDeviceDigester returns a DeviceDigester for a stream version and
+// block size.
+func NewDeviceDigester(version uint16, blockSize uint32) *DeviceDigester {
+	if version < 3 {
+		return &DeviceDigester{whole: xxhash.New()}
+	}
+	return &DeviceDigester{perBlock: NewBlockDigester(), block: xxhash.New(), blockSize: uint64(blockSize)}
+}
+
+// PerBlock reports whether the digest is made of per-block hashes (version
+// 3 and later), which AddBlockHash may hand in.
+func (d *DeviceDigester) PerBlock() bool { return d.perBlock != nil }
+
+// Write adds the next bytes of the content, cut anywhere. It never fails.
+func (d *DeviceDigester) Write(p []byte) (int, error) {
+	if d.whole != nil {
+		return d.whole.Write(p)
+	}
+	n := len(p)
+	for len(p) > 0 {
+		k := min(uint64(len(p)), d.blockSize-d.filled)
+		d.block.Write(p[:k])
+		d.filled += k
+		p = p[k:]
+		if d.filled == d.blockSize {
+			d.perBlock.Add(d.block.Sum64())
+			d.block.Reset()
+			d.filled = 0
+		}
+	}
+	return n, nil
+}
+
+// AddBlockHash adds the next block by its hash xxhash64(0, block). It may
+// only be used when PerBlock is true and Write has not left a block
+// unfinished.
+func (d *DeviceDigester) AddBlockHash(h uint64) {
+	if d.perBlock == nil || d.filled != 0 {
+		panic("format: DeviceDigester.AddBlockHash on a whole-content digest or within a block")
+	}
+	d.perBlock.Add(h)
+}
+
+// Sum64 returns the digest of the content added so far, a short last block
+// included. It does not change the state.
+func (d *DeviceDigester) Sum64() uint64 {
+	if d.whole != nil {
+		return d.whole.Sum64()
+	}
+	if d.filled == 0 {
+		return d.perBlock.Sum64()
+	}
+	last := *d.perBlock.d // a copy: Sum64 must not add the short block for good
+	last.Write(binary.LittleEndian.AppendUint64(nil, d.block.Sum64()))
+	return last.Sum64()
+}
 
 // checkVersion rejects a version this package does not read.
 func checkVersion(s stream, version uint16) error {

@@ -40,6 +40,9 @@ func writeTestdata(t testing.TB) {
 	t.Helper()
 	_, _, delta := smallDelta(t)
 	_, _, v2small := v2Delta(t)
+	v3hdr, v3recs, _ := v2Delta(t)
+	v3hdr.Version = 3
+	v3small := makeDelta(t, v3hdr, v3recs, End{BytesRead: v3hdr.DeviceSize, SigDigest: 3, BlockDigest: 4, DeviceDigest: 5, NextDigest: 6})
 	sig := makeSig(t, SigHeader{BlockSize: 4096, Seed: 0x0123456789abcdef, Base: testBase}, []uint64{1, 2, 3, 4})
 	files := map[string][]byte{
 		"sig-empty.bin":              makeSig(t, SigHeader{BlockSize: 64 << 10, Seed: 1}, nil),
@@ -54,6 +57,9 @@ func writeTestdata(t testing.TB) {
 		"sig-v2-small.bin":           makeSig(t, SigHeader{Version: 2, BlockSize: 4096, Seed: 5, NextSeed: 6, Base: testBase}, []uint64{1, 2, 3, 4}),
 		"delta-v2-small.bin":         v2small,
 		"delta-v2-bad-truncated.bin": v2small[:len(v2small)-7],
+		"sig-v3-small.bin":           makeSig(t, SigHeader{Version: 3, BlockSize: 4096, Seed: 5, NextSeed: 6, Base: testBase}, []uint64{1, 2, 3, 4}),
+		"delta-v3-small.bin":         v3small,
+		"delta-v3-bad-truncated.bin": v3small[:len(v3small)-7],
 		"delta-v2-bad-gap.bin": rawDelta(DeltaHeader{Version: 2, BlockSize: 4096, DeviceSize: 8192, NextSeed: 1, Base: Base{Size: 8192}},
 			rec(RecordZero, 1, nil), []uint64{2, 0, 1, 0, 0, 0, 0, 0}, nil),
 		"delta-v2-bad-split.bin": rawDelta(DeltaHeader{Version: 2, BlockSize: 4096, DeviceSize: 8192, NextSeed: 1, Base: Base{Size: 8192}},

@@ -90,7 +90,13 @@ type Version struct {
 	Generation   uint64    `json:"generation"`    // generation of that backup
 	Size         int64     `json:"size"`          // image size of that backup
 	DeviceDigest Digest    `json:"device_digest"` // whole-image digest of that backup
-	DeltaBytes   int64     `json:"delta_bytes"`   // size of the reverse delta file
+	// FormatVersion and BlockSize are those of the run that made that
+	// backup: they say how DeviceDigest is computed. Absent (0) in
+	// versions kept before format version 3: the content digest of
+	// versions 1 and 2.
+	FormatVersion int   `json:"format_version,omitempty"`
+	BlockSize     int   `json:"block_size,omitempty"`
+	DeltaBytes    int64 `json:"delta_bytes"` // size of the reverse delta file
 }
 
 // Manifest is manifest.json in an image's state directory: what the image

@@ -125,14 +125,15 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 			st.bytes += len(b)
 		}
 	}
-	if _, err := dw.Close(format.End{SigDigest: sigDigest, BlockDigest: bd.Sum64(), DeviceDigest: xxhashSum(dev), NextDigest: nd.Sum64()}); err != nil {
+	if _, err := dw.Close(format.End{SigDigest: sigDigest, BlockDigest: bd.Sum64(), DeviceDigest: deviceDigest(version, bs, dev), NextDigest: nd.Sum64()}); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes(), st
 }
 
-func xxhashSum(b []byte) uint64 {
-	d, _ := digestFile(context.Background(), bytes.NewReader(b), nil)
+// deviceDigest is End.DeviceDigest of b in the given version.
+func deviceDigest(version uint16, bs uint32, b []byte) uint64 {
+	d, _ := digestFile(context.Background(), bytes.NewReader(b), version, bs, nil)
 	return d
 }
 

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 )
 
@@ -113,7 +112,7 @@ func PatchRaw(ctx context.Context, target string, r io.Reader, progress func(don
 	// Read it back: the target must now be the device the delta describes.
 	hasher := format.NewHasher(h.Seed)
 	bd := format.NewBlockDigester()
-	dd := xxhash.New()
+	dd := format.NewDeviceDigester(h.V(), h.BlockSize)
 	buf := make([]byte, h.BlockSize)
 	for i := range total {
 		if i%64 == 0 && ctx.Err() != nil {

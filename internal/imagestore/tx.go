@@ -618,7 +618,8 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 		m.Versions = m.Versions[:keep:keep]
 	}
 	m.ManifestVersion = ManifestVersion
-	m.FormatVersion = format.Version
+	// The stream's version says what DeviceDigest digests (format.DeviceDigester).
+	m.FormatVersion = int(tx.hdr.V())
 	m.ImageID = tx.newID
 	m.Generation = tx.newGen
 	m.Keep = keep

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 )
 
@@ -101,7 +100,7 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 		}
 	}()
 	cw := bufio.NewWriterSize(fileWriter{f: tmp, off: &cacheOff}, 64<<10)
-	d := xxhash.New()
+	d := format.NewDeviceDigester(uint16(m.FormatVersion), uint32(bs))
 	buf := make([]byte, bs)
 	total := fi.Size()
 	var off int64

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 )
 
@@ -41,6 +40,7 @@ func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
 	v := Version{
 		Name: name, File: name + ".delta", Time: tx.old.BackupTime,
 		Generation: tx.old.Generation, Size: tx.oldSize, DeviceDigest: tx.old.DeviceDigest,
+		FormatVersion: tx.old.FormatVersion, BlockSize: tx.old.BlockSize,
 	}
 	if err := tx.jw.sync(); err != nil {
 		return v, err
@@ -172,7 +172,7 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 		}
 		base = format.Base{ImageID: m.ImageID, Generation: v.Generation, Size: uint64(v.Size)}
 	}
-	d, err := digestFile(ctx, f, nil)
+	d, err := digestFile(ctx, f, want.digestVersion(), uint32(want.BlockSize), nil)
 	if err != nil {
 		return want, err
 	}
@@ -267,10 +267,13 @@ func sparseCopy(ctx context.Context, f *os.File, src string) error {
 	return f.Truncate(fi.Size())
 }
 
-// digestFile returns xxhash64 (seed 0) of the whole content of r, the
-// DeviceDigest of the delta format.
-func digestFile(ctx context.Context, r io.ReaderAt, progress func(done int64)) (uint64, error) {
-	d := xxhash.New()
+// digestVersion is the format version whose DeviceDigest v records.
+func (v Version) digestVersion() uint16 { return uint16(max(v.FormatVersion, 1)) }
+
+// digestFile returns the DeviceDigest of the delta format of the given
+// version and block size of the whole content of r (format.DeviceDigester).
+func digestFile(ctx context.Context, r io.ReaderAt, version uint16, blockSize uint32, progress func(done int64)) (uint64, error) {
+	d := format.NewDeviceDigester(version, blockSize)
 	buf := make([]byte, 1<<20)
 	var off int64
 	for {
