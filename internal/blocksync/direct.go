@@ -64,6 +64,9 @@ func (s *Source) ReadAt(p []byte, off int64) (int, error) {
 	return s.f.ReadAt(p, off)
 }
 
+// IsDirect reports whether reads go with O_DIRECT (so far).
+func (s *Source) IsDirect() bool { return s.direct != nil && !s.off.Load() }
+
 // Close closes both descriptors.
 func (s *Source) Close() error {
 	if s.direct != nil {
