@@ -295,6 +295,11 @@ func (b *BlockDigester) Add(h uint64) {
 	b.d.Write(b.buf[:])
 }
 
+// Write adds the hashes of the next blocks given as raw little-endian
+// uint64s, as they are stored and sent: Write(p) is Add of each of them,
+// since the digest is xxhash64 over their concatenation. It never fails.
+func (b *BlockDigester) Write(p []byte) (int, error) { return b.d.Write(p) }
+
 // Sum64 returns the digest of the hashes added so far.
 func (b *BlockDigester) Sum64() uint64 { return b.d.Sum64() }
 

@@ -86,6 +86,31 @@ func (sw *SigWriter) Add(h uint64) error {
 	return sw.err
 }
 
+// AddRaw writes the hashes of the next len(p)/8 blocks, given as raw
+// little-endian uint64s (as hash caches store them): the same stream, checks
+// and digest as Add of each, without handling them one by one. len(p) must
+// be a multiple of 8. A p of at least the writer's buffer goes to the
+// underlying writer in one write when nothing is buffered (after Flush).
+func (sw *SigWriter) AddRaw(p []byte) error {
+	if sw.err != nil {
+		return sw.err
+	}
+	if len(p)%8 != 0 {
+		sw.err = fmt.Errorf("signature stream: %d bytes of block hashes, not a multiple of 8", len(p))
+		return sw.err
+	}
+	if k := uint64(len(p) / 8); k > sw.hdr.Blocks()-sw.n {
+		sw.err = fmt.Errorf("signature stream: more than %d block hashes", sw.hdr.Blocks())
+		return sw.err
+	}
+	sw.digest.Write(p)
+	sw.n += uint64(len(p) / 8)
+	if _, err := sw.w.Write(p); err != nil {
+		sw.err = err
+	}
+	return sw.err
+}
+
 // Flush writes buffered hashes to the underlying writer.
 func (sw *SigWriter) Flush() error {
 	if sw.err != nil {
