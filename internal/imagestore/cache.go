@@ -19,9 +19,12 @@ type HashCache struct {
 	Seed      uint64
 	BlockSize uint32
 	Blocks    uint64
-	f         *os.File
 	r         *bufio.Reader
+	buf       [8]byte
 }
+
+// cacheChunk is how many bytes of hashes the cache is read in at a time.
+const cacheChunk = 256 << 10
 
 // HashCache returns the image's per-block hashes when dosvob-hash may sign
 // from them, or nil and the reason why not. They are trusted only when all
@@ -68,15 +71,13 @@ func (s *Store) HashCache() (*HashCache, string) {
 		f.Close()
 		return nil, "per-block hashes have the wrong length"
 	}
-	c := &HashCache{Seed: uint64(m.HashSeed), BlockSize: uint32(m.BlockSize), Blocks: blocks, f: f, r: bufio.NewReaderSize(f, 256<<10)}
+	// The whole file is read and digested in large reads before a single
+	// hash is handed out, then read again from the start.
 	d := format.NewBlockDigester()
-	for range blocks {
-		h, err := c.Next()
-		if err != nil {
-			f.Close()
-			return nil, "per-block hashes unreadable"
-		}
-		d.Add(h)
+	n, err := io.CopyBuffer(d, io.LimitReader(f, int64(blocks)*8), make([]byte, cacheChunk))
+	if err != nil || n != int64(blocks)*8 {
+		f.Close()
+		return nil, "per-block hashes unreadable"
 	}
 	if Digest(d.Sum64()) != m.BlockDigest {
 		f.Close()
@@ -86,18 +87,23 @@ func (s *Store) HashCache() (*HashCache, string) {
 		f.Close()
 		return nil, "per-block hashes unreadable"
 	}
-	c.r.Reset(f)
 	s.open = append(s.open, f)
+	c := &HashCache{Seed: uint64(m.HashSeed), BlockSize: uint32(m.BlockSize), Blocks: blocks,
+		r: bufio.NewReaderSize(io.LimitReader(f, int64(blocks)*8), cacheChunk)}
 	return c, ""
 }
 
+// Read reads the next hashes as raw little-endian uint64s, in block order
+// (an io.Reader of the hash file, Blocks*8 bytes; a read may end within a
+// hash). A p of at least 256 KiB is read into directly.
+func (c *HashCache) Read(p []byte) (int, error) { return c.r.Read(p) }
+
 // Next returns the hash of the next block; io.EOF after the last.
 func (c *HashCache) Next() (uint64, error) {
-	var b [8]byte
-	if _, err := io.ReadFull(c.r, b[:]); err != nil {
+	if _, err := io.ReadFull(c.r, c.buf[:]); err != nil {
 		return 0, err
 	}
-	return binary.LittleEndian.Uint64(b[:]), nil
+	return binary.LittleEndian.Uint64(c.buf[:]), nil
 }
 
 // ofGeneration reports whether name is a hash file of generation gen.

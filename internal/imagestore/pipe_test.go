@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -58,12 +59,14 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 	n := format.BlockCount(uint64(size), bs)
 	old := make([]uint64, n)
 	cache, _ := s.HashCache()
+	var raw []byte // the cached hashes, recorded in chunks as dosvob-hash does
 	if version >= 2 && cache != nil && cache.BlockSize == bs {
 		seed = cache.Seed
+		if raw, err = io.ReadAll(cache); err != nil || uint64(len(raw)) != 8*n {
+			t.Fatalf("hash cache: %d bytes for %d blocks, %v", len(raw), n, err)
+		}
 		for i := range n {
-			if old[i], err = cache.Next(); err != nil {
-				t.Fatal(err)
-			}
+			old[i] = binary.LittleEndian.Uint64(raw[8*i:])
 		}
 	} else {
 		buf := make([]byte, bs)
@@ -88,9 +91,18 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 	}
 	for i := range n {
 		sw.Add(old[i])
-		if err := g.Add(old[i]); err != nil {
+		if raw == nil {
+			if err := g.Add(old[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for p := raw; len(p) > 0; {
+		k := min(len(p), 8*(1+rand.IntN(1000)))
+		if err := g.AddRaw(p[:k]); err != nil {
 			t.Fatal(err)
 		}
+		p = p[k:]
 	}
 	if err := g.Finish(sw.Digest()); err != nil {
 		t.Fatalf("finish signing: %v", err)

@@ -46,6 +46,7 @@ type Signing struct {
 	w   *bufio.Writer
 	off int64
 	err error
+	one [8]byte // Add's hash, kept here so that it does not escape per call
 }
 
 // fileWriter adapts a file to io.Writer by appending.
@@ -101,13 +102,23 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 
 // Add records the hash of the next block.
 func (g *Signing) Add(h uint64) error {
+	binary.LittleEndian.PutUint64(g.one[:], h)
+	return g.AddRaw(g.one[:])
+}
+
+// AddRaw records the hashes of the next len(p)/8 blocks, given as raw
+// little-endian uint64s (as the hash cache holds them). len(p) must be a
+// multiple of 8.
+func (g *Signing) AddRaw(p []byte) error {
 	if g.err != nil {
 		return g.err
 	}
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], h)
-	_, g.err = g.w.Write(b[:])
-	g.rec.Blocks++
+	if len(p)%8 != 0 {
+		g.err = fmt.Errorf("%d bytes of block hashes, not a multiple of 8", len(p))
+		return g.err
+	}
+	_, g.err = g.w.Write(p)
+	g.rec.Blocks += uint64(len(p) / 8)
 	return g.err
 }
 
