@@ -273,11 +273,14 @@ func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdo
 		rec.Abort()
 		return err
 	}
-	opts.OnHash = func(_, h uint64) error { return rec.Add(h) }
 	stop := o.start("sign", opts.Counters)
 	if cache != nil {
-		err = blocksync.SignCached(ctx, cache.Next, sw, opts)
+		// Whole chunks of hashes, from the cache file to the record and
+		// the signature, never one hash at a time.
+		opts.OnHashes = func(_ uint64, p []byte) error { return rec.AddRaw(p) }
+		err = blocksync.SignCached(ctx, cache, sw, opts)
 	} else {
+		opts.OnHash = func(_, h uint64) error { return rec.Add(h) }
 		err = blocksync.Sign(ctx, src, sw, opts)
 	}
 	if err == nil {

@@ -16,6 +16,7 @@ package blocksync
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -46,8 +47,13 @@ type Options struct {
 	Level       int
 	Concurrency int
 	// OnHash, if set, is called with each block hash in order before it is
-	// written to the signature (Sign only).
+	// written to the signature (Sign, and SignCached without OnHashes).
 	OnHash func(index, hash uint64) error
+	// OnHashes, if set, is called by SignCached instead of OnHash with
+	// each chunk of hashes before it is written to the signature: those of
+	// blocks first, first+1, ... as raw little-endian uint64s. hashes is
+	// only valid during the call.
+	OnHashes func(first uint64, hashes []byte) error
 }
 
 func (o *Options) counters() *Counters {
@@ -104,42 +110,62 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	return sw.Flush()
 }
 
+// cachedChunk is how many bytes of hashes SignCached hands on at a time.
+const cachedChunk = 64 << 10
+
 // SignCached writes a signature from per-block hashes that are already
-// known (an image store's cache), without reading the content: next
-// returns the hash of each block in order. It checks that there are
-// exactly as many as the header's blocks and, like Sign, does not write
-// the trailer.
-func SignCached(ctx context.Context, next func() (uint64, error), sw *format.SigWriter, opts Options) error {
+// known (an image store's cache), without reading the content: hashes
+// yields the hash of each block in order as a little-endian uint64. It
+// checks that there are at least as many as the header's blocks, takes
+// exactly that many and, like Sign, does not write the trailer.
+//
+// It works on chunks of 64 KiB of hashes (8192 blocks), never on single
+// hashes. As nothing is read, the delta side never waits for a block to be
+// read and hashed: the header goes out at once and then each chunk in one
+// write of 64 KiB, few and large writes into a pipe.
+func SignCached(ctx context.Context, hashes io.Reader, sw *format.SigWriter, opts Options) error {
 	h := sw.Header()
 	c := opts.counters()
-	c.Total.Store(h.Blocks())
-	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
-	for i := range h.Blocks() {
-		if i%4096 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-		}
-		v, err := next()
-		if err != nil {
-			return fmt.Errorf("cached hash of block %d: %w", i, err)
-		}
-		if opts.OnHash != nil {
-			if err := opts.OnHash(i, v); err != nil {
-				return err
-			}
-		}
-		if err := sw.Add(v); err != nil {
+	total := h.Blocks()
+	c.Total.Store(total)
+	if err := sw.Flush(); err != nil {
+		return err
+	}
+	buf := make([]byte, min(total*8, cachedChunk))
+	for i := uint64(0); i < total; {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		c.Blocks.Add(1)
-		if (i+1)%flushEvery == 0 {
-			if err := sw.Flush(); err != nil {
+		n := min(total-i, cachedChunk/8)
+		p := buf[:n*8]
+		if _, err := io.ReadFull(hashes, p); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("cached hashes of blocks %d to %d: %w", i, i+n-1, err)
+		}
+		switch {
+		case opts.OnHashes != nil:
+			if err := opts.OnHashes(i, p); err != nil {
 				return err
 			}
+		case opts.OnHash != nil:
+			for k := range n {
+				if err := opts.OnHash(i+k, binary.LittleEndian.Uint64(p[8*k:])); err != nil {
+					return err
+				}
+			}
 		}
+		if err := sw.AddRaw(p); err != nil {
+			return err
+		}
+		if err := sw.Flush(); err != nil {
+			return err
+		}
+		c.Blocks.Add(n)
+		i += n
 	}
-	return sw.Flush()
+	return nil
 }
 
 // ErrSignature wraps the errors of the incoming signature stream, so that

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -143,7 +144,9 @@ func testDeltaNextHashes(t *testing.T, version uint16) {
 }
 
 // TestSignCached: a signature from cached hashes equals the one from
-// reading, and a short cache is an error.
+// reading, whatever the number of blocks around the 64 KiB chunks it works
+// in; the hooks see every hash once, in order; each chunk leaves in one
+// write; a short cache is an error.
 func TestSignCached(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 3))
 	img := randBytes(rng, 10*bs+5)
@@ -154,30 +157,102 @@ func TestSignCached(t *testing.T) {
 		t.Fatal(err)
 	}
 	sw.Close()
-	var hashes []uint64
+	var raw []byte
 	for i := range hdr.Blocks() {
-		hashes = append(hashes, format.HashBlock(5, img[i*bs:min(uint64(len(img)), (i+1)*bs)]))
+		raw = binary.LittleEndian.AppendUint64(raw, format.HashBlock(5, img[i*bs:min(uint64(len(img)), (i+1)*bs)]))
 	}
-	next := func(hs []uint64) func() (uint64, error) {
-		return func() (uint64, error) {
-			if len(hs) == 0 {
-				return 0, io.ErrUnexpectedEOF
-			}
-			v := hs[0]
-			hs = hs[1:]
-			return v, nil
+	var seen []byte
+	onHash := func(i, h uint64) error {
+		if i != uint64(len(seen)/8) {
+			return fmt.Errorf("OnHash of block %d, want %d", i, len(seen)/8)
 		}
+		seen = binary.LittleEndian.AppendUint64(seen, h)
+		return nil
 	}
 	sw, _ = format.NewSigWriter(&cached, hdr)
-	if err := SignCached(context.Background(), next(hashes), sw, Options{}); err != nil {
+	if err := SignCached(context.Background(), bytes.NewReader(raw), sw, Options{OnHash: onHash}); err != nil {
 		t.Fatal(err)
 	}
 	sw.Close()
 	if !bytes.Equal(read.Bytes(), cached.Bytes()) {
 		t.Fatal("signature from the cache differs from the one read")
 	}
+	if !bytes.Equal(seen, raw) {
+		t.Fatal("OnHash did not see the cached hashes in order")
+	}
 	sw, _ = format.NewSigWriter(io.Discard, hdr)
-	if err := SignCached(context.Background(), next(hashes[:5]), sw, Options{}); err == nil {
+	if err := SignCached(context.Background(), bytes.NewReader(raw[:5*8]), sw, Options{}); err == nil {
 		t.Fatal("a short cache signed")
 	}
+	sw, _ = format.NewSigWriter(io.Discard, hdr)
+	if err := SignCached(context.Background(), bytes.NewReader(raw[:len(raw)-3]), sw, Options{}); err == nil {
+		t.Fatal("a cache that ends within a hash signed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	sw, _ = format.NewSigWriter(io.Discard, hdr)
+	if err := SignCached(ctx, bytes.NewReader(raw), sw, Options{}); err != context.Canceled {
+		t.Fatalf("cancelled: got %v", err)
+	}
+
+	// Around the chunk size: the stream is the one Add writes, OnHashes
+	// gets consecutive chunks, and each chunk is one write.
+	per := uint64(cachedChunk / 8)
+	for _, blocks := range []uint64{0, 1, per - 1, per, per + 1, 2*per - 1, 3*per + 5} {
+		hdr := format.SigHeader{Version: format.Version, BlockSize: bs, Seed: 7, NextSeed: 8, Base: format.Base{Size: blocks*bs - min(blocks, 1)*9}}
+		hs := make([]uint64, blocks)
+		for i := range hs {
+			hs[i] = rng.Uint64()
+		}
+		var want bytes.Buffer
+		ref, _ := format.NewSigWriter(&want, hdr)
+		var raw []byte
+		for _, h := range hs {
+			ref.Add(h)
+			raw = binary.LittleEndian.AppendUint64(raw, h)
+		}
+		ref.Close()
+		var got writeSizes
+		var chunks []byte
+		c := new(Counters)
+		opts := Options{Counters: c, OnHashes: func(first uint64, p []byte) error {
+			if first != uint64(len(chunks)/8) || len(p) == 0 || len(p)%8 != 0 {
+				return fmt.Errorf("OnHashes(%d, %d bytes) after %d hashes", first, len(p), len(chunks)/8)
+			}
+			chunks = append(chunks, p...)
+			return nil
+		}, OnHash: func(i, h uint64) error { return fmt.Errorf("OnHash(%d) with OnHashes set", i) }}
+		sw, _ := format.NewSigWriter(&got, hdr)
+		if err := SignCached(context.Background(), bytes.NewReader(append(raw, 1, 2, 3)), sw, opts); err != nil {
+			t.Fatalf("%d blocks: %v", blocks, err)
+		}
+		sizes := got.sizes
+		if err := sw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Bytes(), want.Bytes()) {
+			t.Fatalf("%d blocks: signature from SignCached differs from Add's", blocks)
+		}
+		if !bytes.Equal(chunks, raw) || c.Blocks.Load() != blocks || c.Total.Load() != blocks {
+			t.Fatalf("%d blocks: OnHashes saw %d bytes, counters %d of %d", blocks, len(chunks), c.Blocks.Load(), c.Total.Load())
+		}
+		wantSizes := []int{hdr.Size()}
+		for left := 8 * blocks; left > 0; left -= min(left, cachedChunk) {
+			wantSizes = append(wantSizes, int(min(left, cachedChunk)))
+		}
+		if !slices.Equal(sizes, wantSizes) {
+			t.Fatalf("%d blocks: writes of %v, want %v", blocks, sizes, wantSizes)
+		}
+	}
+}
+
+// writeSizes records the length of every write it gets.
+type writeSizes struct {
+	bytes.Buffer
+	sizes []int
+}
+
+func (w *writeSizes) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return w.Buffer.Write(p)
 }
