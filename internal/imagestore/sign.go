@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
@@ -172,27 +171,3 @@ func readSign(dir string) (*signRecord, error) {
 	}
 	return &r, nil
 }
-
-// signHashReader reads the recorded block hashes in order.
-type signHashReader struct {
-	r *bufio.Reader
-	f *os.File
-}
-
-func openSignHashes(dir string) (*signHashReader, error) {
-	f, err := os.Open(dir + "/" + signHashes)
-	if err != nil {
-		return nil, err
-	}
-	return &signHashReader{r: bufio.NewReaderSize(f, 64<<10), f: f}, nil
-}
-
-func (r *signHashReader) next() (uint64, error) {
-	var b [8]byte
-	if _, err := io.ReadFull(r.r, b[:]); err != nil {
-		return 0, err
-	}
-	return binary.LittleEndian.Uint64(b[:]), nil
-}
-
-func (r *signHashReader) close() { r.f.Close() }

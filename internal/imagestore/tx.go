@@ -71,6 +71,8 @@ type Tx struct {
 	nextZeroF uint64 // next-seed hash of an all-zero full block
 	nextZeroL uint64 // next-seed hash of an all-zero last block
 	nextDig   *format.BlockDigester
+	nextBuf   []byte // a Hashes record's hashes, encoded
+	nextOne   [8]byte
 	stats     RunStats
 	start     time.Time
 	done      bool
@@ -345,12 +347,19 @@ func (tx *Tx) KeepHashes(i uint64, hs []uint64) error {
 	if end := i + uint64(len(hs)); end > oldBlocks || end > tx.hdr.Blocks() {
 		return fmt.Errorf("unchanged blocks %d to %d past the old content's %d or the device's %d blocks", i, end-1, oldBlocks, tx.hdr.Blocks())
 	}
-	for k, h := range hs {
-		if err := tx.addNext(i+uint64(k), h); err != nil {
-			return err
-		}
+	if len(hs) == 0 {
+		return nil
 	}
-	return nil
+	if i != tx.nextN {
+		return fmt.Errorf("next-seed hash of block %d, expected block %d", i, tx.nextN)
+	}
+	// The whole record at once: one write, one digest update.
+	b := tx.nextBuf[:0]
+	for _, h := range hs {
+		b = binary.LittleEndian.AppendUint64(b, h)
+	}
+	tx.nextBuf = b
+	return tx.writeNext(b)
 }
 
 // addNext appends the next-seed hash of block i to the new hash cache.
@@ -359,13 +368,18 @@ func (tx *Tx) addNext(i, h uint64) error {
 	if i != tx.nextN {
 		return fmt.Errorf("next-seed hash of block %d, expected block %d", i, tx.nextN)
 	}
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], h)
-	if _, err := tx.nextW.Write(b[:]); err != nil {
+	binary.LittleEndian.PutUint64(tx.nextOne[:], h)
+	return tx.writeNext(tx.nextOne[:])
+}
+
+// writeNext appends the next-seed hashes of the next len(p)/8 blocks, raw
+// little-endian, to the new hash cache and its digest.
+func (tx *Tx) writeNext(p []byte) error {
+	if _, err := tx.nextW.Write(p); err != nil {
 		return err
 	}
-	tx.nextDig.Add(h)
-	tx.nextN++
+	tx.nextDig.Write(p)
+	tx.nextN += uint64(len(p) / 8)
 	return nil
 }
 
@@ -685,15 +699,25 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	return res, nil
 }
 
+// hashChunk is how many blocks writeCache handles at a time: 64 KiB of
+// hashes. A variable, so that tests can make chunk boundaries frequent.
+var hashChunk uint64 = 8192
+
 // writeCache writes the new per-block hashes to name and returns the digest
 // of the old content's hashes and of the new ones.
+//
+// It works in chunks of hashChunk blocks. A chunk in which the delta wrote
+// no block keeps the signature's hashes as they are (the common case: an
+// unchanged run reads sign.hashes once and nothing else); only a chunk with
+// written blocks reads hashes.new and takes the signature's hashes for the
+// blocks in it that were not written.
 func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest uint64, err error) {
 	s := tx.s
-	sr, err := openSignHashes(s.dir)
+	sr, err := os.Open(s.join(signHashes))
 	if err != nil {
 		return 0, 0, fmt.Errorf("signature hashes: %w", err)
 	}
-	defer sr.close()
+	defer sr.Close()
 	oldBlocks := format.BlockCount(uint64(tx.oldSize), uint32(tx.bs))
 	if sign.Blocks != oldBlocks {
 		return 0, 0, baseError("dosvob-hash recorded %d block hashes, the content has %d blocks", sign.Blocks, oldBlocks)
@@ -701,57 +725,97 @@ func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest ui
 	// With no name, only the digests are computed.
 	var out file
 	var off int64
-	var dst io.Writer = io.Discard
 	if name != "" {
 		out, err = s.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {
 			return 0, 0, err
 		}
 		defer out.Close()
-		dst = fileWriter{f: out, off: &off}
 	}
-	w := bufio.NewWriterSize(dst, 64<<10)
-	// hashes.new has holes and may end early where the delta carried
-	// nothing: those read as zeros, and the bitmap says which count.
-	nr := bufio.NewReaderSize(io.MultiReader(io.NewSectionReader(tx.hashes, 0, 1<<62), zeros{}), 64<<10)
 	od, nd := format.NewBlockDigester(), format.NewBlockDigester()
 	blocks := tx.hdr.Blocks()
-	var b [8]byte
-	for i := uint64(0); i < max(blocks, oldBlocks); i++ {
-		var oh uint64
-		if i < oldBlocks {
-			if oh, err = sr.next(); err != nil {
-				return 0, 0, fmt.Errorf("signature hashes: %w", err)
+	oldBuf, newBuf := make([]byte, 8*hashChunk), make([]byte, 8*hashChunk)
+	for lo := uint64(0); lo < max(blocks, oldBlocks); lo += hashChunk {
+		// The signature's hashes of the old blocks in this chunk.
+		var oldN uint64
+		if lo < oldBlocks {
+			oldN = min(hashChunk, oldBlocks-lo)
+		}
+		old := oldBuf[:8*oldN]
+		if _, err := io.ReadFull(sr, old); err != nil {
+			return 0, 0, fmt.Errorf("signature hashes: %w", err)
+		}
+		od.Write(old)
+		if lo >= blocks {
+			continue // past the new end: shrunk away
+		}
+		hi := min(lo+hashChunk, blocks)
+		var hs []byte
+		if hi <= oldBlocks && !anyBit(tx.written, lo, hi) {
+			hs = old[:8*(hi-lo)] // nothing written: the signature's hashes
+		} else {
+			hs = newBuf[:8*(hi-lo)]
+			if err := tx.readNewHashes(hs, lo); err != nil {
+				return 0, 0, err
 			}
-			od.Add(oh)
-		}
-		if i >= blocks {
-			continue
-		}
-		if _, err := io.ReadFull(nr, b[:]); err != nil {
-			return 0, 0, fmt.Errorf("new hashes: %w", err)
-		}
-		h := binary.LittleEndian.Uint64(b[:])
-		if !hasBit(tx.written, i) {
-			if i >= oldBlocks {
-				return 0, 0, baseError("the delta carries nothing for block %d, past the old content", i)
+			for i := lo; i < hi; i++ {
+				if hasBit(tx.written, i) {
+					continue
+				}
+				if i >= oldBlocks {
+					return 0, 0, baseError("the delta carries nothing for block %d, past the old content", i)
+				}
+				k := 8 * (i - lo)
+				copy(hs[k:k+8], old[k:k+8])
 			}
-			h = oh
 		}
-		nd.Add(h)
-		binary.LittleEndian.PutUint64(b[:], h)
-		w.Write(b[:])
+		nd.Write(hs)
+		if out != nil {
+			n, err := out.WriteAt(hs, off)
+			off += int64(n)
+			if err != nil {
+				return 0, 0, err
+			}
+		}
 	}
-	if name == "" {
-		return od.Sum64(), nd.Sum64(), nil
-	}
-	if err := w.Flush(); err != nil {
-		return 0, 0, err
-	}
-	if err := out.Sync(); err != nil {
-		return 0, 0, err
+	if out != nil {
+		if err := out.Sync(); err != nil {
+			return 0, 0, err
+		}
 	}
 	return od.Sum64(), nd.Sum64(), nil
+}
+
+// readNewHashes reads the hashes.new entries of blocks first, first+1, ...
+// into p. The file has holes and may end early where the delta carried
+// nothing: those read as zeros, and the written bitmap says which count.
+func (tx *Tx) readNewHashes(p []byte, first uint64) error {
+	n, err := tx.hashes.ReadAt(p, int64(first)*8)
+	if err == io.EOF {
+		clear(p[n:])
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("new hashes: %w", err)
+	}
+	return nil
+}
+
+// anyBit reports whether any bit lo..hi-1 of b is set.
+func anyBit(b []uint64, lo, hi uint64) bool {
+	for lo < hi {
+		w := b[lo/64] >> (lo % 64)
+		if n := hi - lo; n < 64-lo%64 {
+			w &= 1<<n - 1
+			lo = hi
+		} else {
+			lo += 64 - lo%64
+		}
+		if w != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (tx *Tx) closeFiles() {
@@ -823,12 +887,4 @@ func (s *Store) rollbackNow() error {
 	}
 	s.logf("rolled back %s: restored %d blocks; the image is the previous backup", s.path, n)
 	return s.removeDurably(journalName)
-}
-
-// zeros reads as an endless run of zero bytes.
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
 }
