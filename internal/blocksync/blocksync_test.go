@@ -270,6 +270,10 @@ type slowReaderAt struct {
 	max      atomic.Int32
 }
 
+// IsDirect says that, like a droplet's volume read with O_DIRECT, it
+// gets reads of chunkDirect bytes.
+func (s *slowReaderAt) IsDirect() bool { return true }
+
 func (s *slowReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	n := s.inFlight.Add(1)
 	defer s.inFlight.Add(-1)
