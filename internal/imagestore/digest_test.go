@@ -68,11 +68,7 @@ func TestDigestAcrossFormatVersions(t *testing.T) {
 		if v.FormatVersion != wantVersion || v.BlockSize != testBS {
 			t.Errorf("version %s records format %d, block size %d; want %d, %d", v.Name, v.FormatVersion, v.BlockSize, wantVersion, testBS)
 		}
-		out := filepath.Join(dir, fmt.Sprintf("restored-%d.img", k))
-		if _, err := s.RestoreVersion(context.Background(), v.Name, out); err != nil {
-			t.Fatalf("restore %s (format %d): %v", v.Name, v.FormatVersion, err)
-		}
-		mustEqual(t, out, made)
+		restoreAndCheck(t, s, v, filepath.Join(dir, fmt.Sprintf("restored-%d.img", k)), made)
 	}
 	s.Close()
 

@@ -52,11 +52,7 @@ func TestVersionsRestoreByteIdentical(t *testing.T) {
 		if wantName := time.Date(2026, 11, 16, 4, 0, 0, 0, time.UTC).Add(time.Duration(len(devs)-2-k) * 4 * time.Hour).Format("20060102T150405Z"); v.Name != wantName {
 			t.Errorf("version %d is named %s, want %s", k, v.Name, wantName)
 		}
-		out := filepath.Join(dir, fmt.Sprintf("restored-%d.img", k))
-		if _, err := s.RestoreVersion(context.Background(), v.Name, out); err != nil {
-			t.Fatalf("restore %s: %v", v.Name, err)
-		}
-		mustEqual(t, out, want)
+		out := restoreAndCheck(t, s, v, filepath.Join(dir, fmt.Sprintf("restored-%d.img", k)), want)
 		if _, err := s.RestoreVersion(context.Background(), v.Name, out); !errors.Is(err, ErrExists) {
 			t.Fatalf("restore over an existing file: got %v, want ErrExists", err)
 		}
@@ -86,4 +82,15 @@ func TestVersionsRestoreByteIdentical(t *testing.T) {
 		t.Logf("missing: %v", err)
 	}
 	s.Close()
+}
+
+// restoreAndCheck restores kept version v of s into out and fails the test
+// unless it holds want. It returns out.
+func restoreAndCheck(t *testing.T, s *Store, v Version, out string, want []byte) string {
+	t.Helper()
+	if _, err := s.RestoreVersion(context.Background(), v.Name, out); err != nil {
+		t.Fatalf("restore %s (format %d): %v", v.Name, v.FormatVersion, err)
+	}
+	mustEqual(t, out, want)
+	return out
 }
