@@ -125,12 +125,12 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 		free <- c
 	}
 	// The hashes of a full all-zero block, which the readers do not compute.
-	zeroHash := block{zero: true, hash: zeroBlockHash(seeds.seed, blockSize)}
+	zeroHash := block{zero: true, hash: format.ZeroHash(seeds.seed, int(blockSize))}
 	if seeds.two {
-		zeroHash.next = zeroBlockHash(seeds.next, blockSize)
+		zeroHash.next = format.ZeroHash(seeds.next, int(blockSize))
 	}
 	if seeds.content {
-		zeroHash.content = zeroBlockHash(0, blockSize)
+		zeroHash.content = format.ZeroHash(0, int(blockSize))
 	}
 	jobs := make(chan *chunk, depth)
 	order := make(chan *chunk, depth)
@@ -245,16 +245,6 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 		release <- c
 	}
 	return ctx.Err()
-}
-
-// zeroBlockHash returns xxhash64(seed) of n zero bytes, without a buffer of
-// n bytes.
-func zeroBlockHash(seed uint64, n uint32) uint64 {
-	d := xxhash.NewWithSeed(seed)
-	for rest := int(n); rest > 0; rest -= len(zeros) {
-		d.Write(zeros[:min(rest, len(zeros))])
-	}
-	return d.Sum64()
 }
 
 // readFull reads len(p) bytes at off. A source that ends early (it shrank

@@ -264,6 +264,19 @@ func HashBlock(seed uint64, b []byte) uint64 {
 	return d.Sum64()
 }
 
+// zeros is hashed in pieces by ZeroHash.
+var zeros [64 << 10]byte
+
+// ZeroHash returns the per-block hash xxhash64(seed, b) of a block b of n
+// zero bytes, without a buffer of n bytes.
+func ZeroHash(seed uint64, n int) uint64 {
+	d := xxhash.NewWithSeed(seed)
+	for rest := n; rest > 0; rest -= len(zeros) {
+		d.Write(zeros[:min(rest, len(zeros))])
+	}
+	return d.Sum64()
+}
+
 // Hasher computes per-block hashes without allocating.
 type Hasher struct {
 	d    *xxhash.Digest

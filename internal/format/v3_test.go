@@ -138,3 +138,15 @@ func TestRoundTripV3(t *testing.T) {
 		t.Error("version 3 writer accepted a gap before block 1")
 	}
 }
+
+// TestZeroHash: the hash of n zero bytes, computed without a buffer of n
+// bytes, is the block hash of such a buffer, across the 64 KiB pieces.
+func TestZeroHash(t *testing.T) {
+	for _, n := range []int{0, 1, 4096, 64 << 10, 64<<10 + 1, 3*64<<10 - 5, MaxBlockSize} {
+		for _, seed := range []uint64{0, 7, 1 << 63} {
+			if got, want := ZeroHash(seed, n), HashBlock(seed, make([]byte, n)); got != want {
+				t.Errorf("ZeroHash(%d, %d) = %#x, want %#x", seed, n, got, want)
+			}
+		}
+	}
+}

@@ -167,18 +167,17 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 		start:   time.Now(),
 	}
 	tx.journaled = make([]uint64, uint64(tx.oldSize)/uint64(tx.bs)/64+2)
-	zero := make([]byte, h.BlockSize)
-	tx.zeroFull = format.HashBlock(h.Seed, zero)
+	tx.zeroFull = format.ZeroHash(h.Seed, int(h.BlockSize))
 	if blocks > 0 {
-		tx.zeroLast = format.HashBlock(h.Seed, zero[:h.BlockLen(blocks-1)])
+		tx.zeroLast = format.ZeroHash(h.Seed, h.BlockLen(blocks-1))
 	}
 	if h.V() >= 2 {
 		tx.v2 = true
 		tx.nextHash = format.NewHasher(h.NextSeed)
 		tx.nextDig = format.NewBlockDigester()
-		tx.nextZeroF = format.HashBlock(h.NextSeed, zero)
+		tx.nextZeroF = format.ZeroHash(h.NextSeed, int(h.BlockSize))
 		if blocks > 0 {
-			tx.nextZeroL = format.HashBlock(h.NextSeed, zero[:h.BlockLen(blocks-1)])
+			tx.nextZeroL = format.ZeroHash(h.NextSeed, h.BlockLen(blocks-1))
 		}
 	}
 	if err := tx.open(); err != nil {
