@@ -22,7 +22,6 @@ import (
 	"io"
 	"sync/atomic"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 )
 
@@ -214,7 +213,7 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 	seeds := hashSeeds{seed: sh.Seed, next: sh.NextSeed, two: two, content: dd.PerBlock()}
 	if !dd.PerBlock() {
 		// Versions 1 and 2 digest the content itself, in a pass of its own.
-		seeds.whole = xxhash.New()
+		seeds.whole = dd
 	}
 	err = readBlocks(ctx, dev, devSize, sh.BlockSize, seeds, opts.Readers, func(b *block) error {
 		bd.Add(b.hash)
@@ -249,15 +248,11 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		dw.Abort()
 		return format.End{}, err
 	}
-	devDigest := dd.Sum64()
-	if seeds.whole != nil {
-		devDigest = seeds.whole.Sum64()
-	}
 	end, err := dw.Close(format.End{
 		BytesRead:    c.BytesRead.Load(),
 		SigDigest:    sr.Digest(),
 		BlockDigest:  bd.Sum64(),
-		DeviceDigest: devDigest,
+		DeviceDigest: dd.Sum64(),
 		NextDigest:   nd.Sum64(),
 	})
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/dosvob/dosvob/internal/format"
 	"golang.org/x/sys/unix"
 )
@@ -88,7 +87,7 @@ type hashSeeds struct {
 	// whole, if set, receives every byte of the source in order. It is
 	// fed by a goroutine of its own after fn is done with a chunk, so that
 	// this serial pass runs beside the comparing loop instead of in it.
-	whole *xxhash.Digest
+	whole io.Writer
 }
 
 // readBlocks reads the blocks of src (size bytes, cut in blockSize blocks)
