@@ -80,15 +80,43 @@ func aligned(p []byte, off int64) bool {
 		uintptr(unsafe.Pointer(&p[0]))%directAlign == 0
 }
 
-// alignedBuf returns a zeroed buffer of n bytes whose first byte is
-// directAlign-aligned.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+directAlign)
-	k := int(uintptr(unsafe.Pointer(&b[0])) % directAlign)
-	if k != 0 {
-		k = directAlign - k
+// hugePage is the size of a transparent huge page (x86-64 and arm64 with
+// 4 KiB pages).
+const hugePage = 2 << 20
+
+// alignedBufs returns count zeroed buffers of n bytes each, cut one after
+// another from one allocation whose first byte is directAlign-aligned (so
+// each buffer is, when n is a multiple of directAlign). Each buffer's
+// capacity is its length.
+//
+// When they come to a huge page or more, the allocation starts on a huge
+// page and the kernel is asked to back it with huge pages (MADV_HUGEPAGE:
+// transparent huge pages are on for those who ask in the kernels' default
+// "madvise" mode). A direct read pins every page of its buffer for the
+// device and unpins it after; with 2 MiB pages instead of 4 KiB ones that
+// costs the kernel about half the CPU time (docs/BENCHMARKS.md). It is a
+// request, not a need: where the kernel declines, the pages are small and
+// all else is the same.
+func alignedBufs(n, count int) [][]byte {
+	total := n * count
+	align := directAlign
+	if total >= hugePage {
+		align = hugePage
 	}
-	return b[k : k+n : k+n]
+	b := make([]byte, total+align)
+	k := int(uintptr(unsafe.Pointer(&b[0])) % uintptr(align))
+	if k != 0 {
+		k = align - k
+	}
+	b = b[k : k+total : k+total]
+	if align == hugePage {
+		_ = unix.Madvise(b[:total/hugePage*hugePage], unix.MADV_HUGEPAGE)
+	}
+	bufs := make([][]byte, count)
+	for i := range bufs {
+		bufs[i] = b[i*n : (i+1)*n : (i+1)*n]
+	}
+	return bufs
 }
 
 var _ io.ReaderAt = (*Source)(nil)

@@ -3,10 +3,14 @@ package blocksync
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/dosvob/dosvob/internal/format"
 	"github.com/dosvob/dosvob/internal/testenv"
@@ -82,4 +86,81 @@ func TestDirectSource(t *testing.T) {
 	if fs.Direct.Load() != 0 {
 		t.Fatal("a regular file was read with O_DIRECT")
 	}
+}
+
+// TestAlignedBufs: the buffers are zeroed, do not overlap, have no room to
+// grow into each other, start on directAlign (on a huge page when they
+// come to one or more), and from a huge page on the kernel is asked for
+// huge pages (VmFlags "hg" of their mapping in /proc/self/smaps).
+func TestAlignedBufs(t *testing.T) {
+	for _, tc := range []struct{ n, count int }{
+		{4096, 3},           // less than a huge page
+		{256 << 10, 10},     // the buffered reads of 4 KiB blocks
+		{1 << 20, 10},       // the direct reads
+		{16 << 20, 2},       // the largest block
+		{3 * 4096, 1 << 10}, // not a divisor of a huge page
+	} {
+		bufs := alignedBufs(tc.n, tc.count)
+		if len(bufs) != tc.count {
+			t.Fatalf("n=%d count=%d: %d buffers", tc.n, tc.count, len(bufs))
+		}
+		first := uintptr(unsafe.Pointer(&bufs[0][0]))
+		align := uintptr(directAlign)
+		if tc.n*tc.count >= hugePage {
+			align = hugePage
+		}
+		if first%align != 0 {
+			t.Errorf("n=%d count=%d: starts at %#x, not on %d", tc.n, tc.count, first, align)
+		}
+		for i, b := range bufs {
+			if len(b) != tc.n || cap(b) != tc.n {
+				t.Fatalf("n=%d: buffer %d has len %d cap %d", tc.n, i, len(b), cap(b))
+			}
+			if p := uintptr(unsafe.Pointer(&b[0])); p != first+uintptr(i*tc.n) {
+				t.Fatalf("n=%d: buffer %d at %#x, want %#x", tc.n, i, p, first+uintptr(i*tc.n))
+			}
+			if !isZero(b) {
+				t.Fatalf("n=%d: buffer %d not zeroed", tc.n, i)
+			}
+		}
+		if align == hugePage {
+			checkHugePageAdvice(t, first)
+		}
+	}
+}
+
+// checkHugePageAdvice fails unless the mapping holding addr has the
+// MADV_HUGEPAGE flag, where the kernel has transparent huge pages.
+func checkHugePageAdvice(t *testing.T, addr uintptr) {
+	t.Helper()
+	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil || bytes.Contains(mode, []byte("[never]")) {
+		t.Skipf("transparent huge pages are off or absent here (%q, %v): cannot check the advice", bytes.TrimSpace(mode), err)
+	}
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, line := range strings.Split(string(smaps), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], ":") { // a mapping's first line: "lo-hi perms ..."
+			var lo, hi uintptr
+			if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err != nil {
+				t.Fatalf("smaps: %q: %v", line, err)
+			}
+			in = lo <= addr && addr < hi
+			continue
+		}
+		if in && strings.HasPrefix(line, "VmFlags:") {
+			if !slices.Contains(f[1:], "hg") {
+				t.Errorf("the buffers at %#x are not advised for huge pages: %s", addr, line)
+			}
+			return
+		}
+	}
+	t.Errorf("no mapping of %#x in /proc/self/smaps", addr)
 }

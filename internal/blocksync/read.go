@@ -113,8 +113,8 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 	readers = min(readers, depth)
 
 	free := make(chan *chunk, depth)
-	for range depth {
-		c := &chunk{buf: alignedBuf(int(chunkSize)), zero: make([]bool, per), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
+	for _, buf := range alignedBufs(int(chunkSize), depth) {
+		c := &chunk{buf: buf, zero: make([]bool, per), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
 		if seeds.two {
 			c.nexts = make([]uint64, per)
 		}
