@@ -75,9 +75,9 @@ type DeltaOptions struct {
 // End record.
 type DeltaWriter struct {
 	hdr       DeltaHeader
-	pend      []uint64 // version 2: next-seed hashes not yet written
-	pstart    uint64   // index of pend[0]
-	rec       []byte   // scratch for a Hashes record
+	pend      []byte // version 2: next-seed hashes not yet written, little-endian
+	pstart    uint64 // index of the first of them
+	rec       []byte // scratch for a Hashes record
 	enc       *zstd.Encoder
 	digest    *xxhash.Digest
 	next      uint64 // lowest index the next record may have
@@ -186,9 +186,50 @@ func (dw *DeltaWriter) Unchanged(index, h uint64) error {
 	if len(dw.pend) == 0 {
 		dw.pstart = index
 	}
-	dw.pend = append(dw.pend, h)
-	if len(dw.pend) >= dw.hdr.MaxHashes() {
+	dw.pend = binary.LittleEndian.AppendUint64(dw.pend, h)
+	if len(dw.pend) >= 8*dw.hdr.MaxHashes() {
 		dw.flushHashes()
+	}
+	return dw.err
+}
+
+// UnchangedRaw records that the n blocks from first on are unchanged, like
+// n calls of Unchanged; in version 2 next holds their hashes under the next
+// seed as raw little-endian uint64s (8n bytes), in version 1 it is ignored.
+// On error nothing of it is recorded.
+func (dw *DeltaWriter) UnchangedRaw(first uint64, n int, next []byte) error {
+	if n <= 0 {
+		return dw.err
+	}
+	if err := dw.check(first); err != nil {
+		return err
+	}
+	last := first + uint64(n) - 1
+	if last >= dw.hdr.Blocks() {
+		return fmt.Errorf("delta stream: block %d past the device's %d blocks", max(first, dw.hdr.Blocks()), dw.hdr.Blocks())
+	}
+	if last >= dw.hdr.SigBlocks() {
+		return fmt.Errorf("delta stream: block %d past the signed content is not unchanged", max(first, dw.hdr.SigBlocks()))
+	}
+	if dw.hdr.V() < 2 {
+		dw.next = first + uint64(n)
+		return nil
+	}
+	if len(next) != 8*n {
+		return fmt.Errorf("delta stream: %d bytes of next-seed hashes for %d blocks", len(next), n)
+	}
+	limit := 8 * dw.hdr.MaxHashes()
+	for len(next) > 0 && dw.err == nil {
+		if len(dw.pend) == 0 {
+			dw.pstart = dw.next
+		}
+		k := min(len(next), limit-len(dw.pend))
+		dw.pend = append(dw.pend, next[:k]...)
+		dw.next += uint64(k / 8)
+		next = next[k:]
+		if len(dw.pend) >= limit {
+			dw.flushHashes()
+		}
 	}
 	return dw.err
 }
@@ -201,10 +242,8 @@ func (dw *DeltaWriter) flushHashes() {
 	b := dw.rec[:0]
 	b = append(b, byte(RecordHashes))
 	b = binary.LittleEndian.AppendUint64(b, dw.pstart)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(dw.pend)))
-	for _, h := range dw.pend {
-		b = binary.LittleEndian.AppendUint64(b, h)
-	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(dw.pend)/8))
+	b = append(b, dw.pend...)
 	dw.rec = b
 	dw.write(b)
 	dw.pend = dw.pend[:0]

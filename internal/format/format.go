@@ -374,6 +374,16 @@ func (d *DeviceDigester) AddBlockHash(h uint64) {
 	d.perBlock.Add(h)
 }
 
+// AddBlockHashes adds the next len(p)/8 blocks by their hashes, given as raw
+// little-endian uint64s: AddBlockHash of each, in one call. len(p) must be
+// a multiple of 8.
+func (d *DeviceDigester) AddBlockHashes(p []byte) {
+	if d.perBlock == nil || d.filled != 0 || len(p)%8 != 0 {
+		panic("format: DeviceDigester.AddBlockHashes on a whole-content digest, within a block or with a partial hash")
+	}
+	d.perBlock.Write(p)
+}
+
 // Sum64 returns the digest of the content added so far, a short last block
 // included. It does not change the state.
 func (d *DeviceDigester) Sum64() uint64 {

@@ -251,6 +251,29 @@ func (sr *SigReader) Next() (uint64, error) {
 	return 0, sr.err
 }
 
+// NextRaw reads the hashes of the next len(p)/8 blocks into p, as raw
+// little-endian uint64s: what as many calls of Next would return, with the
+// same digest and errors, in one read. len(p) must be a multiple of 8 and
+// at most 8 times the blocks left; the trailer is left to Next, which
+// returns io.EOF after the last block.
+func (sr *SigReader) NextRaw(p []byte) error {
+	if sr.err != nil {
+		return sr.err
+	}
+	blocks := sr.hdr.Blocks()
+	if len(p)%8 != 0 || uint64(len(p)/8) > blocks-sr.n {
+		return fmt.Errorf("signature stream: %d bytes of block hashes asked for, %d hashes left", len(p), blocks-sr.n)
+	}
+	got, err := io.ReadFull(sr.r, p)
+	sr.digest.Write(p[:got/8*8])
+	sr.n += uint64(got / 8)
+	if err != nil {
+		sr.err = sigStream.readErr(err, "truncated after %d of %d block hashes", sr.n, blocks)
+		return sr.err
+	}
+	return nil
+}
+
 func (sr *SigReader) readTrailer() error {
 	var t [SigTrailerSize]byte
 	if n, err := io.ReadFull(sr.r, t[:]); err != nil {
