@@ -87,18 +87,23 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	// Hand the hashes on every MiB of image, so that the delta side, which
 	// compares block by block, never waits for a large buffer to fill.
 	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
-	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, hashSeeds{seed: h.Seed}, opts.Readers, func(b *block) error {
+	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, hashSeeds{seed: h.Seed}, opts.Readers, func(ch *chunk) error {
+		nb := uint64(ch.blocks())
 		if opts.OnHash != nil {
-			if err := opts.OnHash(b.index, b.hash); err != nil {
-				return err
+			var b block
+			for k := range ch.blocks() {
+				ch.block(k, &b)
+				if err := opts.OnHash(b.index, b.hash); err != nil {
+					return err
+				}
 			}
 		}
-		if err := sw.Add(b.hash); err != nil {
+		if err := sw.AddRaw(ch.hashes); err != nil {
 			return err
 		}
-		c.Blocks.Add(1)
-		c.BytesRead.Add(uint64(len(b.buf)))
-		if (b.index+1)%flushEvery == 0 {
+		c.Blocks.Add(nb)
+		c.BytesRead.Add(uint64(len(ch.buf)))
+		if (ch.first+nb)/flushEvery != ch.first/flushEvery {
 			return sw.Flush()
 		}
 		return nil
@@ -215,31 +220,63 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		// Versions 1 and 2 digest the content itself, in a pass of its own.
 		seeds.whole = dd
 	}
-	err = readBlocks(ctx, dev, devSize, sh.BlockSize, seeds, opts.Readers, func(b *block) error {
-		bd.Add(b.hash)
+	var sig []byte // the signature's hashes of the chunk's blocks
+	err = readBlocks(ctx, dev, devSize, sh.BlockSize, seeds, opts.Readers, func(ch *chunk) error {
+		nb := ch.blocks()
+		bd.Write(ch.hashes)
 		if two {
-			nd.Add(b.next)
+			nd.Write(ch.nexts)
 		}
 		if seeds.content {
-			dd.AddBlockHash(b.content)
+			dd.AddBlockHashes(ch.contents)
 		}
-		c.Blocks.Add(1)
-		c.BytesRead.Add(uint64(len(b.buf)))
-		if b.index < sigBlocks {
-			want, err := sr.Next()
-			if err != nil {
+		c.Blocks.Add(uint64(nb))
+		c.BytesRead.Add(uint64(len(ch.buf)))
+		ns := 0 // blocks of the chunk within the signed content
+		if ch.first < sigBlocks {
+			ns = int(min(uint64(nb), sigBlocks-ch.first))
+			if cap(sig) < 8*ns {
+				sig = make([]byte, 8*ns)
+			}
+			sig = sig[:8*ns]
+			if err := sr.NextRaw(sig); err != nil {
 				return &sigError{err}
 			}
-			if want == b.hash {
-				return dw.Unchanged(b.index, b.next)
+		}
+		k := 0
+		if ns > 0 && bytes.Equal(sig, ch.hashes[:8*ns]) {
+			// The common case of an unchanged run: all of them, at once.
+			var next []byte
+			if two {
+				next = ch.nexts[:8*ns]
+			}
+			if err := dw.UnchangedRaw(ch.first, ns, next); err != nil {
+				return err
+			}
+			k = ns
+		}
+		var b block
+		for ; k < nb; k++ {
+			ch.block(k, &b)
+			if k < ns && binary.LittleEndian.Uint64(sig[8*k:]) == b.hash {
+				if err := dw.Unchanged(b.index, b.next); err != nil {
+					return err
+				}
+				continue
+			}
+			if b.zero {
+				c.Zero.Add(1)
+				if err := dw.Zero(b.index); err != nil {
+					return err
+				}
+				continue
+			}
+			c.Data.Add(1)
+			if err := dw.Data(b.index, b.buf); err != nil {
+				return err
 			}
 		}
-		if b.zero {
-			c.Zero.Add(1)
-			return dw.Zero(b.index)
-		}
-		c.Data.Add(1)
-		return dw.Data(b.index, b.buf)
+		return nil
 	})
 	if err == nil {
 		err = drainSig(sr)

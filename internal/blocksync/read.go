@@ -2,6 +2,7 @@ package blocksync
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -18,7 +19,7 @@ const DefaultReaders = 8
 // MaxReaders bounds Options.Readers.
 const MaxReaders = 64
 
-// block is one block handed to the consumer of readBlocks.
+// block is one block of a chunk, as (*chunk).block shows it.
 type block struct {
 	index   uint64
 	buf     []byte // len = the block's length
@@ -29,27 +30,48 @@ type block struct {
 }
 
 // chunk is the unit of reading: several consecutive blocks, so that small
-// blocks still make large reads. Its slices have one entry per block.
+// blocks still make large reads. Its hashes are raw little-endian uint64s,
+// one per block, as streams and caches carry them, so that its consumer
+// can digest, compare and pass them on a chunk at a time.
 type chunk struct {
-	first    uint64 // index of its first block
-	buf      []byte
-	zero     []bool
-	hashes   []uint64
-	nexts    []uint64 // hashes under the next seed, if any
-	contents []uint64 // hashes under seed 0, if any
-	err      error
-	done     chan struct{}
+	first     uint64 // index of its first block
+	blockSize uint64
+	buf       []byte
+	zero      []bool
+	hashes    []byte // under the seed
+	nexts     []byte // under the next seed, if any
+	contents  []byte // under seed 0, if any
+	err       error
+	done      chan struct{}
+}
+
+// blocks is the number of blocks the chunk holds.
+func (c *chunk) blocks() int { return len(c.zero) }
+
+// block sets b to block k of the chunk.
+func (c *chunk) block(k int, b *block) {
+	lo := uint64(k) * c.blockSize
+	b.index = c.first + uint64(k)
+	b.buf = c.buf[lo:min(lo+c.blockSize, uint64(len(c.buf)))]
+	b.zero = c.zero[k]
+	b.hash = binary.LittleEndian.Uint64(c.hashes[8*k:])
+	if c.nexts != nil {
+		b.next = binary.LittleEndian.Uint64(c.nexts[8*k:])
+	}
+	if c.contents != nil {
+		b.content = binary.LittleEndian.Uint64(c.contents[8*k:])
+	}
 }
 
 // resize sets the chunk's length to nb blocks.
 func (c *chunk) resize(nb uint64) {
 	c.zero = c.zero[:nb]
-	c.hashes = c.hashes[:nb]
+	c.hashes = c.hashes[:8*nb]
 	if c.nexts != nil {
-		c.nexts = c.nexts[:nb]
+		c.nexts = c.nexts[:8*nb]
 	}
 	if c.contents != nil {
-		c.contents = c.contents[:nb]
+		c.contents = c.contents[:8*nb]
 	}
 }
 
@@ -94,11 +116,11 @@ type hashSeeds struct {
 // with up to readers reads in flight, tells the all-zero blocks, hashes
 // each block with the seeds (in the reading goroutines, so hashing runs in
 // parallel; an all-zero block of full length is not hashed, as its hashes
-// are constants), and calls fn for each block in order. fn must not keep
-// b.buf after it returns. Reads are of about chunkSizeFor(src) (a whole
+// are constants), and calls fn for each chunk of blocks in order. fn must
+// not keep the chunk or its slices after it returns. Reads are of about chunkSizeFor(src) (a whole
 // number of blocks); at most readers+2 of them are buffered, and never
 // more than 32 MiB. Nothing is allocated per block.
-func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seeds hashSeeds, readers int, fn func(b *block) error) error {
+func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seeds hashSeeds, readers int, fn func(c *chunk) error) error {
 	n := format.BlockCount(size, blockSize)
 	if n == 0 {
 		return nil
@@ -114,12 +136,12 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 
 	free := make(chan *chunk, depth)
 	for _, buf := range alignedBufs(int(chunkSize), depth) {
-		c := &chunk{buf: buf, zero: make([]bool, per), hashes: make([]uint64, per), done: make(chan struct{}, 1)}
+		c := &chunk{blockSize: uint64(blockSize), buf: buf, zero: make([]bool, per), hashes: make([]byte, 8*per), done: make(chan struct{}, 1)}
 		if seeds.two {
-			c.nexts = make([]uint64, per)
+			c.nexts = make([]byte, 8*per)
 		}
 		if seeds.content {
-			c.contents = make([]uint64, per)
+			c.contents = make([]byte, 8*per)
 		}
 		free <- c
 	}
@@ -165,26 +187,27 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 				off := c.first * uint64(blockSize)
 				c.err = readFull(src, c.buf, int64(off))
 				if c.err == nil {
-					for k := range c.hashes {
+					le := binary.LittleEndian
+					for k := range c.zero {
 						lo := uint64(k) * uint64(blockSize)
 						b := c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
 						c.zero[k] = isZero(b)
 						if c.zero[k] && len(b) == int(blockSize) {
-							c.hashes[k] = zeroHash.hash
+							le.PutUint64(c.hashes[8*k:], zeroHash.hash)
 							if seeds.two {
-								c.nexts[k] = zeroHash.next
+								le.PutUint64(c.nexts[8*k:], zeroHash.next)
 							}
 							if seeds.content {
-								c.contents[k] = zeroHash.content
+								le.PutUint64(c.contents[8*k:], zeroHash.content)
 							}
 							continue
 						}
-						c.hashes[k] = h.Sum(b)
+						le.PutUint64(c.hashes[8*k:], h.Sum(b))
 						if seeds.two {
-							c.nexts[k] = h2.Sum(b)
+							le.PutUint64(c.nexts[8*k:], h2.Sum(b))
 						}
 						if seeds.content {
-							c.contents[k] = h0.Sum(b)
+							le.PutUint64(c.contents[8*k:], h0.Sum(b))
 						}
 					}
 				}
@@ -212,7 +235,6 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 			order <- c
 		}
 	}()
-	var b block
 	for c := range order {
 		<-c.done
 		if c.err != nil {
@@ -221,21 +243,8 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		for k, h := range c.hashes {
-			lo := uint64(k) * uint64(blockSize)
-			b.index = c.first + uint64(k)
-			b.buf = c.buf[lo:min(lo+uint64(blockSize), uint64(len(c.buf)))]
-			b.zero = c.zero[k]
-			b.hash = h
-			if seeds.two {
-				b.next = c.nexts[k]
-			}
-			if seeds.content {
-				b.content = c.contents[k]
-			}
-			if err := fn(&b); err != nil {
-				return err
-			}
+		if err := fn(c); err != nil {
+			return err
 		}
 		c.resize(per)
 		if release == free {
