@@ -6,8 +6,9 @@
 // storage serves a deep queue much faster than one read at a time) and in
 // bounded memory: a few block buffers, whatever the size of the source.
 // Delta reads the device while the signature still arrives and compares
-// each block as soon as both its hash and its signature are there; it never
-// waits for the whole signature stream.
+// each chunk of blocks (one read's worth) as soon as both their hashes and
+// their signatures are there; it never waits for the whole signature
+// stream.
 //
 // The package knows nothing of image stores, SSH or DigitalOcean: callers
 // hand it an io.ReaderAt and stream writers (internal/format).
@@ -85,7 +86,8 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	c := opts.counters()
 	c.Total.Store(h.Blocks())
 	// Hand the hashes on every MiB of image, so that the delta side, which
-	// compares block by block, never waits for a large buffer to fill.
+	// compares a read's worth of blocks at a time, never waits for a large
+	// buffer to fill.
 	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
 	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, hashSeeds{seed: h.Seed}, opts.Readers, func(ch *chunk) error {
 		nb := uint64(ch.blocks())

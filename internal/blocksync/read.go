@@ -117,9 +117,9 @@ type hashSeeds struct {
 // each block with the seeds (in the reading goroutines, so hashing runs in
 // parallel; an all-zero block of full length is not hashed, as its hashes
 // are constants), and calls fn for each chunk of blocks in order. fn must
-// not keep the chunk or its slices after it returns. Reads are of about chunkSizeFor(src) (a whole
-// number of blocks); at most readers+2 of them are buffered, and never
-// more than 32 MiB. Nothing is allocated per block.
+// not keep the chunk or its slices after it returns. Reads are of about
+// chunkSizeFor(src) (a whole number of blocks); at most readers+2 of them
+// are buffered, and never more than 32 MiB. Nothing is allocated per block.
 func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seeds hashSeeds, readers int, fn func(c *chunk) error) error {
 	n := format.BlockCount(size, blockSize)
 	if n == 0 {
