@@ -173,30 +173,15 @@ func (dw *DeltaWriter) check(index uint64) error {
 // writer gathers such hashes into Hashes records. In version 1 h is
 // ignored. An unchanged block must lie within the signed content.
 func (dw *DeltaWriter) Unchanged(index, h uint64) error {
-	if err := dw.check(index); err != nil {
-		return err
-	}
-	if index >= dw.hdr.SigBlocks() {
-		return fmt.Errorf("delta stream: block %d past the signed content is not unchanged", index)
-	}
-	dw.next = index + 1
-	if dw.hdr.V() < 2 {
-		return nil
-	}
-	if len(dw.pend) == 0 {
-		dw.pstart = index
-	}
-	dw.pend = binary.LittleEndian.AppendUint64(dw.pend, h)
-	if len(dw.pend) >= 8*dw.hdr.MaxHashes() {
-		dw.flushHashes()
-	}
-	return dw.err
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], h)
+	return dw.UnchangedRaw(index, 1, b[:])
 }
 
 // UnchangedRaw records that the n blocks from first on are unchanged, like
 // n calls of Unchanged; in version 2 next holds their hashes under the next
 // seed as raw little-endian uint64s (8n bytes), in version 1 it is ignored.
-// On error nothing of it is recorded.
+// A call it refuses records nothing.
 func (dw *DeltaWriter) UnchangedRaw(first uint64, n int, next []byte) error {
 	if n <= 0 {
 		return dw.err

@@ -2,6 +2,7 @@ package format
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -211,8 +212,9 @@ func TestSigReaderNextRaw(t *testing.T) {
 // TestDeltaWriterUnchangedRaw: a delta written with UnchangedRaw runs of
 // any length (across Hashes records of the most hashes a record holds,
 // and between Data and Zero records) is byte for byte the one Unchanged
-// writes block by block, in every version; misuse is refused and records
-// nothing.
+// writes block by block, in every version, and its records, read back,
+// carry each unchanged block's next-seed hash at its index, at most
+// MaxHashes to a record; misuse is refused and records nothing.
 func TestDeltaWriterUnchangedRaw(t *testing.T) {
 	r := rand.New(rand.NewPCG(4, 9))
 	const bs = 4096 // a Hashes record holds 512 hashes
@@ -227,6 +229,7 @@ func TestDeltaWriterUnchangedRaw(t *testing.T) {
 			next[i] = r.Uint64()
 		}
 		data := bytes.Repeat([]byte{9}, bs)
+		unchanged := make(map[uint64]bool)
 		var want, got bytes.Buffer
 		ref, err := NewDeltaWriter(&want, hdr, DeltaOptions{})
 		if err != nil {
@@ -244,6 +247,9 @@ func TestDeltaWriterUnchangedRaw(t *testing.T) {
 					if err := ref.Unchanged(j, next[j]); err != nil {
 						t.Fatal(err)
 					}
+				}
+				for j := i; j < i+k; j++ {
+					unchanged[j] = true
 				}
 				var raw []byte
 				if v >= 2 {
@@ -272,6 +278,33 @@ func TestDeltaWriterUnchangedRaw(t *testing.T) {
 		}
 		if !bytes.Equal(got.Bytes(), want.Bytes()) {
 			t.Fatalf("v%d: the stream differs from the one of Unchanged block by block", v)
+		}
+		_, recs, _, err := readDelta(got.Bytes())
+		if err != nil {
+			t.Fatalf("v%d: reading it back: %v", v, err)
+		}
+		seen := 0
+		for _, rec := range recs {
+			if rec.typ != RecordHashes {
+				continue
+			}
+			if v < 2 {
+				t.Fatalf("v%d: a Hashes record", v)
+			}
+			n := len(rec.data) / 8
+			if n == 0 || n > hdr.MaxHashes() {
+				t.Fatalf("v%d: a Hashes record of %d hashes", v, n)
+			}
+			for j := range n {
+				idx := rec.index + uint64(j)
+				if !unchanged[idx] || binary.LittleEndian.Uint64(rec.data[8*j:]) != next[idx] {
+					t.Fatalf("v%d: Hashes record at %d: hash %d is not block %d's next-seed hash", v, rec.index, j, idx)
+				}
+			}
+			seen += n
+		}
+		if v >= 2 && seen != len(unchanged) {
+			t.Fatalf("v%d: %d next-seed hashes for %d unchanged blocks", v, seen, len(unchanged))
 		}
 	}
 
