@@ -2,6 +2,7 @@ package blocksync
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -304,7 +305,7 @@ func (z zeroReaderAt) ReadAt(p []byte, off int64) (int, error) {
 
 func TestReadsInFlight(t *testing.T) {
 	img := zeroReaderAt{64 * chunkTarget}
-	for _, readers := range []int{1, 4, 8} {
+	for _, readers := range []int{1, 4, 8, 0} { // 0: DefaultReaders
 		src := &slowReaderAt{r: img, delay: 2 * time.Millisecond}
 		var buf bytes.Buffer
 		sw, _ := format.NewSigWriter(&buf, format.SigHeader{BlockSize: bs, Base: format.Base{Size: uint64(img.size)}})
@@ -312,10 +313,10 @@ func TestReadsInFlight(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := int(src.max.Load())
-		if got > readers {
+		if limit := cmp.Or(readers, DefaultReaders); got > limit {
 			t.Errorf("readers %d: %d reads in flight", readers, got)
 		}
-		if readers > 1 && got < 2 {
+		if readers != 1 && got < 2 {
 			t.Errorf("readers %d: reads never overlapped", readers)
 		}
 		t.Logf("readers %d: at most %d reads in flight", readers, got)

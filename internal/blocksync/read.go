@@ -113,13 +113,14 @@ type hashSeeds struct {
 }
 
 // readBlocks reads the blocks of src (size bytes, cut in blockSize blocks)
-// with up to readers reads in flight, tells the all-zero blocks, hashes
-// each block with the seeds (in the reading goroutines, so hashing runs in
-// parallel; an all-zero block of full length is not hashed, as its hashes
-// are constants), and calls fn for each chunk of blocks in order. fn must
-// not keep the chunk or its slices after it returns. Reads are of about
-// chunkSizeFor(src) (a whole number of blocks); at most readers+2 of them
-// are buffered, and never more than 32 MiB. Nothing is allocated per block.
+// with up to readers reads in flight (DefaultReaders when readers is 0),
+// tells the all-zero blocks, hashes each block with the seeds (in the
+// reading goroutines, so hashing runs in parallel; an all-zero block of
+// full length is not hashed, as its hashes are constants), and calls fn
+// for each chunk of blocks in order. fn must not keep the chunk or its
+// slices after it returns. Reads are of about chunkSizeFor(src) (a whole
+// number of blocks); at most readers+2 of them are buffered, and never
+// more than 32 MiB. Nothing is allocated per block.
 func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uint32, seeds hashSeeds, readers int, fn func(c *chunk) error) error {
 	n := format.BlockCount(size, blockSize)
 	if n == 0 {
@@ -127,7 +128,10 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 	}
 	per := uint64(max(1, chunkSizeFor(src)/int(blockSize))) // blocks per chunk
 	chunkSize := per * uint64(blockSize)
-	readers = max(1, min(readers, MaxReaders))
+	if readers <= 0 {
+		readers = DefaultReaders
+	}
+	readers = min(readers, MaxReaders)
 	depth := max(2, min(readers+2, int(memoryCap/chunkSize)))
 	readers = max(1, min(readers, depth-1))
 	nchunks := (n + per - 1) / per
