@@ -153,7 +153,7 @@ func BenchmarkDeltaNoChangeV2(b *testing.B) {
 				}
 			}
 		}
-		b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/float64(len(data))*(1<<30), "cpu-ns/GiB")
+		reportCPU(b, cpu0, len(data))
 	})
 	b.Run("work", func(b *testing.B) {
 		b.SetBytes(int64(len(data)))
@@ -184,29 +184,19 @@ func BenchmarkDeltaNoChangeV2(b *testing.B) {
 			}
 			wg.Wait()
 		}
-		b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/float64(len(data))*(1<<30), "cpu-ns/GiB")
+		reportCPU(b, cpu0, len(data))
 	})
 	for _, v := range []uint16{1, 2, 3} {
 		b.Run(fmt.Sprintf("v%d", v), func(b *testing.B) {
-			var sig bytes.Buffer
-			sw, _ := format.NewSigWriter(&sig, format.SigHeader{Version: v, BlockSize: 4096, Seed: 1, NextSeed: uint64(v - 1), Base: format.Base{Size: uint64(len(data))}})
-			if err := Sign(context.Background(), bytes.NewReader(data), sw, Options{}); err != nil {
-				b.Fatal(err)
-			}
-			sw.Close()
+			sig := signVersion(b, v, data, 1, uint64(v-1))
 			b.SetBytes(int64(len(data)))
 			var sent uint64
 			cpu0 := cpuTime()
 			for b.Loop() {
-				sr, _ := format.NewSigReader(bytes.NewReader(sig.Bytes()))
-				c := new(Counters)
-				if _, err := Delta(context.Background(), sr, bytes.NewReader(data), uint64(len(data)), io.Discard, Options{Counters: c}); err != nil {
-					b.Fatal(err)
-				}
-				sent = c.BytesSent.Load()
+				sent = deltaSent(b, sig, data)
 			}
 			b.ReportMetric(float64(sent)/float64(len(data)/4096), "sent-B/block")
-			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/float64(len(data))*(1<<30), "cpu-ns/GiB")
+			reportCPU(b, cpu0, len(data))
 		})
 	}
 }
@@ -216,6 +206,23 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the process's CPU time since cpu0 per GiB, for b.N
+// rounds of size bytes each.
+func reportCPU(b *testing.B, cpu0 time.Duration, size int) {
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/float64(size)*(1<<30), "cpu-ns/GiB")
+}
+
+// deltaSent computes the delta of dev against sig and returns the bytes of
+// the delta stream.
+func deltaSent(b *testing.B, sig, dev []byte) uint64 {
+	sr, _ := format.NewSigReader(bytes.NewReader(sig))
+	c := new(Counters)
+	if _, err := Delta(context.Background(), sr, bytes.NewReader(dev), uint64(len(dev)), io.Discard, Options{Counters: c}); err != nil {
+		b.Fatal(err)
+	}
+	return c.BytesSent.Load()
 }
 
 // BenchmarkIncrementalWire is the incremental of the wire-bytes goal: 1% of
@@ -252,21 +259,11 @@ func BenchmarkIncrementalWire(b *testing.B) {
 	enc.Close()
 	for _, v := range []uint16{1, 2} {
 		b.Run(fmt.Sprintf("v%d", v), func(b *testing.B) {
-			var sig bytes.Buffer
-			sw, _ := format.NewSigWriter(&sig, format.SigHeader{Version: v, BlockSize: 4096, Seed: 1, NextSeed: uint64(v - 1), Base: format.Base{Size: uint64(len(img))}})
-			if err := Sign(context.Background(), bytes.NewReader(img), sw, Options{}); err != nil {
-				b.Fatal(err)
-			}
-			sw.Close()
+			sig := signVersion(b, v, img, 1, uint64(v-1))
 			b.SetBytes(int64(len(dev)))
 			var sent uint64
 			for b.Loop() {
-				sr, _ := format.NewSigReader(bytes.NewReader(sig.Bytes()))
-				c := new(Counters)
-				if _, err := Delta(context.Background(), sr, bytes.NewReader(dev), uint64(len(dev)), io.Discard, Options{Counters: c}); err != nil {
-					b.Fatal(err)
-				}
-				sent = c.BytesSent.Load()
+				sent = deltaSent(b, sig, dev)
 			}
 			b.ReportMetric(float64(sent), "wire-B")
 			b.ReportMetric(float64(z.Len()), "zstd-changed-B")

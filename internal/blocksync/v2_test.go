@@ -19,8 +19,8 @@ func signV2(t testing.TB, img []byte, seed, next uint64) []byte {
 	return signVersion(t, 2, img, seed, next)
 }
 
-// signVersion returns a signature of the given version (2 or later) of img
-// with the given seeds.
+// signVersion returns a signature of the given version of img with the
+// given seeds (next must be 0 in version 1).
 func signVersion(t testing.TB, version uint16, img []byte, seed, next uint64) []byte {
 	t.Helper()
 	var buf bytes.Buffer
