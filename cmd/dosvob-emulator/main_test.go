@@ -20,7 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{name: run}))
+	testscript.Main(m, map[string]func(){name: func() { os.Exit(run()) }})
 }
 
 func TestScripts(t *testing.T) {

@@ -19,7 +19,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{"dosvob-hash": run}))
+	testscript.Main(m, map[string]func(){"dosvob-hash": func() { os.Exit(run()) }})
 }
 
 func TestScripts(t *testing.T) {

@@ -14,9 +14,9 @@ import (
 const scriptToken = "dop_v1_script-token-9d1c0b7e55aa"
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{
-		"dosvob-provision": func() int { return cliutil.RunArgs(app(), os.Args, os.Stderr) },
-	}))
+	testscript.Main(m, map[string]func(){
+		"dosvob-provision": func() { os.Exit(cliutil.RunArgs(app(), os.Args, os.Stderr)) },
+	})
 }
 
 // TestScripts runs testdata/*.txt. Each script gets its own emulator

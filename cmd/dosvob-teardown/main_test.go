@@ -15,9 +15,9 @@ import (
 const scriptToken = "dop_v1_teardown-script-7b3e91c2"
 
 func TestMain(m *testing.M) {
-	os.Exit(testscript.RunMain(m, map[string]func() int{
-		"dosvob-teardown": func() int { return cliutil.RunArgs(app(), os.Args, os.Stderr) },
-	}))
+	testscript.Main(m, map[string]func(){
+		"dosvob-teardown": func() { os.Exit(cliutil.RunArgs(app(), os.Args, os.Stderr)) },
+	})
 }
 
 // Two crashed runs' leftovers, and the user's look-alikes.

@@ -30,7 +30,8 @@ func TestNames(t *testing.T) {
 	if !ValidRunID(id) || id[:15] != "20260102-140405" {
 		t.Fatalf("run id %q", id)
 	}
-	if NewRunID(time.Now()) == NewRunID(time.Now()) {
+	now := time.Now()
+	if a, b := NewRunID(now), NewRunID(now); a == b {
 		t.Error("two run ids in the same second are equal")
 	}
 	for _, n := range []string{CopyName(id, 0), CopyName(id, 9999)} {

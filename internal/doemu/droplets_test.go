@@ -200,7 +200,7 @@ func TestAttachDetach(t *testing.T) {
 	apiErr(t, err, http.StatusUnprocessableEntity, "already attached")
 
 	// Detach by name.
-	a, _, err = c.StorageActions.DetachByDropletID(ctx(t), v.ID, far.ID)
+	_, _, err = c.StorageActions.DetachByDropletID(ctx(t), v.ID, far.ID)
 	apiErr(t, err, http.StatusUnprocessableEntity, "Attachment not found")
 	da, _, err := c.StorageActions.DetachByDropletID(ctx(t), v.ID, d.ID)
 	if err != nil {

@@ -95,12 +95,3 @@ func (e *Emulator) paginate(r *request, key string, items []any) (reply, error) 
 		"meta":  map[string]int{"total": total},
 	}}, nil
 }
-
-// anySlice converts a typed slice for paginate.
-func anySlice[T any](xs []T) []any {
-	out := make([]any, len(xs))
-	for i, x := range xs {
-		out[i] = x
-	}
-	return out
-}

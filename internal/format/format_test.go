@@ -424,7 +424,7 @@ func TestDeltaReaderErrors(t *testing.T) {
 		{"zero byte after frame", append(bytes.Clone(good), 0), io.ErrUnexpectedEOF},
 	}
 	// A stream whose end record digest is wrong.
-	bad := rawDelta(h2, nil, []uint64{3, 0, 0, 0, 0, 0, 0}, nil)
+	var bad []byte
 	{
 		var plain bytes.Buffer
 		plain.WriteByte(byte(RecordEnd))

@@ -255,12 +255,6 @@ func (d *dropFS) allow() bool {
 	return d.ops <= d.limit
 }
 
-func (d *dropFS) dropped() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.ops > d.limit
-}
-
 func (d *dropFS) OpenFile(name string, flag int, perm os.FileMode) (file, error) {
 	if flag&(os.O_CREATE|os.O_TRUNC) != 0 && !d.allow() {
 		// The file may not exist on disk; hand out a file that drops
