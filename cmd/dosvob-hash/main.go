@@ -127,7 +127,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			&cli.BoolFlag{Name: "raw", Usage: "sign DEVICE as it is, with no state directory (the restore direction; see above)"},
 			&cli.StringFlag{Name: "block-size", Aliases: []string{"b"}, DefaultText: sizeString(blocksync.DefaultBlockSize) + ", or the image's",
 				Usage: "block `SIZE` when signing (4K to 16M, a power of two; K and M suffixes); the delta side takes it from the signature"},
-			&cli.IntFlag{Name: "readers", Value: blocksync.DefaultReaders, Usage: "`N` reads in flight"},
+			&cli.IntFlag{Name: "readers", Value: blocksync.DefaultReaders, Usage: "`N` reads in flight, 1 to 64 (fewer if the device is small or 32 MiB of read buffers allow fewer; the summary says how many)"},
 			&cli.IntFlag{Name: "level", Value: format.DefaultLevel, Usage: "zstd compression `LEVEL` of the delta: 1 fastest, 2 default, 3 better, 4 best"},
 			&cli.IntFlag{Name: "zstd-threads", Value: blocksync.DefaultZstdThreads, Usage: "`N` compression goroutines for the delta"},
 			&cli.BoolFlag{Name: "progress", Usage: "show progress on stderr even when it is not a terminal"},
@@ -391,13 +391,16 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 		return deviceErr(err, path)
 	}
 	c := opts.Counters
-	how := ""
-	if f.Direct.Load() > 0 {
-		how = " (O_DIRECT)"
+	how := "up to 1 read in flight"
+	if n := blocksync.ReadsInFlight(f, size, sr.Header().BlockSize, opts.Readers); n != 1 {
+		how = fmt.Sprintf("up to %d reads in flight", n)
 	}
-	o.summary("delta of %s: %d blocks scanned, %d changed, %d zero, %s read%s, %s sent in %s (%s/s)", path,
+	if f.Direct.Load() > 0 {
+		how = "O_DIRECT, " + how
+	}
+	o.summary("delta of %s: %d blocks scanned, %d changed, %d zero, %s read (%s), %s sent at zstd level %d in %s (%s/s)", path,
 		end.Blocks, end.DataRecords, end.ZeroRecords, sizeString(c.BytesRead.Load()), how, sizeString(c.BytesSent.Load()),
-		seconds(el), rate(c.BytesRead.Load(), el))
+		opts.Level, seconds(el), rate(c.BytesRead.Load(), el))
 	return nil
 }
 

@@ -319,7 +319,43 @@ func TestReadsInFlight(t *testing.T) {
 		if readers != 1 && got < 2 {
 			t.Errorf("readers %d: reads never overlapped", readers)
 		}
+		if n := ReadsInFlight(src, uint64(img.size), bs, readers); n != cmp.Or(readers, DefaultReaders) || got > n {
+			t.Errorf("readers %d: ReadsInFlight says %d, and %d were seen", readers, n, got)
+		}
 		t.Logf("readers %d: at most %d reads in flight", readers, got)
+	}
+}
+
+// directZeros is a source of zeros that says it reads with O_DIRECT.
+type directZeros struct{ zeroReaderAt }
+
+func (directZeros) IsDirect() bool { return true }
+
+// TestReadsInFlightBounds: what ReadsInFlight reports when the memory cap
+// or a small source keeps fewer reads in flight than asked for.
+func TestReadsInFlightBounds(t *testing.T) {
+	big := zeroReaderAt{1 << 30}
+	for _, c := range []struct {
+		name      string
+		src       io.ReaderAt
+		size      uint64
+		blockSize uint32
+		readers   int
+		want      int
+	}{
+		{"default", big, 1 << 30, bs, 0, DefaultReaders},
+		{"as asked", big, 1 << 30, bs, 64, 64},
+		{"more than the most", big, 1 << 30, bs, 1000, MaxReaders},
+		{"direct, 1 MiB reads, 32 MiB of buffers", directZeros{big}, 1 << 30, bs, 64, 31},
+		{"direct, as asked", directZeros{big}, 1 << 30, bs, 16, 16},
+		{"16 MiB blocks: two buffers", big, 1 << 30, 16 << 20, 8, 1},
+		{"three chunks", big, 3 * chunkTarget, bs, 8, 3},
+		{"one short block", big, 100, bs, 8, 1},
+		{"empty", big, 0, bs, 8, 0},
+	} {
+		if got := ReadsInFlight(c.src, c.size, c.blockSize, c.readers); got != c.want {
+			t.Errorf("%s: ReadsInFlight %d, want %d", c.name, got, c.want)
+		}
 	}
 }
 

@@ -126,17 +126,9 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 	if n == 0 {
 		return nil
 	}
-	per := uint64(max(1, chunkSizeFor(src)/int(blockSize))) // blocks per chunk
+	per, depth, readers := plan(src, size, blockSize, readers)
 	chunkSize := per * uint64(blockSize)
-	if readers <= 0 {
-		readers = DefaultReaders
-	}
-	readers = min(readers, MaxReaders)
-	depth := max(2, min(readers+2, int(memoryCap/chunkSize)))
-	readers = max(1, min(readers, depth-1))
 	nchunks := (n + per - 1) / per
-	depth = int(min(uint64(depth), nchunks))
-	readers = min(readers, depth)
 
 	free := make(chan *chunk, depth)
 	for _, buf := range alignedBufs(int(chunkSize), depth) {
@@ -257,6 +249,36 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 		release <- c
 	}
 	return ctx.Err()
+}
+
+// plan returns how readBlocks reads src (size bytes in blockSize blocks,
+// at least one) when asked for readers reads in flight: blocks per chunk,
+// chunks buffered, and the reads in flight it really keeps, which the
+// memory cap and a small source may lower.
+func plan(src io.ReaderAt, size uint64, blockSize uint32, readers int) (per uint64, depth, inFlight int) {
+	per = uint64(max(1, chunkSizeFor(src)/int(blockSize)))
+	chunkSize := per * uint64(blockSize)
+	if readers <= 0 {
+		readers = DefaultReaders
+	}
+	readers = min(readers, MaxReaders)
+	depth = max(2, min(readers+2, int(memoryCap/chunkSize)))
+	readers = max(1, min(readers, depth-1))
+	nchunks := (format.BlockCount(size, blockSize) + per - 1) / per
+	depth = int(min(uint64(depth), nchunks))
+	return per, depth, min(readers, depth)
+}
+
+// ReadsInFlight is the number of reads Sign and Delta keep in flight on
+// src (size bytes, in blockSize blocks) when asked for readers (0 for
+// DefaultReaders): readers itself, unless the bound on buffer memory or a
+// source of fewer chunks allows fewer.
+func ReadsInFlight(src io.ReaderAt, size uint64, blockSize uint32, readers int) int {
+	if format.BlockCount(size, blockSize) == 0 {
+		return 0
+	}
+	_, _, n := plan(src, size, blockSize, readers)
+	return n
 }
 
 // readFull reads len(p) bytes at off. A source that ends early (it shrank

@@ -320,7 +320,7 @@ func testPipe(t *testing.T, mk func([]byte) target) {
 			t.Errorf("no change: the image was read to sign it: %s", r.stderr[0])
 		}
 		// A block device is read with O_DIRECT, a file through the cache.
-		if _, isLoop := dev.(loopTarget); isLoop != strings.Contains(r.stderr[1], "(O_DIRECT)") {
+		if _, isLoop := dev.(loopTarget); isLoop != strings.Contains(r.stderr[1], "(O_DIRECT, ") {
 			t.Errorf("no change: O_DIRECT use does not fit the device kind: %s", r.stderr[1])
 		}
 	})
