@@ -41,6 +41,12 @@ Options:
                           ~/.config/dosvob/conf.json)
   -j, --jobs N            volumes synced at once (default 2)
   -k, --keep N            previous versions kept per image (default 7)
+      --readers N         reads in flight on each volume copy (1 to 64,
+                          default 8): more can help a large volume on a
+                          droplet whose storage allows a deeper queue
+      --level N           zstd level of the delta streams, 1 (fastest, the
+                          default) to 4 (smallest): a higher level sends
+                          fewer bytes over a slow link for more droplet CPU
       --bin DIR           directory with the dosvob binaries (default:
                           $DOSVOB_BIN, else ../bin beside this script, else
                           the directory of dosvob-provision on PATH)
@@ -91,6 +97,7 @@ ping_failure=""
 hook=""
 ssh_prog=ssh
 provision_args=()
+delta_args=() # for dosvob-hash --delta on the droplets
 backup_dir=""
 dry_run=0
 
@@ -118,6 +125,22 @@ while [[ $# -gt 0 ]]; do
 	--hook) need_arg "$@"; hook=$2; shift 2 ;;
 	--ssh) need_arg "$@"; ssh_prog=$2; shift 2 ;;
 	--provision-arg) need_arg "$@"; provision_args+=("$2"); shift 2 ;;
+	--readers)
+		need_arg "$@"
+		if ! [[ "$2" =~ ^[1-9][0-9]?$ ]] || [[ "$2" -gt 64 ]]; then
+			usage_error "invalid --readers \"$2\": want a whole number from 1 to 64"
+		fi
+		delta_args+=(--readers "$2")
+		shift 2
+		;;
+	--level)
+		need_arg "$@"
+		if ! [[ "$2" =~ ^[1-4]$ ]]; then
+			usage_error "invalid --level \"$2\": want 1, 2, 3 or 4"
+		fi
+		delta_args+=(--level "$2")
+		shift 2
+		;;
 	--dry-run) dry_run=1; shift ;;
 	--) shift; break ;;
 	-*) usage_error "unknown option \"$1\"" ;;
@@ -381,7 +404,7 @@ sync_volume() {
 	set +e
 	"$hash" "$img" 2>"$d/hash.err" |
 		"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$user@$addr" \
-			"$(remote_cmd "$rhash" --delta "$device")" 2>"$d/ssh.err" |
+			"$(remote_cmd "$rhash" --delta "${delta_args[@]}" "$device")" 2>"$d/ssh.err" |
 		"$patch" --keep "$keep" --volume-name "$name" --volume-id "$id" \
 			--snapshot-time "$snap" "$img" 2>"$d/patch.err"
 	st=("${PIPESTATUS[@]}")

@@ -50,8 +50,21 @@ func TestBackupAndRestore(t *testing.T) {
 
 	e.change("fra1/db", 20)
 	e.change("nyc1/web", 5)
-	r = e.mustBackup("-j", "1")
+	// The reads in flight and the compression level reach dosvob-hash on
+	// the droplets, which says so in its summary.
+	r = e.mustBackup("-j", "1", "--readers", "3", "--level", "4")
 	t.Logf("second run: %v", r.dur)
+	for _, v := range sourceVolumes {
+		if !strings.Contains(r.stderr, "["+v+"] dosvob-hash: delta of ") {
+			t.Errorf("the log lacks the droplet's summary for %s:\n%s", v, r.stderr)
+		}
+	}
+	if n := strings.Count(r.stderr, "up to 3 reads in flight), "); n != len(sourceVolumes) {
+		t.Errorf("%d of %d deltas say they had up to 3 reads in flight:\n%s", n, len(sourceVolumes), r.stderr)
+	}
+	if n := strings.Count(r.stderr, " sent at zstd level 4 in "); n != len(sourceVolumes) {
+		t.Errorf("%d of %d deltas say they used zstd level 4:\n%s", n, len(sourceVolumes), r.stderr)
+	}
 	e.checkImages()
 	e.checkNothingLeft()
 	for _, v := range sourceVolumes {
