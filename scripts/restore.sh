@@ -47,6 +47,9 @@ Options:
                           dosvob-patch versions IMAGE) instead of the newest
                           backup; it is first written to a temporary file
                           beside the image, and the image is not touched
+      --level N           zstd level of the stream sent up, 1 (fastest, the
+                          default) to 4 (smallest): a higher level sends
+                          fewer bytes over a slow uplink for more local CPU
       --no-sha256         skip the SHA-256 comparison, which reads the whole
                           volume and image once more (dosvob-patch has
                           already checked the volume against the image)
@@ -89,6 +92,7 @@ bin_dir=""
 lock_file=""
 ssh_prog=ssh
 sha_check=1
+delta_args=() # for the local dosvob-hash --delta
 
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -101,6 +105,14 @@ while [[ $# -gt 0 ]]; do
 	--size-gib) need_arg "$@"; size_gib=$2; shift 2 ;;
 	--version) need_arg "$@"; version=$2; shift 2 ;;
 	--no-sha256) sha_check=0; shift ;;
+	--level)
+		need_arg "$@"
+		if ! [[ "$2" =~ ^[1-4]$ ]]; then
+			usage_error "invalid --level \"$2\": want 1, 2, 3 or 4"
+		fi
+		delta_args+=(--level "$2")
+		shift 2
+		;;
 	-c | --config) need_arg "$@"; config=$2; shift 2 ;;
 	--bin) need_arg "$@"; bin_dir=$2; shift 2 ;;
 	--lock) need_arg "$@"; lock_file=$2; shift 2 ;;
@@ -293,7 +305,7 @@ target="$user@$addr"
 restore_pipe() {
 	set +e # a background job: collect every stage's status, do not stop at the first
 	"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$(remote_cmd "$rhash" --raw "$device")" 2>"$work/sign.err" </dev/null |
-		"$hash" --delta "$source_file" 2>"$work/delta.err" |
+		"$hash" --delta "${delta_args[@]}" "$source_file" 2>"$work/delta.err" |
 		"$ssh_prog" "${SSH_OPTS[@]}" -p "$port" "$target" "$(remote_cmd "$rpatch" --raw "$device")" 2>"$work/apply.err"
 	local st=("${PIPESTATUS[@]}") f line
 	for f in sign delta apply; do

@@ -99,6 +99,7 @@ func TestUsage(t *testing.T) {
 		{"restore.sh", []string{"--volume-name", "Bad_Name", "--region", "fra1", "/etc/hostname"}, 2, `invalid --volume-name "Bad_Name"`},
 		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "/nonexistent.img"}, 2, "not found"},
 		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "--size-gib", "0", "/etc/hostname"}, 2, "invalid --size-gib"},
+		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "--level", "9", "/etc/hostname"}, 2, `invalid --level "9"`},
 		{"demo.sh", []string{"--help"}, 0, "Usage: demo.sh"},
 	} {
 		cmd := exec.Command("bash", append([]string{filepath.Join(root, "scripts", c.script)}, c.args...)...)

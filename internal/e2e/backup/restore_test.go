@@ -77,11 +77,15 @@ func checkRestore(t *testing.T, e *env) {
 		size = st.Size()
 	}
 
-	// The newest backup into a new volume.
-	r := e.restore("--volume-name", "db-restored", "--region", "fra1", img)
+	// The newest backup into a new volume, compressed at the smallest
+	// level, as over a slow uplink.
+	r := e.restore("--volume-name", "db-restored", "--region", "fra1", "--level", "4", img)
 	t.Logf("restore: %v", r.dur)
 	if r.code != 0 {
 		t.Fatalf("restore.sh exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "[delta] dosvob-hash: delta of ") || !strings.Contains(r.stderr, " sent at zstd level 4 in ") {
+		t.Errorf("the local delta does not say it used zstd level 4:\n%s", r.stderr)
 	}
 	var out struct {
 		Name   string `json:"name"`
