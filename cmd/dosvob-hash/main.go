@@ -381,6 +381,9 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 	if err != nil {
 		return sigErr(err)
 	}
+	// Before the run: a device that refuses O_DIRECT is read with other
+	// pieces from then on.
+	inFlight := blocksync.ReadsInFlight(f, size, sr.Header().BlockSize, opts.Readers)
 	stop := o.start("delta", opts.Counters)
 	end, err := blocksync.Delta(ctx, sr, f, size, stdout, opts)
 	el := stop()
@@ -392,8 +395,8 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 	}
 	c := opts.Counters
 	how := "up to 1 read in flight"
-	if n := blocksync.ReadsInFlight(f, size, sr.Header().BlockSize, opts.Readers); n != 1 {
-		how = fmt.Sprintf("up to %d reads in flight", n)
+	if inFlight != 1 {
+		how = fmt.Sprintf("up to %d reads in flight", inFlight)
 	}
 	if f.Direct.Load() > 0 {
 		how = "O_DIRECT, " + how
