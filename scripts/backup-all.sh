@@ -133,14 +133,7 @@ while [[ $# -gt 0 ]]; do
 		delta_args+=(--readers "$2")
 		shift 2
 		;;
-	--level)
-		need_arg "$@"
-		if ! [[ "$2" =~ ^[1-4]$ ]]; then
-			usage_error "invalid --level \"$2\": want 1, 2, 3 or 4"
-		fi
-		delta_args+=(--level "$2")
-		shift 2
-		;;
+	--level) need_arg "$@"; need_level "$2"; delta_args+=(--level "$2"); shift 2 ;;
 	--dry-run) dry_run=1; shift ;;
 	--) shift; break ;;
 	-*) usage_error "unknown option \"$1\"" ;;

@@ -105,14 +105,7 @@ while [[ $# -gt 0 ]]; do
 	--size-gib) need_arg "$@"; size_gib=$2; shift 2 ;;
 	--version) need_arg "$@"; version=$2; shift 2 ;;
 	--no-sha256) sha_check=0; shift ;;
-	--level)
-		need_arg "$@"
-		if ! [[ "$2" =~ ^[1-4]$ ]]; then
-			usage_error "invalid --level \"$2\": want 1, 2, 3 or 4"
-		fi
-		delta_args+=(--level "$2")
-		shift 2
-		;;
+	--level) need_arg "$@"; need_level "$2"; delta_args+=(--level "$2"); shift 2 ;;
 	-c | --config) need_arg "$@"; config=$2; shift 2 ;;
 	--bin) need_arg "$@"; bin_dir=$2; shift 2 ;;
 	--lock) need_arg "$@"; lock_file=$2; shift 2 ;;

@@ -98,6 +98,14 @@ check_bins() {
 	done
 }
 
+# need_level VALUE: fail with a usage error unless VALUE is a compression
+# level that dosvob-hash --level takes (1 to 4).
+need_level() {
+	if ! [[ "$1" =~ ^[1-4]$ ]]; then
+		usage_error "invalid --level \"$1\": want 1, 2, 3 or 4"
+	fi
+}
+
 # is_uint VALUE: true when VALUE is a non-negative decimal integer.
 is_uint() {
 	[[ "$1" =~ ^[0-9]+$ ]]
