@@ -251,10 +251,10 @@ func readBlocks(ctx context.Context, src io.ReaderAt, size uint64, blockSize uin
 	return ctx.Err()
 }
 
-// plan returns how readBlocks reads src (size bytes in blockSize blocks,
-// at least one) when asked for readers reads in flight: blocks per chunk,
-// chunks buffered, and the reads in flight it really keeps, which the
-// memory cap and a small source may lower.
+// plan returns how readBlocks reads src (size bytes in blockSize blocks)
+// when asked for readers reads in flight: blocks per chunk, chunks
+// buffered, and the reads in flight it really keeps, which the memory cap
+// and a small source may lower (to 0 for an empty one).
 func plan(src io.ReaderAt, size uint64, blockSize uint32, readers int) (per uint64, depth, inFlight int) {
 	per = uint64(max(1, chunkSizeFor(src)/int(blockSize)))
 	chunkSize := per * uint64(blockSize)
@@ -274,9 +274,6 @@ func plan(src io.ReaderAt, size uint64, blockSize uint32, readers int) (per uint
 // DefaultReaders): readers itself, unless the bound on buffer memory or a
 // source of fewer chunks allows fewer.
 func ReadsInFlight(src io.ReaderAt, size uint64, blockSize uint32, readers int) int {
-	if format.BlockCount(size, blockSize) == 0 {
-		return 0
-	}
 	_, _, n := plan(src, size, blockSize, readers)
 	return n
 }
