@@ -1,12 +1,14 @@
 package imagestore
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -201,14 +203,13 @@ func (jr *journalReader) next() (journalEntry, error) {
 type entryRef struct {
 	off   int64
 	index int64
+	zero  bool
 }
 
-// rollback undoes a run on img from the journal: every journaled block gets
-// its old contents back (the first entry of a block wins, as it holds the
-// bytes from before the run), then the file is cut to the old size and
-// fsynced. It is idempotent: a crash during rollback is fixed by running it
-// again.
-func rollback(jr *journalReader, img file) (blocks int, err error) {
+// firstEntries reads the journal from jr's position and returns, in block
+// order, where the first entry of each journaled block lies: the one that
+// holds the block's bytes from before the run.
+func firstEntries(jr *journalReader) []entryRef {
 	var refs []entryRef
 	for {
 		off := jr.off
@@ -216,27 +217,46 @@ func rollback(jr *journalReader, img file) (blocks int, err error) {
 		if err == io.EOF {
 			break
 		}
-		refs = append(refs, entryRef{off: off, index: e.index})
+		refs = append(refs, entryRef{off: off, index: e.index, zero: e.zero})
+	}
+	slices.SortStableFunc(refs, func(a, b entryRef) int { return cmp.Compare(a.index, b.index) })
+	return slices.CompactFunc(refs, func(a, b entryRef) bool { return a.index == b.index })
+}
+
+// rollback undoes a run on img from the journal: the file gets its old size
+// back, and every journaled block its old contents (from the first entry of
+// the block, which holds the bytes from before the run); then img is
+// fsynced. What frees space comes first, so that a rollback on a full disk
+// goes through: cutting away what the run appended, then punching the holes
+// back, and only then writing the old data back. It is idempotent: a crash
+// during rollback is fixed by running it again.
+func rollback(jr *journalReader, img file) (blocks int, err error) {
+	refs := firstEntries(jr)
+	if err := img.Truncate(jr.h.OldSize); err != nil {
+		return 0, err
 	}
 	bs := int64(jr.h.BlockSize)
-	for i := len(refs) - 1; i >= 0; i-- {
-		jr.off = refs[i].off
-		e, err := jr.next()
-		if err != nil {
-			return blocks, fmt.Errorf("journal changed under recovery")
-		}
-		off := e.index * bs
-		if e.zero {
-			if err := img.Punch(off, int64(e.n)); err != nil {
+	for _, zero := range []bool{true, false} {
+		for _, r := range refs {
+			if r.zero != zero {
+				continue
+			}
+			jr.off = r.off
+			e, err := jr.next()
+			if err != nil || e.index != r.index {
+				return blocks, fmt.Errorf("journal changed under recovery")
+			}
+			off := e.index * bs
+			if e.zero {
+				err = img.Punch(off, int64(e.n))
+			} else {
+				_, err = img.WriteAt(e.data, off)
+			}
+			if err != nil {
 				return blocks, err
 			}
-		} else if _, err := img.WriteAt(e.data, off); err != nil {
-			return blocks, err
+			blocks++
 		}
-		blocks++
-	}
-	if err := img.Truncate(jr.h.OldSize); err != nil {
-		return blocks, err
 	}
 	return blocks, img.Sync()
 }

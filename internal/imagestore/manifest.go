@@ -167,19 +167,26 @@ func readManifest(dir string) (*Manifest, error) {
 
 // writeFileAtomic writes name through a temporary file: write, fsync,
 // rename, fsync the directory. Readers see the old or the new file, never a
-// mix, whatever happens.
-func writeFileAtomic(fs fsys, name string, data []byte) error {
+// mix, whatever happens. An error before the rename leaves the old file and
+// no temporary one. An error of the last step is an *unsyncedError: the new
+// file is in place, but a power loss may still bring back the old one.
+func writeFileAtomic(fs fsys, name string, data []byte) (err error) {
 	tmp := name + ".tmp"
 	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
+	renamed := false
+	defer func() {
+		if !renamed {
+			f.Close()
+			fs.Remove(tmp)
+		}
+	}()
 	if _, err := f.WriteAt(data, 0); err != nil {
-		f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
@@ -188,8 +195,25 @@ func writeFileAtomic(fs fsys, name string, data []byte) error {
 	if err := fs.Rename(tmp, name); err != nil {
 		return err
 	}
-	return fs.SyncDir(filepath.Dir(name))
+	renamed = true
+	if err := fs.SyncDir(filepath.Dir(name)); err != nil {
+		return &unsyncedError{name: name, err: err}
+	}
+	return nil
 }
+
+// unsyncedError is writeFileAtomic's error when the new file is in place
+// but its directory could not be synced.
+type unsyncedError struct {
+	name string
+	err  error
+}
+
+func (e *unsyncedError) Error() string {
+	return fmt.Sprintf("%s is written, but syncing its directory failed: %v", e.name, e.err)
+}
+
+func (e *unsyncedError) Unwrap() error { return e.err }
 
 func writeJSONAtomic(fs fsys, name string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")

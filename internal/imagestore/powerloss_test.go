@@ -3,10 +3,12 @@ package imagestore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -166,4 +168,88 @@ func TestPowerLoss(t *testing.T) {
 			}
 		})
 	}
+}
+
+// renamedUnsynced is the real file system, except that the directory sync
+// right after the manifest is renamed into place fails: the commit point is
+// passed, but not durably.
+type renamedUnsynced struct {
+	fsys
+	armed bool
+}
+
+func (f *renamedUnsynced) Rename(o, n string) error {
+	err := f.fsys.Rename(o, n)
+	f.armed = err == nil && filepath.Base(n) == manifestName
+	return err
+}
+
+func (f *renamedUnsynced) SyncDir(name string) error {
+	if f.armed {
+		f.armed = false
+		return errors.New("injected sync failure")
+	}
+	return f.fsys.SyncDir(name)
+}
+
+// TestCommitNotDurable: a run whose manifest is in place but whose
+// directory sync fails must not be undone under that manifest (the image
+// would be the old backup under the new one's digests and hashes). It stays
+// the new backup, keeps the journal in case a power loss brings the old
+// manifest back, and the next open finishes it.
+func TestCommitNotDurable(t *testing.T) {
+	r := rand.New(rand.NewPCG(41, 42))
+	dir := t.TempDir()
+	img := filepath.Join(dir, "vol.img")
+	old := device(r, 64*1024+10)
+	syncTo(t, img, old, PatchOptions{TxOptions: TxOptions{Keep: 1}})
+	dev := mutate(r, old, 6)
+	d, _ := makeDelta(t, img, dev, testBS)
+
+	manifest := filepath.Join(StateDir(img), manifestName)
+	oldManifest, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(img, Options{Writer: true, Logf: t.Logf, fs: &renamedUnsynced{fsys: newOSFS()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Patch(context.Background(), bytes.NewReader(d), PatchOptions{TxOptions: TxOptions{Keep: 1}})
+	s.Close()
+	if err == nil || !strings.Contains(err.Error(), "not durably") {
+		t.Fatalf("patch: got %v, want a commit that is not durable", err)
+	}
+	t.Logf("patch: %v", err)
+	mustEqual(t, img, dev)
+	if !exists(filepath.Join(StateDir(img), journalName)) {
+		t.Fatal("the journal is gone: a power loss could not be undone")
+	}
+
+	// A power loss that brings the old manifest back: recovery rolls the
+	// image back to the old backup, which its manifest then describes.
+	lost := t.TempDir()
+	copyTree(t, dir, lost)
+	limg := filepath.Join(lost, "vol.img")
+	if err := os.WriteFile(filepath.Join(StateDir(limg), manifestName), oldManifest, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := Verify(context.Background(), limg, nil, t.Logf); err != nil || !rep.Intact() {
+		t.Fatalf("scrub after the power loss: %+v, %v", rep, err)
+	}
+	mustEqual(t, limg, old)
+
+	// No power loss: the next open finishes the run; the backup is whole.
+	s, err = Open(img, Options{Writer: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if exists(filepath.Join(StateDir(img), journalName)) {
+		t.Fatal("the journal is still there after recovery")
+	}
+	if rep, err := Verify(context.Background(), img, nil, t.Logf); err != nil || !rep.Intact() {
+		t.Fatalf("scrub: %+v, %v", rep, err)
+	}
+	syncTo(t, img, mutate(r, dev, 3), PatchOptions{})
 }

@@ -289,6 +289,9 @@ func (s *Store) recover() error {
 	if err != nil {
 		return err
 	}
+	// The interrupted run's temporary files go first: on a full disk the
+	// space they hold may be what rolling back needs.
+	s.removeTemps()
 	if exists(s.join(journalName)) {
 		if err := s.recoverJournal(m); err != nil {
 			return err
@@ -376,28 +379,29 @@ func (s *Store) removeDurably(name string) error {
 }
 
 // sweep removes leftovers no committed state refers to: temporary files,
-// per-block hash files and versions the manifest does not list. The caller
-// holds the writer lock and the state lock.
+// per-block hash files and versions the manifest does not list. With no
+// manifest at all (lost, or moved away by hand) it removes only temporary
+// files: the versions are old backups, and nothing says they are stale. The
+// caller holds the writer lock and the state lock.
 func (s *Store) sweep() {
 	m, err := readManifest(s.dir)
 	if err != nil {
 		return
 	}
-	keep := map[string]bool{}
-	if m != nil {
-		keep[m.Hashes] = true
-		for _, v := range m.Versions {
-			keep[v.File] = true
-		}
-	}
+	s.removeTemps()
 	if exists(s.path) && !exists(s.join(partialName)) {
 		os.Remove(s.join(partialMeta)) // its first backup was moved into place
 	}
+	if m == nil {
+		return
+	}
+	keep := map[string]bool{m.Hashes: true}
+	for _, v := range m.Versions {
+		keep[v.File] = true
+	}
 	ents, _ := os.ReadDir(s.dir)
 	for _, e := range ents {
-		n := e.Name()
-		if strings.HasSuffix(n, ".tmp") || n == newHashes ||
-			(strings.HasPrefix(n, "hashes-") && !keep[n]) {
+		if n := e.Name(); strings.HasPrefix(n, "hashes-") && !keep[n] {
 			os.Remove(s.join(n))
 		}
 	}
@@ -406,6 +410,21 @@ func (s *Store) sweep() {
 		if !keep[e.Name()] {
 			s.logf("removed version file %s that no manifest lists", e.Name())
 			os.Remove(filepath.Join(s.dir, versionsDir, e.Name()))
+		}
+	}
+}
+
+// removeTemps removes the files a run writes before its commit: temporary
+// files in the state directory and in versions/, and the per-block hashes
+// being written. None of them is ever part of a committed state. The caller
+// holds the writer lock and the state lock.
+func (s *Store) removeTemps() {
+	for _, dir := range []string{s.dir, s.join(versionsDir)} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if n := e.Name(); strings.HasSuffix(n, ".tmp") || n == newHashes {
+				os.Remove(filepath.Join(dir, n))
+			}
 		}
 	}
 }

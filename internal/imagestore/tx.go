@@ -76,6 +76,10 @@ type Tx struct {
 	stats     RunStats
 	start     time.Time
 	done      bool
+	// files are what the run created in the state directory besides
+	// hashes.new and the next-seed hashes: none is committed until the
+	// manifest names it, and Abort removes them.
+	files []string
 }
 
 type pendingOp struct {
@@ -543,6 +547,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	// signature's for the others. Their digest must be the device's.
 	cacheName := fmt.Sprintf("hashes-%d", tx.newGen)
 	cacheTmp := s.join(cacheName + ".tmp")
+	tx.files = append(tx.files, cacheTmp, s.join(cacheName))
 	if tx.v2 {
 		cacheTmp = "" // the cache is the next-seed hashes, written as they came
 	}
@@ -665,6 +670,17 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 
 	// The commit point: the manifest names the new generation.
 	if err := writeJSONAtomic(fs, s.join(manifestName), m); err != nil {
+		var unsynced *unsyncedError
+		if errors.As(err, &unsynced) {
+			// The new manifest is in place, so the run must not be
+			// undone under it; but until the directory is synced a power
+			// loss may bring back the old manifest. The journal stays for
+			// that case, and the next open finishes the run either way.
+			tx.done = true
+			tx.closeFiles()
+			s.manifest = m
+			return nil, fmt.Errorf("committed generation %d of %s, but not durably (the next run finishes or undoes it): %w", tx.newGen, s.path, err)
+		}
 		return nil, err
 	}
 	tx.done = true
@@ -838,25 +854,27 @@ func (tx *Tx) Abort() error {
 	}
 	tx.done = true
 	s := tx.s
-	var err error
-	if tx.inPlace && tx.jw != nil {
+	inPlace := tx.inPlace && tx.jw != nil
+	if inPlace {
+		// Entries still queued cover blocks not written yet: flush writes
+		// a block in place only once its entry is on disk. So the journal
+		// as it stands undoes the run, and nothing more need be written,
+		// which on a full disk could not be.
 		tx.pending = nil
-		if serr := tx.jw.sync(); serr != nil {
-			err = serr
-		}
-		tx.closeFiles()
-		if err == nil {
-			err = s.rollbackNow()
-		}
-	} else {
-		if tx.img != nil {
-			tx.img.Sync()
-		}
-		tx.closeFiles()
+		tx.jw.buf = tx.jw.buf[:0]
+	} else if tx.img != nil {
+		tx.img.Sync()
 	}
-	s.fs.Remove(s.join(newHashes))
-	s.fs.Remove(s.join(nextTmp))
-	return err
+	tx.closeFiles()
+	// The run's own files go first: on a full disk the space they hold
+	// may be what rolling back needs.
+	for _, name := range append(tx.files, s.join(newHashes), s.join(nextTmp)) {
+		s.fs.Remove(name)
+	}
+	if inPlace {
+		return s.rollbackNow()
+	}
+	return nil
 }
 
 // rollbackNow undoes the journaled run on the image (Abort).

@@ -88,18 +88,20 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	// cache if the image proves intact.
 	newName := fmt.Sprintf("hashes-%d-%016x", m.Generation, newSeed)
 	tmpName := s.join(newName + ".tmp")
+	// Refreshing them is a service to the next run: if it fails (on a full
+	// disk, say), the scrub still gives its verdict.
 	var cacheOff int64
-	tmp, err := s.fs.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, err
-	}
+	tmp, cacheErr := s.fs.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	defer func() {
 		if tmp != nil {
 			tmp.Close()
 			s.fs.Remove(tmpName)
 		}
 	}()
-	cw := bufio.NewWriterSize(fileWriter{f: tmp, off: &cacheOff}, 64<<10)
+	cw := bufio.NewWriterSize(io.Discard, 64<<10)
+	if cacheErr == nil {
+		cw.Reset(fileWriter{f: tmp, off: &cacheOff})
+	}
 	d := format.NewDeviceDigester(uint16(m.FormatVersion), uint32(bs))
 	buf := make([]byte, bs)
 	total := fi.Size()
@@ -160,40 +162,67 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	}
 	// Intact: refresh the hash cache under the new seed and tie it to the
 	// image as it is now.
-	fi, err = f.Stat()
+	if cacheErr == nil {
+		cacheErr = s.refreshHashes(f, cw, tmp, tmpName, newName, func(nm *Manifest) {
+			nm.HashSeed = Digest(newSeed)
+			nm.BlockDigest = Digest(nd.Sum64())
+		})
+		tmp = nil
+	}
+	if cacheErr != nil {
+		s.logf("%s is intact, but its per-block hashes were not refreshed: %v", s.path, cacheErr)
+	} else if !rep.PerBlock || s.manifest.ImageMtime != m.ImageMtime {
+		// Routine otherwise: every scrub renews the hashes and their seed.
+		s.logf("refreshed the per-block hashes of %s", s.path)
+	}
+	return rep, nil
+}
+
+// refreshHashes makes the per-block hashes written to tmp (through cw) the
+// image's hash cache, under the name newName, and records them in the
+// manifest with set's seed and digest and the image's mtime. On an error
+// before the manifest names them, the old cache stays as it was.
+func (s *Store) refreshHashes(img *os.File, cw *bufio.Writer, tmp file, tmpName, newName string, set func(*Manifest)) error {
+	defer tmp.Close()
+	fi, err := img.Stat()
 	if err != nil {
-		return rep, err
+		return err
 	}
 	if err := cw.Flush(); err != nil {
-		return rep, err
+		s.fs.Remove(tmpName)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		return rep, err
+		s.fs.Remove(tmpName)
+		return err
 	}
-	tmp.Close()
-	tmp = nil
 	// A new name: until the manifest names it, the old file stays valid.
 	if err := s.fs.Rename(tmpName, s.join(newName)); err != nil {
-		return rep, err
+		s.fs.Remove(tmpName)
+		return err
 	}
+	m := s.manifest
 	nm := *m
 	nm.ImageMtime = fi.ModTime().UnixNano()
-	nm.HashSeed = Digest(newSeed)
-	nm.BlockDigest = Digest(nd.Sum64())
 	nm.HashesFresh = true
 	nm.Hashes = newName
+	set(&nm)
 	if err := writeJSONAtomic(s.fs, s.join(manifestName), &nm); err != nil {
-		return rep, err
+		var unsynced *unsyncedError
+		if errors.As(err, &unsynced) {
+			// The manifest names the new hashes, but a power loss may
+			// bring back the old one: keep both files.
+			s.manifest = &nm
+		} else {
+			s.fs.Remove(s.join(newName))
+		}
+		return err
 	}
 	s.manifest = &nm
 	if m.Hashes != "" && m.Hashes != newName {
 		s.fs.Remove(s.join(m.Hashes))
 	}
-	if !rep.PerBlock || fi.ModTime().UnixNano() != m.ImageMtime {
-		// Routine otherwise: every scrub renews the hashes and their seed.
-		s.logf("refreshed the per-block hashes of %s", s.path)
-	}
-	return rep, nil
+	return nil
 }
 
 // randomSeed draws a 64-bit hash seed.

@@ -49,24 +49,12 @@ func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
 	if err != nil {
 		return v, err
 	}
-	var refs []entryRef
-	seen := map[int64]bool{}
-	for {
-		off := jr.off
-		e, err := jr.next()
-		if err == io.EOF {
-			break
-		}
-		if !seen[e.index] { // the first entry of a block holds its old bytes
-			seen[e.index] = true
-			refs = append(refs, entryRef{off: off, index: e.index})
-		}
-	}
-	slices.SortFunc(refs, func(a, b entryRef) int { return int(a.index - b.index) })
+	refs := firstEntries(jr)
 
 	dir := filepath.Join(s.dir, versionsDir)
 	tmp := filepath.Join(dir, v.File+".tmp")
-	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	tx.files = append(tx.files, tmp, filepath.Join(dir, v.File))
+	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) // old volume data, as in the journal
 	if err != nil {
 		return v, err
 	}

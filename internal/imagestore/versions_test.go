@@ -94,3 +94,52 @@ func restoreAndCheck(t *testing.T, s *Store, v Version, out string, want []byte)
 	mustEqual(t, out, want)
 	return out
 }
+
+// TestVersionsSurviveLostManifest: with the manifest gone (lost, or moved
+// away by hand), opening the image must not delete the kept versions as
+// unlisted: they are old backups. With the manifest back, they restore.
+func TestVersionsSurviveLostManifest(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	dir := t.TempDir()
+	img := filepath.Join(dir, "vol.img")
+	dev := device(r, 40*1024)
+	var devs [][]byte
+	for range 3 {
+		syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: 5}})
+		devs = append(devs, dev)
+		dev = mutate(r, dev, 4)
+	}
+	manifest := filepath.Join(StateDir(img), manifestName)
+	aside := filepath.Join(dir, "manifest.json")
+	if err := os.Rename(manifest, aside); err != nil {
+		t.Fatal(err)
+	}
+	for _, writer := range []bool{false, true} {
+		s, err := Open(img, Options{Writer: writer, Logf: t.Logf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	if _, err := Verify(context.Background(), img, nil, t.Logf); !errors.Is(err, ErrNotOurs) {
+		t.Fatalf("scrub without a manifest: got %v, want ErrNotOurs", err)
+	}
+	if _, err := patch(t, img, nil, PatchOptions{}); err == nil {
+		t.Fatal("patch of an image without a manifest went through")
+	}
+	ents, _ := os.ReadDir(filepath.Join(StateDir(img), versionsDir))
+	if len(ents) != 2 {
+		t.Fatalf("%d version files left, want 2", len(ents))
+	}
+	if err := os.Rename(aside, manifest); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(img, Options{Writer: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for k, v := range s.Manifest().Versions {
+		restoreAndCheck(t, s, v, filepath.Join(dir, fmt.Sprintf("v%d.img", k)), devs[1-k])
+	}
+}

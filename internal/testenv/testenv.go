@@ -7,11 +7,14 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // InCI reports whether the tests run in CI (CI=true), where nothing may skip.
@@ -89,6 +92,24 @@ func LoopDevice(t testing.TB, path string) string {
 		}
 	})
 	return dev
+}
+
+// SmallFS mounts a tmpfs of size bytes on a new directory, which it
+// returns, and unmounts it when the test ends: a file system that fills up
+// for real. It needs root.
+func SmallFS(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t, "mounting a small tmpfs")
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		SkipOrFail(t, "mount a %d-byte tmpfs on %s: %v", size, dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
 }
 
 // RepoRoot returns the directory of the module's go.mod, found by walking up
