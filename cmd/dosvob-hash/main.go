@@ -367,7 +367,22 @@ func randomSeed() (uint64, error) {
 
 // deltaRun writes the delta stream of the device at path against the
 // signature on stdin.
+//
+// A dosvob image (a file with a state directory beside it, as a restore
+// reads one) is opened through its store first: that finishes or undoes a
+// run that was interrupted on it, so that what is read is exactly a backup,
+// and holds its writer lock while it is read, so that no run patches it
+// meanwhile.
 func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
+	if fi, err := os.Stat(imagestore.StateDir(path)); err == nil && fi.IsDir() {
+		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+			s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: o.logf})
+			if err != nil {
+				return storeErr(err, path)
+			}
+			defer s.Close()
+		}
+	}
 	f, err := blocksync.OpenSource(path)
 	if err != nil {
 		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))

@@ -62,13 +62,7 @@ func TestTwoPatchesAtOnce(t *testing.T) {
 // TestRealPipe runs the three real binaries as a user does:
 // dosvob-hash IMG | dosvob-hash --delta DEV | dosvob-patch IMG.
 func TestRealPipe(t *testing.T) {
-	bin := buildBinary(t)
-	hash := filepath.Join(filepath.Dir(bin), "dosvob-hash")
-	if _, err := os.Stat(hash); err != nil {
-		if out, err := exec.Command("go", "build", "-o", hash, "../dosvob-hash").CombinedOutput(); err != nil {
-			t.Fatalf("build dosvob-hash: %v\n%s", err, out)
-		}
-	}
+	bin, hash := buildBinary(t), buildHash(t)
 	dir := t.TempDir()
 	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
 	r := rand.New(rand.NewPCG(31, 32))
@@ -123,6 +117,18 @@ func TestRealPipe(t *testing.T) {
 	}
 }
 
+// buildHash builds dosvob-hash beside dosvob-patch (once) and returns it.
+func buildHash(t *testing.T) string {
+	t.Helper()
+	hash := filepath.Join(filepath.Dir(buildBinary(t)), "dosvob-hash")
+	if _, err := os.Stat(hash); err != nil {
+		if out, err := exec.Command("go", "build", "-o", hash, "../dosvob-hash").CombinedOutput(); err != nil {
+			t.Fatalf("build dosvob-hash: %v\n%s", err, out)
+		}
+	}
+	return hash
+}
+
 func mustEqualFile(t *testing.T, name string, want []byte) {
 	t.Helper()
 	got, err := os.ReadFile(name)
@@ -138,13 +144,7 @@ func mustEqualFile(t *testing.T, name string, want []byte) {
 // ssh would), then runs the pipe again: the second run sends only the
 // blocks that had not landed.
 func TestRealPipeResume(t *testing.T) {
-	bin := buildBinary(t)
-	hash := filepath.Join(filepath.Dir(bin), "dosvob-hash")
-	if _, err := os.Stat(hash); err != nil {
-		if out, err := exec.Command("go", "build", "-o", hash, "../dosvob-hash").CombinedOutput(); err != nil {
-			t.Fatalf("build dosvob-hash: %v\n%s", err, out)
-		}
-	}
+	bin, hash := buildBinary(t), buildHash(t)
 	dir := t.TempDir()
 	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
 	r := rand.New(rand.NewPCG(61, 62))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -129,4 +130,73 @@ func loopDevice(t *testing.T, size int64) string {
 		}
 	}
 	return testenv.LoopDevice(t, file)
+}
+
+// TestRestoreAfterKill: a backup killed half way leaves an image that is
+// neither backup until something opens its store. The local side of a
+// restore (dosvob-hash --delta IMAGE) must open it so, and send exactly the
+// previous backup, not the torn image.
+func TestRestoreAfterKill(t *testing.T) {
+	bin, hash := buildBinary(t), buildHash(t)
+	r := rand.New(rand.NewPCG(51, 52))
+	dir := t.TempDir()
+	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+	v1 := device(r, 12<<20)
+	v2 := append([]byte(nil), v1...)
+	for i := range v2 {
+		v2[i] ^= 0x5a // every block changes: several journal batches
+	}
+	// run runs the pipe; crashAt, if set, kills dosvob-patch at that step.
+	run := func(crashAt string) error {
+		c := exec.Command("bash", "-c", `"$1" "$3" | "$1" --delta "$4" | DOSVOB_TEST_CRASH_AT="$5" "$2" --quiet "$3"`,
+			"sh", hash, bin, img, dev, crashAt)
+		out, err := c.CombinedOutput()
+		if err != nil && crashAt == "" {
+			t.Fatalf("pipe: %v: %s", err, out)
+		}
+		return err
+	}
+	cp := func(to string, from ...string) {
+		if out, err := exec.Command("cp", append(append([]string{"-a"}, from...), to)...).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v: %s", err, out)
+		}
+	}
+	os.WriteFile(dev, v1, 0o644)
+	run("")
+	mustEqualFile(t, img, v1)
+	saved := t.TempDir()
+	cp(saved, img, img+".dosvob")
+	os.WriteFile(dev, v2, 0o644)
+	// Kill dosvob-patch at ever later steps until the image is torn.
+	torn := false
+	for k := 10; k < 200 && !torn; k += 3 {
+		os.RemoveAll(img + ".dosvob")
+		cp(dir, filepath.Join(saved, "backup.img"), filepath.Join(saved, "backup.img.dosvob"))
+		if run(strconv.Itoa(k)) == nil {
+			break // the run finished: no later kill tears it
+		}
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		torn = !bytes.Equal(b, v1) && !bytes.Equal(b, v2)
+	}
+	if !torn {
+		t.Fatal("no kill left a torn image to restore from")
+	}
+
+	target := filepath.Join(dir, "vol")
+	if err := os.WriteFile(target, make([]byte, len(v1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := exec.Command("bash", "-o", "pipefail", "-c", `"$1" --raw "$3" | "$1" --delta "$4" | "$2" --raw "$3"`, "sh", hash, bin, target, img)
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("restore pipe: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "rolled back an interrupted run") {
+		t.Errorf("the restore did not say it rolled the image back:\n%s", out)
+	}
+	mustEqualFile(t, target, v1)
+	mustEqualFile(t, img, v1)
 }
