@@ -175,8 +175,8 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 		}
 		src.SnapshotTime = t.UTC()
 	}
-	keep := c.Int("keep")
-	if keep < -1 {
+	keep := c.Int("keep") // -1 when not given: as the last run
+	if c.IsSet("keep") && keep < 0 {
 		return cliutil.Usagef("--keep %d is negative", keep)
 	}
 	quiet := c.Bool("quiet")
@@ -275,6 +275,9 @@ func mapErr(err error, img string) error {
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run is using "+img+"; wait for it to finish")
 	case errors.Is(err, imagestore.ErrNotOurs):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "choose another IMAGE path, or pass --force to overwrite this file")
+	case errors.Is(err, imagestore.ErrIsImage):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err),
+			"--raw writes onto a new volume or a plain file; to update a backup, run "+name+" without --raw")
 	case errors.Is(err, imagestore.ErrOtherVolume):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "check --volume-name/--volume-id, or pass --force to overwrite this backup")
 	case errors.Is(err, imagestore.ErrUnknownVersion):

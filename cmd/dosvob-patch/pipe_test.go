@@ -187,3 +187,61 @@ func TestRealPipeResume(t *testing.T) {
 	}
 	mustEqualFile(t, img, data)
 }
+
+// TestVersionsExitCodes: the exit codes of versions and restore-version
+// that docs/EXIT-CODES.md gives: 1 for a missing image, 4 for a file that
+// is not a dosvob image, 5 for a damaged or missing version file.
+func TestVersionsExitCodes(t *testing.T) {
+	bin := buildBinary(t)
+	r := rand.New(rand.NewPCG(61, 62))
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	dev := device(r, 100000)
+	for range 3 {
+		d, err := makeDelta(img, dev, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := exec.Command(bin, "--keep", "2", "--quiet", img)
+		c.Stdin = bytes.NewReader(d)
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("patch: %v\n%s", err, out)
+		}
+		dev = mutate(r, dev, 5)
+	}
+	plain := filepath.Join(dir, "plain")
+	os.WriteFile(plain, []byte("not a backup"), 0o644)
+	vdir := filepath.Join(img+".dosvob", "versions")
+	vs, _ := os.ReadDir(vdir)
+	if len(vs) != 2 {
+		t.Fatalf("%d kept versions, want 2", len(vs))
+	}
+	// The oldest version, whose restore reads both files.
+	oldest := strings.TrimSuffix(vs[1].Name(), ".delta")
+	f, _ := os.OpenFile(filepath.Join(vdir, vs[1].Name()), os.O_RDWR, 0)
+	f.WriteAt([]byte("damage"), 200)
+	f.Close()
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"versions", filepath.Join(dir, "missing")}, 1, "does not exist"},
+		{[]string{"versions", plain}, 4, "has no dosvob manifest"},
+		{[]string{"restore-version", "--version", "latest", "-o", filepath.Join(dir, "o1"), plain}, 4, "has no dosvob manifest"},
+		{[]string{"restore-version", "--version", oldest, "-o", filepath.Join(dir, "o2"), img}, 5, "kept version is damaged"},
+	}
+	for _, c := range cases {
+		out, err := exec.Command(bin, c.args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != c.code || !strings.Contains(string(out), c.msg) {
+			t.Errorf("%v: %v, want exit %d and %q:\n%s", c.args, err, c.code, c.msg, out)
+		}
+	}
+	os.Remove(filepath.Join(vdir, vs[1].Name()))
+	out, err := exec.Command(bin, "restore-version", "--version", oldest, "-o", filepath.Join(dir, "o3"), img).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 || !strings.Contains(string(out), "is missing: kept version is damaged") {
+		t.Errorf("missing version file: %v\n%s", err, out)
+	}
+}

@@ -79,6 +79,18 @@ func TestRawOntoFile(t *testing.T) {
 		t.Fatalf("mismatched raw delta: %v\n%s", err, out)
 	}
 	mustEqualFile(t, target, src)
+
+	// A backup image is never written raw: no journal, and its manifest
+	// and versions would describe other content (exit 4, nothing changes).
+	os.Mkdir(target+".dosvob", 0o755)
+	cmd = exec.Command(bin, "--raw", target)
+	cmd.Stdin = bytes.NewReader(rawDelta(t, src, old))
+	out, err = cmd.CombinedOutput()
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out), "it is a backup image, not a new volume") {
+		t.Fatalf("raw delta onto a backup image: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	mustEqualFile(t, target, src)
 }
 
 // TestRawOntoLoopDevice restores onto a real block device larger than the

@@ -2,8 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -18,11 +20,25 @@ func openForReading(img string, stderr io.Writer) (*imagestore.Store, error) {
 	if err != nil {
 		return nil, mapErr(err, img)
 	}
-	if s.Manifest() == nil {
+	if err := noManifest(s, img); err != nil {
 		s.Close()
-		return nil, cliutil.Exitf(cliutil.ExitFailure, "%q has no dosvob manifest: no versions", img)
+		return nil, err
 	}
 	return s, nil
+}
+
+// noManifest is the error for a store with no manifest, nil if it has one:
+// a missing image is a failure (exit 1), a file that is not a dosvob image
+// is refused (exit 4).
+func noManifest(s *imagestore.Store, img string) error {
+	if s.Manifest() != nil {
+		return nil
+	}
+	if _, err := os.Stat(img); err != nil {
+		return cliutil.Exitf(cliutil.ExitFailure, "%q does not exist: no versions", img)
+	}
+	return cliutil.WithHint(cliutil.Exitf(cliutil.ExitRefused, "%q has no dosvob manifest: no versions", img),
+		"only images written by "+name+" have kept versions")
 }
 
 func versionsCmd(c *cli.Context, stdout, stderr io.Writer) error {
@@ -70,11 +86,15 @@ func restoreCmd(c *cli.Context, stderr io.Writer) error {
 		return mapErr(err, img)
 	}
 	defer s.Close()
-	if s.Manifest() == nil {
-		return cliutil.Exitf(cliutil.ExitFailure, "%q has no dosvob manifest: no versions", img)
+	if err := noManifest(s, img); err != nil {
+		return err
 	}
 	out := c.String("output")
 	v, err := s.RestoreVersion(c.Context, versionName(c.String("version")), out)
+	if errors.Is(err, imagestore.ErrVersionDamaged) {
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+			"the image itself is not read from this file (check it with dosvob-hash --verify "+img+"); a newer version may still restore")
+	}
 	if err != nil {
 		return mapErr(err, img)
 	}

@@ -45,6 +45,12 @@ func PatchRaw(ctx context.Context, target string, r io.Reader, progress func(don
 	if !isDev && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%q is neither a block device nor a regular file", target)
 	}
+	if st, err := os.Stat(StateDir(target)); err == nil && st.IsDir() {
+		// A backup: writing it with no journal would break its crash
+		// safety, and leave its manifest and versions describing other
+		// content.
+		return nil, fmt.Errorf("%q has a dosvob state directory: it is a backup image, not a new volume: %w", target, ErrIsImage)
+	}
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return nil, err

@@ -39,6 +39,8 @@ var (
 	ErrBase = errors.New("delta does not fit the image")
 	// ErrCorrupt: a scrub found the image damaged.
 	ErrCorrupt = errors.New("image is corrupt")
+	// ErrIsImage: a raw patch was aimed at a dosvob image.
+	ErrIsImage = errors.New("refusing to write a backup image raw")
 )
 
 // Options configure Open.

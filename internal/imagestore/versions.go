@@ -25,6 +25,15 @@ import (
 // ErrNoVersion reports a version name the manifest does not list.
 var ErrNoVersion = errors.New("no such version")
 
+// ErrVersionDamaged reports a kept version's file that is missing or does
+// not read back: errors.Is(err, ErrCorrupt) holds for it too.
+var ErrVersionDamaged error = versionDamaged{}
+
+type versionDamaged struct{}
+
+func (versionDamaged) Error() string        { return "kept version is damaged" }
+func (versionDamaged) Is(target error) bool { return target == ErrCorrupt }
+
 // ErrExists reports an output file that already exists.
 var ErrExists = errors.New("file exists")
 
@@ -181,7 +190,7 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 func applyVersion(ctx context.Context, f *os.File, name string, base format.Base) error {
 	vf, err := os.Open(name)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("version file %q is missing: %w", name, ErrCorrupt)
+		return fmt.Errorf("version file %q is missing: %w", name, ErrVersionDamaged)
 	}
 	if err != nil {
 		return err
@@ -189,13 +198,13 @@ func applyVersion(ctx context.Context, f *os.File, name string, base format.Base
 	defer vf.Close()
 	dr, err := format.NewDeltaReader(bufio.NewReaderSize(vf, 256<<10))
 	if err != nil {
-		return fmt.Errorf("version file %q: %w: %w", name, err, ErrCorrupt)
+		return fmt.Errorf("version file %q: %w: %w", name, err, ErrVersionDamaged)
 	}
 	defer dr.Close()
 	h := dr.Header()
 	if h.Base != base {
 		return fmt.Errorf("version file %q applies to generation %d of size %d, not generation %d of size %d: %w",
-			name, h.Base.Generation, h.Base.Size, base.Generation, base.Size, ErrCorrupt)
+			name, h.Base.Generation, h.Base.Size, base.Generation, base.Size, ErrVersionDamaged)
 	}
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
@@ -206,7 +215,7 @@ func applyVersion(ctx context.Context, f *os.File, name string, base format.Base
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("version file %q: %w: %w", name, err, ErrCorrupt)
+			return fmt.Errorf("version file %q: %w: %w", name, err, ErrVersionDamaged)
 		}
 		off := int64(rec.Index) * int64(h.BlockSize)
 		if rec.Type == format.RecordZero {
