@@ -40,7 +40,9 @@ that holds them.
 
 Options:
   --keep         keep the work directory (backups, logs) afterwards
-  --workdir DIR  work in DIR (default: a new temporary directory)
+  --workdir DIR  work in DIR, which must be new or empty: it is made private
+                 and deleted at the end unless --keep (default: a new
+                 temporary directory)
   -h, --help     show this help
 EOF
 }
@@ -62,6 +64,11 @@ while [[ $# -gt 0 ]]; do
 	*) die 2 "unknown argument \"$1\"" "see demo.sh --help" ;;
 	esac
 done
+# The demo deletes its work directory at the end: never one that holds
+# anything of the user's.
+if [[ -n "$work" && -e "$work" ]] && { [[ ! -d "$work" ]] || [[ -n "$(ls -A -- "$work")" ]]; }; then
+	die 2 "--workdir \"$work\" exists and is not an empty directory" "give a new or empty directory: the demo deletes it at the end (unless --keep)"
+fi
 
 # say TEXT...: a step of the demo, in words, set off from the tools' output.
 step=0

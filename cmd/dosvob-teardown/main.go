@@ -33,7 +33,8 @@ func app() *cli.App {
 		Usage:     "delete the temporary DigitalOcean resources of a dosvob run",
 		UsageText: "dosvob-teardown [flags] RUN.json | -\n   dosvob-teardown [flags] --run RUN-ID\n   dosvob-teardown [flags] --all",
 		Description: "Which run: the run JSON that dosvob-provision printed (a file, or \"-\" or a pipe on\n" +
-			"stdin), or --run ID. With none of these, or with --all: every dosvob resource in the account.\n" +
+			"stdin), or --run ID. With --all (or none of these, from a terminal): every dosvob resource in\n" +
+			"the account. An empty run JSON is refused: it is what a failed dosvob-provision leaves.\n" +
 			"Exits 0 when nothing is left, 8 listing what is left otherwise. Safe to repeat.",
 		HideHelpCommand: true,
 		Flags: []cli.Flag{
@@ -141,7 +142,13 @@ func run(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		fromJSON = run // nil when stdin is empty: everything
+		if run == nil {
+			// Most likely a failed dosvob-provision > run.json: taking it
+			// for "everything" would delete the resources of runs still
+			// going.
+			return cliutil.Usagef("stdin: empty (give a run JSON, --run ID, or --all for every dosvob resource)")
+		}
+		fromJSON = run
 	}
 	if fromJSON != nil {
 		runID = fromJSON.RunID
@@ -250,7 +257,11 @@ func run(c *cli.Context) error {
 			return fmt.Errorf("removing the local state of run %s: %w", id, err)
 		}
 	}
-	lg.logf("done: nothing of %s is left", what)
+	if runID != "" {
+		lg.logf("done: nothing of %s is left", what)
+	} else {
+		lg.logf("done: no dosvob resource is left")
+	}
 	return nil
 }
 

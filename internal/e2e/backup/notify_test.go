@@ -101,6 +101,9 @@ func TestUsage(t *testing.T) {
 		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "--size-gib", "0", "/etc/hostname"}, 2, "invalid --size-gib"},
 		{"restore.sh", []string{"--volume-name", "ok", "--region", "fra1", "--level", "9", "/etc/hostname"}, 2, `invalid --level "9"`},
 		{"demo.sh", []string{"--help"}, 0, "Usage: demo.sh"},
+		// The demo deletes its work directory at the end: not one of yours.
+		{"demo.sh", []string{"--workdir", root}, 2, "exists and is not an empty directory"},
+		{"demo.sh", []string{"--workdir", "/etc/hostname"}, 2, "exists and is not an empty directory"},
 	} {
 		cmd := exec.Command("bash", append([]string{filepath.Join(root, "scripts", c.script)}, c.args...)...)
 		out, err := cmd.CombinedOutput()
