@@ -223,3 +223,53 @@ func TestScrubFullDisk(t *testing.T) {
 		t.Fatalf("scrub of a damaged image on a full disk: got %v, want ErrCorrupt", err)
 	}
 }
+
+// TestReadOnlyDisk: a backup disk mounted read-only (as for a disaster
+// recovery) can still be scrubbed, listed and restored from, and its lock
+// still keeps out a reader while a writer works through a writable mount.
+func TestReadOnlyDisk(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	dir := t.TempDir()
+	img := filepath.Join(dir, "vol.img")
+	dev := device(r, 200*1024)
+	var devs [][]byte
+	for range 2 {
+		syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: 2}})
+		devs = append(devs, dev)
+		dev = mutate(r, dev, 5)
+	}
+	roImg := filepath.Join(testenv.ReadOnlyBind(t, dir), "vol.img")
+
+	var logged []string
+	logf := func(format string, args ...any) { logged = append(logged, fmt.Sprintf(format, args...)) }
+	if rep, err := Verify(t.Context(), roImg, nil, logf); err != nil || !rep.Intact() {
+		t.Fatalf("scrub through a read-only mount: %+v, %v", rep, err)
+	}
+	if len(logged) != 1 || !strings.Contains(logged[0], "were not refreshed") {
+		t.Errorf("scrub said %q, want that the hashes were not refreshed", logged)
+	}
+	s, err := Open(roImg, Options{Writer: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("open through a read-only mount: %v", err)
+	}
+	vs := s.Manifest().Versions
+	if len(vs) != 1 {
+		t.Fatalf("%d versions, want 1", len(vs))
+	}
+	restoreAndCheck(t, s, vs[0], filepath.Join(t.TempDir(), "old.img"), devs[0])
+
+	// The writer lock, taken through the read-only mount, keeps out a
+	// writer on the writable one; and the other way round.
+	if _, err := Open(img, Options{Writer: true}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a writer beside a reader on the read-only mount: got %v, want ErrLocked", err)
+	}
+	s.Close()
+	w, err := Open(img, Options{Writer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := Verify(t.Context(), roImg, nil, t.Logf); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a scrub on the read-only mount while a writer works: got %v, want ErrLocked", err)
+	}
+}

@@ -30,6 +30,12 @@ type flock struct{ f *os.File }
 // timeout; otherwise it fails at once with ErrLocked.
 func lockFile(name string, wait time.Duration) (*flock, error) {
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, unix.EROFS) {
+		// A backup disk mounted read-only, as for a disaster recovery:
+		// flock needs no write access, and still excludes a writer that
+		// reaches the same file through a writable mount.
+		f, err = os.Open(name)
+	}
 	if err != nil {
 		return nil, err
 	}

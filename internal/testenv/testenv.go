@@ -112,6 +112,27 @@ func SmallFS(t testing.TB, size int64) string {
 	return dir
 }
 
+// ReadOnlyBind mounts dir read-only on a new directory, which it returns,
+// and unmounts it when the test ends: the same files, seen through a
+// read-only mount. It needs root.
+func ReadOnlyBind(t testing.TB, dir string) string {
+	t.Helper()
+	RequireRoot(t, "a read-only bind mount")
+	ro := t.TempDir()
+	if err := unix.Mount(dir, ro, "", unix.MS_BIND, ""); err != nil {
+		SkipOrFail(t, "bind mount %s on %s: %v", dir, ro, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(ro, 0); err != nil {
+			t.Errorf("unmount %s: %v", ro, err)
+		}
+	})
+	if err := unix.Mount("", ro, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+		t.Fatalf("remount %s read-only: %v", ro, err)
+	}
+	return ro
+}
+
 // RepoRoot returns the directory of the module's go.mod, found by walking up
 // from the test's working directory (its package directory).
 func RepoRoot(t testing.TB) string {
