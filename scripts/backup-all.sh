@@ -60,7 +60,9 @@ Options:
                           DOSVOB_RESULT (success|failure), DOSVOB_EXIT_CODE and
                           DOSVOB_SUMMARY_FILE (the summary table)
       --ssh PROGRAM       ssh client to run (default: ssh)
-      --provision-arg ARG pass ARG on to dosvob-provision (repeatable)
+      --provision-arg ARG pass ARG on to dosvob-provision (repeatable); a
+                          --state-dir or --api-url among them reaches the
+                          teardown too
       --dry-run           print what a run would create and its estimated
                           cost (dosvob-provision --dry-run), then exit
   -h, --help              show this help
@@ -165,6 +167,21 @@ config_args=()
 if [[ -n "$config" ]]; then
 	config_args=(--config "$config")
 fi
+# Teardown must work on the same API and run state as provisioning: it
+# gets the --state-dir and --api-url that --provision-arg gave.
+teardown_args=()
+for ((k = 0; k < ${#provision_args[@]}; k++)); do
+	case "${provision_args[k]}" in
+	--state-dir=* | --api-url=*) teardown_args+=("${provision_args[k]}") ;;
+	--state-dir | --api-url)
+		teardown_args+=("${provision_args[k]}")
+		if ((k + 1 < ${#provision_args[@]})); then
+			teardown_args+=("${provision_args[k + 1]}")
+			k=$((k + 1))
+		fi
+		;;
+	esac
+done
 
 if [[ "$dry_run" -eq 1 ]]; then
 	log "dry run: what a run would create and cost; nothing is created, no image is touched"
@@ -224,7 +241,7 @@ do_teardown() {
 	# here on this script ignores SIGINT and SIGTERM (SIGKILL still works,
 	# and the next run cleans up).
 	trap '' INT TERM
-	local args=("${config_args[@]}") rc=0 pid="" run_id=""
+	local args=("${config_args[@]}" "${teardown_args[@]}") rc=0 pid="" run_id=""
 	run_id=$(jq -r '.run_id // empty' "$run_json" 2>/dev/null || true)
 	if [[ -n "$run_id" ]]; then
 		log "tearing down run $run_id: deleting its droplets, volume copies, snapshots and key"

@@ -52,8 +52,14 @@ func TestBackupAndRestore(t *testing.T) {
 	e.change("nyc1/web", 5)
 	// The reads in flight and the compression level reach dosvob-hash on
 	// the droplets, which says so in its summary.
-	r = e.mustBackup("-j", "1", "--readers", "3", "--level", "4")
+	// A state directory given to dosvob-provision reaches the teardown
+	// too: the run's key and state are gone from it afterwards.
+	otherState := filepath.Join(e.dir, "other-state")
+	r = e.mustBackup("-j", "1", "--readers", "3", "--level", "4", "--provision-arg", "--state-dir="+otherState)
 	t.Logf("second run: %v", r.dur)
+	if runs, err := os.ReadDir(filepath.Join(otherState, "runs")); err != nil || len(runs) != 0 {
+		t.Errorf("--provision-arg --state-dir: %d runs left in it (%v), want none", len(runs), err)
+	}
 	for _, v := range sourceVolumes {
 		if !strings.Contains(r.stderr, "["+v+"] dosvob-hash: delta of ") {
 			t.Errorf("the log lacks the droplet's summary for %s:\n%s", v, r.stderr)
