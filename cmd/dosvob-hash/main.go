@@ -128,7 +128,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			&cli.StringFlag{Name: "block-size", Aliases: []string{"b"}, DefaultText: sizeString(blocksync.DefaultBlockSize) + ", or the image's",
 				Usage: "block `SIZE` when signing (4K to 16M, a power of two; K and M suffixes); the delta side takes it from the signature"},
 			&cli.IntFlag{Name: "readers", Value: blocksync.DefaultReaders, Usage: "`N` reads in flight, 1 to 64 (fewer if the device is small or 32 MiB of read buffers allow fewer; the summary says how many)"},
-			&cli.IntFlag{Name: "level", Value: format.DefaultLevel, Usage: "zstd compression `LEVEL` of the delta: 1 fastest, 2 default, 3 better, 4 best"},
+			&cli.IntFlag{Name: "level", Value: format.DefaultLevel, Usage: "zstd compression `LEVEL` of the delta, 1 to 4: 1 fastest, 2 zstd's default, 3 better, 4 best"},
 			&cli.IntFlag{Name: "zstd-threads", Value: blocksync.DefaultZstdThreads, Usage: "`N` compression goroutines for the delta"},
 			&cli.BoolFlag{Name: "progress", Usage: "show progress on stderr even when it is not a terminal"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no summary line"},
