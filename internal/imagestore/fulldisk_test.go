@@ -228,16 +228,9 @@ func TestScrubFullDisk(t *testing.T) {
 // recovery) can still be scrubbed, listed and restored from, and its lock
 // still keeps out a reader while a writer works through a writable mount.
 func TestReadOnlyDisk(t *testing.T) {
-	r := rand.New(rand.NewPCG(7, 8))
 	dir := t.TempDir()
 	img := filepath.Join(dir, "vol.img")
-	dev := device(r, 200*1024)
-	var devs [][]byte
-	for range 2 {
-		syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: 2}})
-		devs = append(devs, dev)
-		dev = mutate(r, dev, 5)
-	}
+	devs := backups(t, rand.New(rand.NewPCG(7, 8)), img, 200*1024, 2, 2)
 	roImg := filepath.Join(testenv.ReadOnlyBind(t, dir), "vol.img")
 
 	var logged []string

@@ -99,16 +99,9 @@ func restoreAndCheck(t *testing.T, s *Store, v Version, out string, want []byte)
 // away by hand), opening the image must not delete the kept versions as
 // unlisted: they are old backups. With the manifest back, they restore.
 func TestVersionsSurviveLostManifest(t *testing.T) {
-	r := rand.New(rand.NewPCG(31, 32))
 	dir := t.TempDir()
 	img := filepath.Join(dir, "vol.img")
-	dev := device(r, 40*1024)
-	var devs [][]byte
-	for range 3 {
-		syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: 5}})
-		devs = append(devs, dev)
-		dev = mutate(r, dev, 4)
-	}
+	devs := backups(t, rand.New(rand.NewPCG(31, 32)), img, 40*1024, 3, 5)
 	manifest := filepath.Join(StateDir(img), manifestName)
 	aside := filepath.Join(dir, "manifest.json")
 	if err := os.Rename(manifest, aside); err != nil {
@@ -142,4 +135,19 @@ func TestVersionsSurviveLostManifest(t *testing.T) {
 	for k, v := range s.Manifest().Versions {
 		restoreAndCheck(t, s, v, filepath.Join(dir, fmt.Sprintf("v%d.img", k)), devs[1-k])
 	}
+}
+
+// backups makes n backups into img, each of a device of size bytes that
+// differs from the one before in a few blocks, keeping keep versions, and
+// returns the devices in order.
+func backups(t *testing.T, r *rand.Rand, img string, size, n, keep int) [][]byte {
+	t.Helper()
+	dev := device(r, size)
+	var devs [][]byte
+	for range n {
+		syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: keep}})
+		devs = append(devs, dev)
+		dev = mutate(r, dev, 4)
+	}
+	return devs
 }
