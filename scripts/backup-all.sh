@@ -350,6 +350,12 @@ run_group provision_pid "$provision" "${config_args[@]}" --cleanup-stale "${prov
 rc=0
 wait "$provision_pid" || rc=$?
 provision_pid=""
+if [[ "$rc" -eq 2 || "$rc" -eq "$EXIT_LOCKED" ]]; then
+	# A bad config, or another run holds the lock: dosvob-provision
+	# created nothing, and a teardown of "everything" here could only hit
+	# the resources of that other run.
+	provisioned=0
+fi
 if [[ "$rc" -ne 0 ]]; then
 	provision_failed=1
 	log "provisioning failed (dosvob-provision exit $rc)"

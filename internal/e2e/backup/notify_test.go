@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -116,5 +117,27 @@ func TestUsage(t *testing.T) {
 		if code != c.code || !strings.Contains(string(out), c.want) {
 			t.Errorf("%s %q: exit %d, want %d with %q\n%s", c.script, c.args, code, c.code, c.want, out)
 		}
+	}
+}
+
+// TestProvisionRefusedNoTeardown: when dosvob-provision refuses to start
+// (a bad config here; another run's lock is the other case), it created
+// nothing, so backup-all.sh must not tear down "everything dosvob's": that
+// could only hit another run's resources. It exits 7, not 8.
+func TestProvisionRefusedNoTeardown(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "conf.json")
+	if err := os.WriteFile(conf, []byte(`{"do_token": "x", "regoin": "fra1"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "backup-all.sh"), "--config", conf, filepath.Join(dir, "backups"))
+	cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "XDG_STATE_HOME="+filepath.Join(dir, "state"))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "dosvob-provision exit 2") {
+		t.Fatalf("backup-all.sh with a bad config: %v, want exit 7 after provision's exit 2\n%s", err, out)
+	}
+	if strings.Contains(string(out), "tearing down") {
+		t.Fatalf("backup-all.sh tore down after a provision that created nothing:\n%s", out)
 	}
 }
