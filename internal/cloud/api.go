@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -78,7 +79,11 @@ func NewAPI(o APIOptions) (*API, error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
-	hc := &http.Client{Transport: &bearer{token: o.Token, next: http.DefaultTransport}}
+	base, err := url.Parse(o.BaseURL)
+	if err != nil || base.Host == "" {
+		return nil, fmt.Errorf("api_url %q is not a URL with a host", o.BaseURL)
+	}
+	hc := &http.Client{Transport: &bearer{token: o.Token, host: base.Host, next: http.DefaultTransport}}
 	c, err := godo.New(hc, godo.SetBaseURL(o.BaseURL), godo.SetUserAgent("dosvob"))
 	if err != nil {
 		return nil, fmt.Errorf("api_url %q: %w", o.BaseURL, err)
@@ -89,15 +94,20 @@ func NewAPI(o APIOptions) (*API, error) {
 // Godo returns the underlying client (without retries).
 func (a *API) Godo() *godo.Client { return a.godo }
 
-// bearer adds the Authorization header. The token lives only here and in
-// the header: never in a URL, so godo's errors (which quote the URL) cannot
-// carry it.
+// bearer adds the Authorization header to requests for the API's own host,
+// and to no other: a redirect elsewhere goes without the token. The token
+// lives only here and in the header: never in a URL, so godo's errors
+// (which quote the URL) cannot carry it.
 type bearer struct {
 	token string
+	host  string
 	next  http.RoundTripper
 }
 
 func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host != b.host {
+		return b.next.RoundTrip(r)
+	}
 	r2 := r.Clone(r.Context())
 	r2.Header.Set("Authorization", "Bearer "+b.token)
 	return b.next.RoundTrip(r2)
