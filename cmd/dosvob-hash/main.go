@@ -374,14 +374,12 @@ func randomSeed() (uint64, error) {
 // and holds its writer lock while it is read, so that no run patches it
 // meanwhile.
 func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
-	if fi, err := os.Stat(imagestore.StateDir(path)); err == nil && fi.IsDir() {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
-			s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: o.logf})
-			if err != nil {
-				return storeErr(err, path)
-			}
-			defer s.Close()
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && imagestore.HasState(path) {
+		s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: o.logf})
+		if err != nil {
+			return storeErr(err, path)
 		}
+		defer s.Close()
 	}
 	f, err := blocksync.OpenSource(path)
 	if err != nil {

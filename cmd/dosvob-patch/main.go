@@ -265,6 +265,10 @@ func mapErr(err error, img string) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s is unchanged", img))
+	case errors.Is(err, imagestore.ErrVersionDamaged):
+		// Before the stream errors: a kept version's file is one too.
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+			"the image itself is not read from this file (check it with dosvob-hash --verify "+img+"); a newer version may still restore")
 	case errors.As(err, &pe):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err),
 			img+" is unchanged; run the whole pipe again")

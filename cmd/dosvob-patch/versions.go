@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -91,10 +90,6 @@ func restoreCmd(c *cli.Context, stderr io.Writer) error {
 	}
 	out := c.String("output")
 	v, err := s.RestoreVersion(c.Context, versionName(c.String("version")), out)
-	if errors.Is(err, imagestore.ErrVersionDamaged) {
-		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
-			"the image itself is not read from this file (check it with dosvob-hash --verify "+img+"); a newer version may still restore")
-	}
 	if err != nil {
 		return mapErr(err, img)
 	}

@@ -240,9 +240,10 @@ func run(c *cli.Context) error {
 		return cloud.ExitError(err, token)
 	}
 	defer store.Unlock()
-	what := "every dosvob resource"
+	what, done := "every dosvob resource", "no dosvob resource is left"
 	if runID != "" {
 		what = "run " + runID
+		done = "nothing of " + what + " is left"
 	}
 	lg.logf("tearing down %s", what)
 	if err := api.Teardown(c.Context, scope, cloud.TeardownOptions{Logf: lg.logf, DetachWait: c.Duration("detach-wait")}); err != nil {
@@ -257,11 +258,7 @@ func run(c *cli.Context) error {
 			return fmt.Errorf("removing the local state of run %s: %w", id, err)
 		}
 	}
-	if runID != "" {
-		lg.logf("done: nothing of %s is left", what)
-	} else {
-		lg.logf("done: no dosvob resource is left")
-	}
+	lg.logf("done: %s", done)
 	return nil
 }
 

@@ -45,7 +45,7 @@ func PatchRaw(ctx context.Context, target string, r io.Reader, progress func(don
 	if !isDev && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%q is neither a block device nor a regular file", target)
 	}
-	if st, err := os.Stat(StateDir(target)); err == nil && st.IsDir() {
+	if HasState(target) {
 		// A backup: writing it with no journal would break its crash
 		// safety, and leave its manifest and versions describing other
 		// content.

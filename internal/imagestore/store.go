@@ -85,6 +85,13 @@ type partialRecord struct {
 // StateDir returns the state directory of an image.
 func StateDir(image string) string { return image + stateSuffix }
 
+// HasState reports whether path has a state directory beside it: whether it
+// is a dosvob image (or the start of one).
+func HasState(path string) bool {
+	fi, err := os.Stat(StateDir(path))
+	return err == nil && fi.IsDir()
+}
+
 // Open opens the image at path and its state directory (created if
 // missing), recovering an interrupted run first. With opts.Writer it holds
 // the writer lock until Close and fails with a *LockedError (ErrLocked) if

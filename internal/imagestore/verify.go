@@ -163,10 +163,7 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	// Intact: refresh the hash cache under the new seed and tie it to the
 	// image as it is now.
 	if cacheErr == nil {
-		cacheErr = s.refreshHashes(f, cw, tmp, tmpName, newName, func(nm *Manifest) {
-			nm.HashSeed = Digest(newSeed)
-			nm.BlockDigest = Digest(nd.Sum64())
-		})
+		cacheErr = s.refreshHashes(f, cw, tmp, tmpName, newName, newSeed, nd.Sum64())
 		tmp = nil
 	}
 	if cacheErr != nil {
@@ -178,35 +175,40 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	return rep, nil
 }
 
-// refreshHashes makes the per-block hashes written to tmp (through cw) the
-// image's hash cache, under the name newName, and records them in the
-// manifest with set's seed and digest and the image's mtime. On an error
-// before the manifest names them, the old cache stays as it was.
-func (s *Store) refreshHashes(img *os.File, cw *bufio.Writer, tmp file, tmpName, newName string, set func(*Manifest)) error {
+// refreshHashes makes the per-block hashes written to tmp (through cw,
+// under seed, with that digest) the image's hash cache, under the name
+// newName, and records them in the manifest with the image's mtime. On an
+// error before the manifest names them, the old cache stays as it was.
+func (s *Store) refreshHashes(img *os.File, cw *bufio.Writer, tmp file, tmpName, newName string, seed, digest uint64) error {
 	defer tmp.Close()
+	renamed := false
+	defer func() {
+		if !renamed {
+			s.fs.Remove(tmpName)
+		}
+	}()
 	fi, err := img.Stat()
 	if err != nil {
 		return err
 	}
 	if err := cw.Flush(); err != nil {
-		s.fs.Remove(tmpName)
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		s.fs.Remove(tmpName)
 		return err
 	}
 	// A new name: until the manifest names it, the old file stays valid.
 	if err := s.fs.Rename(tmpName, s.join(newName)); err != nil {
-		s.fs.Remove(tmpName)
 		return err
 	}
+	renamed = true
 	m := s.manifest
 	nm := *m
 	nm.ImageMtime = fi.ModTime().UnixNano()
+	nm.HashSeed = Digest(seed)
+	nm.BlockDigest = Digest(digest)
 	nm.HashesFresh = true
 	nm.Hashes = newName
-	set(&nm)
 	if err := writeJSONAtomic(s.fs, s.join(manifestName), &nm); err != nil {
 		var unsynced *unsyncedError
 		if errors.As(err, &unsynced) {
