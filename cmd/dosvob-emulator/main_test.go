@@ -16,6 +16,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/dosvob/dosvob/internal/clitest"
 	"github.com/dosvob/dosvob/internal/testenv"
 )
 
@@ -52,11 +53,11 @@ func TestScripts(t *testing.T) {
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		Cmds: clitest.Cmds(map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitfile": cmdWaitfile,
 			"api":      cmdAPI,
 			"sshup":    cmdSSHUp,
-		},
+		}),
 	})
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/dosvob/dosvob/internal/blocksync"
+	"github.com/dosvob/dosvob/internal/clitest"
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/format"
 	"github.com/dosvob/dosvob/internal/imagestore"
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		Cmds: clitest.Cmds(map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"mkfile":     cmdMkfile,
 			"poke":       cmdPoke,
 			"cutfile":    cmdCutfile,
@@ -33,7 +34,7 @@ func TestScripts(t *testing.T) {
 			"checksig":   cmdChecksig,
 			"checkraw":   cmdCheckraw,
 			"mkbackup":   cmdMkbackup,
-		},
+		}),
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/dosvob/dosvob/internal/clitest"
 	"github.com/dosvob/dosvob/internal/format"
 	"github.com/dosvob/dosvob/internal/imagestore"
 	"github.com/rogpeppe/go-internal/testscript"
@@ -54,13 +55,13 @@ func buildBinary(t *testing.T) string {
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		Cmds: clitest.Cmds(map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"mkdev":    cmdMkdev,
 			"mutate":   cmdMutate,
 			"mkdelta":  cmdMkdelta,
 			"flipbyte": cmdFlipbyte,
 			"cutfile":  cmdCutfile,
-		},
+		}),
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/dosvob/dosvob/internal/clitest"
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/doemu"
 )
@@ -25,7 +26,8 @@ func TestMain(m *testing.M) {
 // state directory in $WORK/state.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
-		Dir: "testdata",
+		Dir:  "testdata",
+		Cmds: clitest.Cmds(nil),
 		Setup: func(env *testscript.Env) error {
 			acct := &doemu.Account{Volumes: []doemu.SeedVolume{
 				{Name: "pgdata", Region: "fra1", SizeGigabytes: 10},

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/dosvob/dosvob/internal/clitest"
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/doemu"
 	"github.com/dosvob/dosvob/internal/sshx"
@@ -59,7 +60,8 @@ func account() (*doemu.Account, error) {
 
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
-		Dir: "testdata",
+		Dir:  "testdata",
+		Cmds: clitest.Cmds(nil),
 		Setup: func(env *testscript.Env) error {
 			acct, err := account()
 			if err != nil {

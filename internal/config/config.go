@@ -7,23 +7,32 @@
 // the reference. Every mistake is reported as one *FieldError naming the
 // field, so a user can fix a config without guessing.
 //
+// Field names match exactly: encoding/json would take "DO_TOKEN" or
+// "Region" for "do_token" and "region", so the file is decoded with
+// github.com/go-json-experiment/json, the mirror of encoding/json/v2 (in the
+// standard library from Go 1.27), which matches names case-sensitively and
+// also rejects a field given twice.
+//
 // Both the config file and a token file hold or lead to the account's keys:
 // Load refuses either when its mode lets other users read or write it.
 package config
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Defaults used when the config leaves a field out.
@@ -108,7 +117,7 @@ type FieldError struct {
 func (e *FieldError) Error() string {
 	where := "config"
 	if e.File != "" {
-		where = fmt.Sprintf("config %s", e.File)
+		where = fmt.Sprintf("config %q", e.File)
 	}
 	if e.Field == "" {
 		return fmt.Sprintf("%s: %v", where, e.Err)
@@ -181,23 +190,33 @@ func Load(p string, explicit bool) (*Config, error) {
 	return c, nil
 }
 
+// bare drops the "open FILE: " of an *fs.PathError: the callers name the
+// file themselves, quoted.
+func bare(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 // readPrivate reads a file that must not be readable or writable by group
-// or others.
+// or others. Its errors do not name the file: the callers do.
 func readPrivate(p string) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return nil, err
+		return nil, bare(err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, bare(err)
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%q is not a regular file", p)
+		return nil, errors.New("not a regular file")
 	}
 	if perm := st.Mode().Perm(); perm&0o066 != 0 {
-		return nil, fmt.Errorf("%q has mode %04o, %w (run: chmod 600 %q)", p, perm, ErrInsecure, p)
+		return nil, fmt.Errorf("has mode %04o: %w (run: chmod 600 %q)", perm, ErrInsecure, p)
 	}
 	return io.ReadAll(io.LimitReader(f, 1<<20))
 }
@@ -207,37 +226,114 @@ var (
 	slugRe   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,99}$`)
 )
 
-// Parse decodes and validates a config document.
+// Parse decodes and validates a config document. Field names match
+// exactly; an unknown one (also a wrongly cased one) is an error.
 func Parse(data []byte) (*Config, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		return nil, decodeError(err)
-	}
-	if dec.More() {
-		return nil, &FieldError{Err: errors.New("trailing data after the JSON object")}
+	if err := json.Unmarshal(data, &c, json.RejectUnknownMembers(true)); err != nil {
+		return nil, decodeError(data, err)
 	}
 	return &c, c.validate()
 }
 
-func decodeError(err error) error {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		return &FieldError{Field: te.Field, Err: fmt.Errorf("want %s, got %s", te.Type, te.Value)}
-	}
-	var se *json.SyntaxError
+// decodeError turns a decoding error into a *FieldError that names the
+// field and says what was wrong in words.
+func decodeError(data []byte, err error) error {
+	var se *json.SemanticError
 	if errors.As(err, &se) {
-		return &FieldError{Err: fmt.Errorf("invalid JSON at byte %d: %v", se.Offset, se)}
+		if errors.Is(se.Err, json.ErrUnknownName) {
+			name := se.JSONPointer.LastToken()
+			fe := &FieldError{Field: fieldName(se.JSONPointer, true), Err: errors.New("unknown field")}
+			for _, known := range fieldNames(se.GoType) {
+				if strings.EqualFold(known, name) {
+					fe.Err = fmt.Errorf("unknown field (did you mean %q?)", known)
+				}
+			}
+			return fe
+		}
+		got := kindName(se.JSONKind)
+		if len(se.JSONValue) > 0 && se.JSONKind == '0' {
+			got = string(se.JSONValue)
+		}
+		return &FieldError{Field: fieldName(se.JSONPointer, false), Err: fmt.Errorf("want %s, got %s", typeName(se.GoType), got)}
 	}
-	msg := err.Error()
-	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
-		return &FieldError{Field: strings.Trim(f, `"`), Err: errors.New("unknown field")}
-	}
-	if errors.Is(err, io.EOF) {
-		return &FieldError{Err: errors.New("empty file")}
+	var sy *jsontext.SyntacticError
+	if errors.As(err, &sy) {
+		switch {
+		case errors.Is(sy.Err, io.ErrUnexpectedEOF) && len(strings.TrimSpace(string(data))) == 0:
+			return &FieldError{Err: errors.New("empty file")}
+		case errors.Is(sy.Err, jsontext.ErrDuplicateName):
+			return &FieldError{Field: fieldName(sy.JSONPointer, true), Err: errors.New("given more than once")}
+		}
+		return &FieldError{Field: fieldName(sy.JSONPointer, false), Err: fmt.Errorf("invalid JSON at byte %d: %v", sy.ByteOffset, sy.Err)}
 	}
 	return &FieldError{Err: err}
+}
+
+// fieldName spells a JSON pointer as a field name: "/hooks/timeout" is
+// "hooks.timeout". An array index names its array ("/regions/1" is
+// "regions"), unless last is set: then the last token is a member's name.
+func fieldName(p jsontext.Pointer, last bool) string {
+	var names []string
+	toks := strings.Split(strings.TrimPrefix(string(p), "/"), "/")
+	for i, t := range toks {
+		if t == "" || (!(last && i == len(toks)-1) && strings.Trim(t, "0123456789") == "") {
+			continue
+		}
+		names = append(names, strings.NewReplacer("~1", "/", "~0", "~").Replace(t))
+	}
+	return strings.Join(names, ".")
+}
+
+// fieldNames lists the JSON names of struct type t's fields.
+func fieldNames(t reflect.Type) []string {
+	if t == nil || t.Kind() != reflect.Struct {
+		return nil
+	}
+	var names []string
+	for i := range t.NumField() {
+		if n, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); n != "" && n != "-" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// typeName says in words what a Go type wants in JSON.
+func typeName(t reflect.Type) string {
+	if t == nil {
+		return "another type"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int:
+		return "an integer"
+	case reflect.Slice:
+		return "an array of strings"
+	case reflect.Struct:
+		return "an object"
+	}
+	return t.String()
+}
+
+// kindName names a JSON kind.
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "a string"
+	case '0':
+		return "a number"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "something else"
 }
 
 func (c *Config) validate() error {
@@ -404,7 +500,7 @@ func (c *Config) Token(getenv func(string) string) (Secret, error) {
 		p := expandHome(c.TokenFile)
 		data, err := readPrivate(p)
 		if err != nil {
-			return "", &FieldError{File: c.Path, Field: "token_file", Err: err}
+			return "", &FieldError{File: c.Path, Field: "token_file", Err: fmt.Errorf("%q: %w", p, err)}
 		}
 		v := strings.TrimSpace(string(data))
 		if v == "" || strings.ContainsAny(v, " \t\r\n") {

@@ -123,8 +123,12 @@ func TestMissingConfig(t *testing.T) {
 	if _, err := Load(p, false); err != nil {
 		t.Errorf("default path missing should be fine: %v", err)
 	}
-	if _, err := Load(p, true); !errors.Is(err, os.ErrNotExist) {
+	_, err := Load(p, true)
+	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("explicit path missing: err = %v", err)
+	}
+	if want := fmt.Sprintf("config %q: no such file or directory", p); err == nil || err.Error() != want {
+		t.Errorf("explicit path missing: got %v, want %s", err, want)
 	}
 }
 
@@ -150,7 +154,10 @@ func TestErrorsNameTheField(t *testing.T) {
 		{`{"action_wait": "-1s"}`, "action_wait"},
 		{`{"hooks": {"timeout": "x"}}`, "hooks.timeout"},
 		{`{"hooks": {"pre_snapshot": 1}}`, "hooks.pre_snapshot"},
-		{`{"hooks": {"pre": "x"}}`, "pre"},
+		{`{"hooks": {"pre": "x"}}`, "hooks.pre"},
+		{`{"regions": ["fra1", 7]}`, "regions"},
+		{`{"ssh_port": 1.5}`, "ssh_port"},
+		{`{"region": "fra1", "region": "ams3"}`, "region"},
 		{`{"token_file": "token"}`, "token_file"},
 		{`{"do_token": "a b"}`, "do_token"},
 	} {
@@ -168,6 +175,31 @@ func TestErrorsNameTheField(t *testing.T) {
 		var fe *FieldError
 		if _, err := Parse([]byte(doc)); !errors.As(err, &fe) {
 			t.Errorf("%q: err = %v, want a FieldError", doc, err)
+		}
+	}
+}
+
+// Field names match exactly, as docs/CONFIG.md says: encoding/json would
+// take "DO_TOKEN" for "do_token". A wrongly cased name is an unknown field,
+// named with the file, and the message points at the right spelling.
+func TestFieldNamesMatchExactly(t *testing.T) {
+	for _, tc := range []struct{ doc, field, want string }{
+		{`{"DO_TOKEN": "dop_v1_abc"}`, "DO_TOKEN", "do_token"},
+		{`{"Region": "fra1"}`, "Region", "region"},
+		{`{"region": "fra1", "SSH_Port": 22}`, "SSH_Port", "ssh_port"},
+		{`{"Hooks": {"pre_snapshot": "true"}}`, "Hooks", "hooks"},
+		{`{"hooks": {"Pre_Snapshot": "true"}}`, "hooks.Pre_Snapshot", "pre_snapshot"},
+	} {
+		p := writeFile(t, "conf.json", tc.doc, 0o600)
+		_, err := Load(p, true)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field || fe.File != p {
+			t.Errorf("%s: err = %v, want an unknown field %q in %q", tc.doc, err, tc.field, p)
+			continue
+		}
+		want := fmt.Sprintf("config %q: field %q: unknown field (did you mean %q?)", p, tc.field, tc.want)
+		if err.Error() != want {
+			t.Errorf("%s:\n got %s\nwant %s", tc.doc, err, want)
 		}
 	}
 }
