@@ -279,8 +279,12 @@ func dryRun(c *cli.Context, p *cloud.Provisioner, token string) error {
 // program.
 func binary(c *cli.Context, flag, name string, required bool) (string, error) {
 	if p := c.String(flag); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", cliutil.Usagef("--%s: %v", flag, err)
+		st, err := os.Stat(p)
+		if err != nil {
+			return "", cliutil.Usagef("--%s %q: %v", flag, p, cliutil.PathCause(err))
+		}
+		if !st.Mode().IsRegular() {
+			return "", cliutil.Usagef("--%s %q is not a regular file", flag, p)
 		}
 		return p, nil
 	}

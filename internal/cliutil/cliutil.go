@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"syscall"
@@ -159,4 +160,16 @@ func RunArgs(app *cli.App, args []string, stderr io.Writer) int {
 	}
 	Report(stderr, app.Name, err)
 	return CodeOf(err)
+}
+
+// PathCause returns the cause of the *fs.PathError in err's chain ("no
+// such file or directory" of "open x.img: no such file or directory"), or
+// err when there is none: for a message that names the path itself,
+// quoted, as every dosvob message does.
+func PathCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

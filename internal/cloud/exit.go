@@ -19,6 +19,7 @@ func ExitError(err error, token string) error {
 	err = Scrub(err, token)
 	var (
 		fe    *config.FieldError
+		in    *InputError
 		stale *StaleError
 		inc   *IncompleteError
 		api   *APIError
@@ -35,7 +36,7 @@ func ExitError(err error, token string) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		code = cliutil.ExitInterrupted
-	case errors.As(err, &fe), errors.Is(err, config.ErrNoToken):
+	case errors.As(err, &fe), errors.As(err, &in), errors.Is(err, config.ErrNoToken):
 		code = cliutil.ExitUsage
 	case errors.Is(err, ErrNothingSelected):
 		code = cliutil.ExitUsage

@@ -98,12 +98,24 @@ func (p *Plan) VolumeCount() int {
 	return n
 }
 
+// InputError is a value the user gave (a droplet size, a region) that
+// DigitalOcean does not offer, found once the API answered: a usage error
+// (exit 2), not a failure of the API.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
 // ChooseSize returns the size to use in region: want if given (it must be
-// offered there), else the cheapest available size the region offers.
+// offered there), else the cheapest available size the region offers. A
+// want that is not offered, or a region that no size lists (not a
+// DigitalOcean region), is an *InputError.
 func ChooseSize(sizes []godo.Size, region, want string) (godo.Size, error) {
 	var best *godo.Size
+	known := false
 	for i := range sizes {
 		s := &sizes[i]
+		known = known || slices.Contains(s.Regions, region)
 		if !s.Available || !slices.Contains(s.Regions, region) {
 			continue
 		}
@@ -117,8 +129,11 @@ func ChooseSize(sizes []godo.Size, region, want string) (godo.Size, error) {
 			best = s
 		}
 	}
+	if !known {
+		return godo.Size{}, &InputError{fmt.Errorf("unknown region %q: DigitalOcean offers no droplet there", region)}
+	}
 	if want != "" {
-		return godo.Size{}, fmt.Errorf("droplet size %q is not available in region %q", want, region)
+		return godo.Size{}, &InputError{fmt.Errorf("droplet size %q is not available in region %q", want, region)}
 	}
 	if best == nil {
 		return godo.Size{}, fmt.Errorf("region %q offers no droplet size", region)

@@ -107,14 +107,19 @@ type Config struct {
 }
 
 // FieldError is a configuration mistake. Field is the JSON field name (or
-// "" for the file as a whole).
+// "" for the file as a whole); Env, when set, is the environment variable
+// the bad value came from instead of the file.
 type FieldError struct {
 	File  string
 	Field string
+	Env   string
 	Err   error
 }
 
 func (e *FieldError) Error() string {
+	if e.Env != "" {
+		return fmt.Sprintf("environment variable %s: %v", e.Env, e.Err)
+	}
 	where := "config"
 	if e.File != "" {
 		where = fmt.Sprintf("config %q", e.File)
@@ -491,7 +496,7 @@ func (c *Config) Token(getenv func(string) string) (Secret, error) {
 	for _, k := range TokenEnv {
 		if v := strings.TrimSpace(getenv(k)); v != "" {
 			if strings.ContainsAny(v, " \t\r\n") {
-				return "", fmt.Errorf("environment variable %s: token contains whitespace", k)
+				return "", &FieldError{Env: k, Err: errors.New("the token contains whitespace")}
 			}
 			return Secret(v), nil
 		}

@@ -204,6 +204,20 @@ func TestFieldNamesMatchExactly(t *testing.T) {
 	}
 }
 
+// A token with whitespace in the environment is the user's configuration
+// mistake (a *FieldError, exit 2), named by its variable, never printed.
+func TestEnvTokenWithWhitespace(t *testing.T) {
+	env := map[string]string{"DIGITALOCEAN_TOKEN": "dop_v1_ab cd"}
+	_, err := (&Config{}).Token(func(k string) string { return env[k] })
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Env != "DIGITALOCEAN_TOKEN" {
+		t.Fatalf("err = %v, want a FieldError naming DIGITALOCEAN_TOKEN", err)
+	}
+	if strings.Contains(err.Error(), "ab cd") {
+		t.Errorf("the token is in the message: %v", err)
+	}
+}
+
 func TestDefaultPaths(t *testing.T) {
 	t.Setenv("XDG_CONFIG_HOME", "/cfg")
 	t.Setenv("XDG_STATE_HOME", "/st")
