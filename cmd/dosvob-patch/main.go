@@ -125,8 +125,8 @@ manifest recorded for that version. FILE must not exist; it appears only when
 complete and verified.`,
 				ArgsUsage: "IMAGE",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "version", Required: true, Usage: "the version's `TIME`, as listed by \"versions\" (20261116T040000Z or 2026-11-16T04:00:00Z), or \"latest\""},
-					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "the new `FILE` to write"},
+					&cli.StringFlag{Name: "version", Usage: "the version's `TIME`, as listed by \"versions\" (20261116T040000Z or 2026-11-16T04:00:00Z), or \"latest\" (required)"},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the new `FILE` to write (required)"},
 				},
 				Action: func(c *cli.Context) error { return restoreCmd(c, stderr) },
 			},

@@ -75,6 +75,9 @@ func versionName(v string) string {
 }
 
 func restoreCmd(c *cli.Context, stderr io.Writer) error {
+	if err := cliutil.Need(c, "version", "output"); err != nil {
+		return err
+	}
 	img, err := imageArg(c)
 	if err != nil {
 		return err

@@ -5,7 +5,9 @@
 // context that SIGINT and SIGTERM cancel (so cleanup code runs), prints a
 // failing command's error as one lowercase line on stderr prefixed with the
 // command name, an optional "hint:" line beneath it, and exits with the code
-// that the error carries. The codes are documented in docs/EXIT-CODES.md and
+// that the error carries. urfave/cli's own messages for bad flags are
+// rewritten in that style too, and every usage error (exit 2) without a
+// hint of its own gets one pointing to --help. The codes are documented in docs/EXIT-CODES.md and
 // scripts depend on them: never renumber one.
 package cliutil
 
@@ -140,23 +142,23 @@ func RunArgs(app *cli.App, args []string, stderr io.Writer) int {
 
 	app.ErrWriter = stderr
 	app.ExitErrHandler = func(*cli.Context, error) {} // we report and exit ourselves
-	if app.OnUsageError == nil {
-		// urfave/cli would print the whole help on stdout, which carries data.
-		app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
-			return WithHint(Exit(ExitUsage, err), "run '"+app.Name+" --help' for usage")
-		}
-	}
+	// urfave/cli would print its own message and the whole help (on
+	// stdout, which carries data): usage errors are reported as ours.
+	houseStyle(app, args)
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK
 	}
-	// urfave/cli reports flag parse errors as plain errors: they are usage errors.
+	// urfave/cli reports a missing required flag as a plain error.
 	var ce interface{ ExitCode() int }
 	if !errors.As(err, &ce) && !errors.Is(err, context.Canceled) && isUsageError(err) {
-		err = Exit(ExitUsage, err)
+		err = usageError(app.Name, app.Flags, args, err)
 	}
 	if ctx.Err() != nil && CodeOf(err) == ExitFailure {
 		err = Exit(ExitInterrupted, fmt.Errorf("interrupted: %w", err))
+	}
+	if CodeOf(err) == ExitUsage && HintOf(err) == "" {
+		err = WithHint(err, helpHint(app.Name))
 	}
 	Report(stderr, app.Name, err)
 	return CodeOf(err)
