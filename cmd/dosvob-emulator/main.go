@@ -12,8 +12,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"net"
 	"os"
@@ -97,6 +99,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			var acct *doemu.Account
 			if p := c.String("account"); p != "" {
 				if acct, err = doemu.LoadAccount(p); err != nil {
+					var pe *fs.PathError
+					if errors.As(err, &pe) {
+						err = fmt.Errorf("account file %q: %w", p, pe.Err)
+					}
 					return cliutil.Exit(cliutil.ExitUsage, err)
 				}
 			}
@@ -130,7 +136,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			defer e.Close()
 			if p := c.String("url-file"); p != "" {
 				if err := writeAtomic(p, e.URL()+"\n"); err != nil {
-					return err
+					return fmt.Errorf("--url-file %q: %w", p, cliutil.PathCause(err))
 				}
 			}
 			fmt.Fprintln(stdout, e.URL())
@@ -175,7 +181,7 @@ func readToken(path string) (string, error) {
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return "", cliutil.Exit(cliutil.ExitUsage, err)
+		return "", cliutil.Usagef("token file %q: %v", path, cliutil.PathCause(err))
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		return "", cliutil.WithHint(cliutil.Usagef("token file %q can be read by others (mode %04o)", path, fi.Mode().Perm()),
@@ -183,7 +189,7 @@ func readToken(path string) (string, error) {
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", cliutil.Exit(cliutil.ExitUsage, err)
+		return "", cliutil.Usagef("token file %q: %v", path, cliutil.PathCause(err))
 	}
 	t := strings.TrimSpace(string(b))
 	if t == "" {

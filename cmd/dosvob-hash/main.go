@@ -475,7 +475,7 @@ func deviceErr(err error, path string) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return fmt.Errorf("%s: %w", path, err)
+	return fmt.Errorf("%q: %w", path, err)
 }
 
 // unwrapPath turns "open /x: no such file or directory" into the bare cause

@@ -210,7 +210,7 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 	if err != nil && c.Context.Err() != nil {
 		// A signal also ends the rest of the pipe, so the stream breaks:
 		// report the interruption, not the broken stream.
-		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s is unchanged (%v)", img, err))
+		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %q is unchanged (%v)", img, err))
 	}
 	if err != nil {
 		return mapErr(err, img)
@@ -264,7 +264,7 @@ func mapErr(err error, img string) error {
 	var pe *format.ParseError
 	switch {
 	case errors.Is(err, context.Canceled):
-		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s is unchanged", img))
+		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %q is unchanged", img))
 	case errors.Is(err, imagestore.ErrVersionDamaged):
 		// Before the stream errors: a kept version's file is one too.
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
@@ -111,22 +112,23 @@ func run(c *cli.Context) error {
 		if c.IsSet("run") || c.Bool("all") {
 			return cliutil.Usagef("give a run JSON, --run or --all, not several")
 		}
-		arg := c.Args().First()
+		arg, what := c.Args().First(), "stdin"
 		var r io.Reader = os.Stdin
 		if arg != "-" {
+			what = strconv.Quote(arg)
 			f, err := os.Open(arg)
 			if err != nil {
-				return cliutil.Usagef("%v", err)
+				return cliutil.Usagef("%s: %v", what, cliutil.PathCause(err))
 			}
 			defer f.Close()
 			r = f
 		}
-		run, err := readRunJSON(r, arg)
+		run, err := readRunJSON(r, what)
 		if err != nil {
 			return err
 		}
 		if run == nil {
-			return cliutil.Usagef("%s: empty", arg)
+			return cliutil.Usagef("%s: empty", what)
 		}
 		fromJSON = run
 	case c.IsSet("run"):

@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -113,16 +114,26 @@ func HintOf(err error) string {
 	return ""
 }
 
-// Report writes err to w in dosvob's style: "name: message" and, when the
-// error has one, "name: hint: ..." on the next line.
+// Report writes err to w in dosvob's style: "name: message" on one line
+// (a message of several lines, as some libraries write them, is joined)
+// and, when the error has one, "name: hint: ..." on the next line.
 func Report(w io.Writer, name string, err error) {
 	if err == nil {
 		return
 	}
-	fmt.Fprintf(w, "%s: %v\n", name, err)
+	fmt.Fprintf(w, "%s: %s\n", name, oneLine(err.Error()))
 	if h := HintOf(err); h != "" {
-		fmt.Fprintf(w, "%s: hint: %s\n", name, h)
+		fmt.Fprintf(w, "%s: hint: %s\n", name, oneLine(h))
 	}
+}
+
+// oneLine joins the lines of s with single spaces.
+func oneLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimSpace(l)
+	}
+	return strings.Join(lines, " ")
 }
 
 // Run runs app with os.Args and exits the process. SIGINT and SIGTERM cancel

@@ -46,6 +46,16 @@ func TestReport(t *testing.T) {
 	}
 }
 
+// A message of several lines (yaml.v3 writes them) is still one line.
+func TestReportOneLine(t *testing.T) {
+	var b bytes.Buffer
+	Report(&b, "dosvob-emulator", Exit(ExitUsage, fmt.Errorf("account file %q: %w", "a.yaml", errors.New("yaml: unmarshal errors:\n  line 3: field regoin not found"))))
+	want := "dosvob-emulator: account file \"a.yaml\": yaml: unmarshal errors: line 3: field regoin not found\n"
+	if b.String() != want {
+		t.Fatalf("got %q, want %q", b.String(), want)
+	}
+}
+
 func app(action cli.ActionFunc) *cli.App {
 	return &cli.App{
 		Name:   "dosvob-test",

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dosvob/dosvob/internal/cliutil"
 )
 
 // StateVersion is the version of state.json. A reader refuses others.
@@ -156,7 +158,7 @@ func OpenStore(dir string) (*Store, error) {
 // waiting.
 func (s *Store) Lock() error {
 	if err := os.MkdirAll(filepath.Join(s.Dir, "runs"), 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+		return fmt.Errorf("state directory %q: %w", s.Dir, cliutil.PathCause(err))
 	}
 	f, err := os.OpenFile(filepath.Join(s.Dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -165,7 +167,7 @@ func (s *Store) Lock() error {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("%w (lock %s)", ErrLocked, f.Name())
+			return fmt.Errorf("%w (lock %q)", ErrLocked, f.Name())
 		}
 		return err
 	}

@@ -99,7 +99,7 @@ func LoadAccount(path string) (*Account, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&a); err != nil {
-		return nil, fmt.Errorf("account file %s: %w", path, err)
+		return nil, fmt.Errorf("account file %q: %w", path, err)
 	}
 	dir, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {
