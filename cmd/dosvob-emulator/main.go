@@ -61,14 +61,32 @@ Standard output carries the base URL only. Exit codes: 0 stopped by SIGINT
 or SIGTERM; 1 failure; 2 usage (bad flag, unreadable or bad account file,
 no token).`
 
+const examples = `
+EXAMPLES:
+   # a token only you can read, then the sample account with droplets that
+   # answer SSH (as root; it runs until Ctrl-C):
+   umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > emulator.token
+   dosvob-emulator --token-file emulator.token --account internal/doemu/testdata/sample-account.yaml \
+        --ssh --action-delay 100ms --snapshot-interval 0 --url-file emulator.url
+
+   # without root: the API only, volumes as plain files:
+   dosvob-emulator --token-file emulator.token --account internal/doemu/testdata/sample-account.yaml \
+        --no-loop --url-file emulator.url
+
+   # from another shell: point dosvob at it, and look at everything it holds:
+   DIGITALOCEAN_ACCESS_TOKEN="$(cat emulator.token)" dosvob-provision --api-url "$(cat emulator.url)" --dry-run
+   curl -H "Authorization: Bearer $(cat emulator.token)" "$(cat emulator.url)emulator/state"
+`
+
 func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
-		Name:            name,
-		Usage:           "run the DigitalOcean API emulator",
-		UsageText:       name + " [flags]",
-		Description:     description,
-		HideHelpCommand: true,
-		Writer:          stdout,
+		Name:                  name,
+		Usage:                 "run the DigitalOcean API emulator",
+		UsageText:             name + " [flags]",
+		Description:           description,
+		CustomAppHelpTemplate: cli.AppHelpTemplate + examples,
+		HideHelpCommand:       true,
+		Writer:                stdout,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:0", Usage: "loopback `ADDRESS:PORT` to listen on (port 0: any free port)"},
 			&cli.StringFlag{Name: "account", Usage: "seed the account from this YAML or JSON `FILE`"},

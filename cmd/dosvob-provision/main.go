@@ -26,6 +26,22 @@ import (
 
 func main() { cliutil.Run(app()) }
 
+const examples = `
+EXAMPLES:
+   # what a run would create, and what it costs; creates nothing:
+   dosvob-provision --dry-run
+
+   # a backup run's cloud side, as scripts/backup-all.sh starts it, and its end:
+   dosvob-provision --cleanup-stale > run.json
+   dosvob-teardown run.json
+
+   # a new, kept volume to restore into, as scripts/restore.sh starts it:
+   dosvob-provision --restore --volume-name restored-data --region fra1 --size-gib 100 > run.json
+
+   # against the emulator (see dosvob-emulator --help), with its token:
+   DIGITALOCEAN_ACCESS_TOKEN="$(cat emulator.token)" dosvob-provision --api-url "$(cat emulator.url)" --dry-run
+`
+
 func app() *cli.App {
 	return &cli.App{
 		Name:      "dosvob-provision",
@@ -34,9 +50,10 @@ func app() *cli.App {
 		Description: "Prints the run as JSON on stdout (see docs/RUN-JSON.md) and progress on stderr.\n" +
 			"The API token comes from DIGITALOCEAN_ACCESS_TOKEN, DIGITALOCEAN_TOKEN, or the config's\n" +
 			"token_file or do_token (see docs/CONFIG.md). Delete the run's resources with dosvob-teardown.",
-		HideHelpCommand: true,
-		Flags:           flags(),
-		Action:          run,
+		CustomAppHelpTemplate: cli.AppHelpTemplate + examples,
+		HideHelpCommand:       true,
+		Flags:                 flags(),
+		Action:                run,
 	}
 }
 

@@ -28,6 +28,19 @@ import (
 
 func main() { cliutil.Run(app()) }
 
+const examples = `
+EXAMPLES:
+   # the run that dosvob-provision printed:
+   dosvob-teardown run.json
+
+   # a run by its id, as a failed dosvob-provision's hint names it:
+   dosvob-teardown --run 20260102-150405-a1b2c3
+
+   # after a crash: list what is left of every run, then delete it (until it exits 0):
+   dosvob-teardown --all --dry-run
+   dosvob-teardown --all
+`
+
 func app() *cli.App {
 	return &cli.App{
 		Name:      "dosvob-teardown",
@@ -37,7 +50,8 @@ func app() *cli.App {
 			"stdin), or --run ID. With --all (or none of these, from a terminal): every dosvob resource in\n" +
 			"the account. An empty run JSON is refused: it is what a failed dosvob-provision leaves.\n" +
 			"Exits 0 when nothing is left, 8 listing what is left otherwise. Safe to repeat.",
-		HideHelpCommand: true,
+		CustomAppHelpTemplate: cli.AppHelpTemplate + examples,
+		HideHelpCommand:       true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"DOSVOB_CONFIG"},
 				Usage: "config file (default: $XDG_CONFIG_HOME/dosvob/conf.json or ~/.config/dosvob/conf.json)"},
