@@ -144,6 +144,10 @@ func Run(app *cli.App) {
 
 // RunArgs is Run without the exit, for tests: it returns the exit code.
 func RunArgs(app *cli.App, args []string, stderr io.Writer) int {
+	return runArgs(app, args, os.Stdout, stderr)
+}
+
+func runArgs(app *cli.App, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -156,6 +160,7 @@ func RunArgs(app *cli.App, args []string, stderr io.Writer) int {
 	// urfave/cli would print its own message and the whole help (on
 	// stdout, which carries data): usage errors are reported as ours.
 	houseStyle(app, args)
+	versionFlag(app, stdout)
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK

@@ -6,9 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 func TestCodeOf(t *testing.T) {
@@ -180,5 +186,70 @@ func TestUsageErrorsGetAHint(t *testing.T) {
 	RunArgs(app(func(*cli.Context) error { return WithHint(Usagef("no token"), "set it") }), []string{"x"}, &stderr)
 	if want := "dosvob-test: no token\ndosvob-test: hint: set it\n"; stderr.String() != want {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	for _, tc := range []struct {
+		bi   *debug.BuildInfo
+		want string
+	}{
+		{nil, "(devel), revision unknown, go unknown"},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/dosvob/dosvob", Version: "(devel)"}},
+			"(devel), revision unknown, go1.26.8"},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.2.0"}, Settings: []debug.BuildSetting{
+			{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "a35d544e"}, {Key: "vcs.modified", Value: "false"}}},
+			"v1.2.0, revision a35d544e, go1.26.8"},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v0.0.0-20261122143934-a35d544e0000+dirty"}, Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "a35d544e"}, {Key: "vcs.modified", Value: "true"}}},
+			"v0.0.0-20261122143934-a35d544e0000+dirty, revision a35d544e (modified), go1.26.8"},
+	} {
+		if got := versionOf(tc.bi); got != tc.want {
+			t.Errorf("got %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// --version prints one line on stdout, even for a command whose help and
+// messages go to stderr, and exits 0; it has no -v.
+func TestVersionFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	a := app(func(*cli.Context) error { t.Error("the action ran"); return nil })
+	a.Writer = &stderr
+	if code := runArgs(a, []string{"dosvob-test", "--version"}, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	if want := "dosvob-test version " + Version() + "\n"; stdout.String() != want {
+		t.Errorf("stdout %q, want %q", stdout.String(), want)
+	}
+	stdout.Reset()
+	if code := runArgs(app(func(*cli.Context) error { return nil }), []string{"dosvob-test", "-v"}, &stdout, &stderr); code != ExitUsage {
+		t.Errorf("-v: exit %d, want 2", code)
+	}
+}
+
+// What go build embeds is what --version prints: a real binary, built from
+// this checkout with VCS stamping on, names the commit git has checked out.
+func TestVersionOfABuiltBinary(t *testing.T) {
+	testenv.RequireCommand(t, "git")
+	root := testenv.RepoRoot(t)
+	head, err := exec.Command("git", "-C", root, "rev-parse", "HEAD").Output()
+	if err != nil {
+		testenv.SkipOrFail(t, "not a git checkout: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "dosvob-teardown")
+	build := exec.Command("go", "build", "-buildvcs=true", "-o", bin, "./cmd/dosvob-teardown")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		t.Fatalf("dosvob-teardown --version: %v", err)
+	}
+	want := "dosvob-teardown version "
+	rev := "revision " + strings.TrimSpace(string(head))
+	if !strings.HasPrefix(string(out), want) || !strings.Contains(string(out), rev) || strings.Count(string(out), "\n") != 1 {
+		t.Errorf("dosvob-teardown --version printed %q, want a line %q...%q", out, want, rev)
 	}
 }
