@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // TestTwoPatchesAtOnce: while one dosvob-patch is running on an image (here
@@ -243,5 +245,55 @@ func TestVersionsExitCodes(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 5 || !strings.Contains(string(out), "is missing: kept version is damaged") {
 		t.Errorf("missing version file: %v\n%s", err, out)
+	}
+}
+
+// TestBytesAfterStream: a valid delta stream followed by a skippable zstd
+// frame, an empty zstd frame or plain garbage is a bad stream (exit 3),
+// refused before the commit: the image stays the previous backup. The
+// decompressor alone would take in the two kinds of frame silently.
+func TestBytesAfterStream(t *testing.T) {
+	bin, hash := buildBinary(t), buildHash(t)
+	dir := t.TempDir()
+	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+	r := rand.New(rand.NewPCG(71, 72))
+	v1 := device(r, 1<<20)
+	os.WriteFile(dev, v1, 0o644)
+	pipe := func(trailer string) (string, error) {
+		c := exec.Command("bash", "-o", "pipefail", "-c", `"$1" "$3" | "$1" --delta "$4" | cat - "$5" | "$2" "$3"`,
+			"sh", hash, bin, img, dev, trailer)
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	none := filepath.Join(dir, "none")
+	os.WriteFile(none, nil, 0o644)
+	if out, err := pipe(none); err != nil {
+		t.Fatalf("first backup: %v\n%s", err, out)
+	}
+	manifest, _ := os.ReadFile(filepath.Join(img+".dosvob", "manifest.json"))
+	var empty bytes.Buffer
+	enc, _ := zstd.NewWriter(&empty, zstd.WithZeroFrames(true))
+	enc.Close()
+	trailers := map[string][]byte{
+		"skippable frame": {0x5A, 0x2A, 0x4D, 0x18, 3, 0, 0, 0, 'a', 'b', 'c'},
+		"empty frame":     empty.Bytes(),
+		"garbage":         []byte("garbage"),
+	}
+	os.WriteFile(dev, mutate(r, v1, 20), 0o644)
+	for name, b := range trailers {
+		trailer := filepath.Join(dir, "trailer")
+		os.WriteFile(trailer, b, 0o644)
+		out, err := pipe(trailer)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(out, "dosvob-patch: delta stream: data after the compressed stream") {
+			t.Errorf("%s after the stream: %v, want exit 3 naming the data after the stream:\n%s", name, err, out)
+		}
+		mustEqualFile(t, img, v1)
+		if m, _ := os.ReadFile(filepath.Join(img+".dosvob", "manifest.json")); !bytes.Equal(m, manifest) {
+			t.Errorf("%s after the stream: the manifest changed", name)
+		}
+	}
+	if out, err := pipe(none); err != nil {
+		t.Fatalf("the same pipe without the trailer: %v\n%s", err, out)
 	}
 }

@@ -358,6 +358,7 @@ func marshalEnd(e End, version uint16) []byte {
 type DeltaReader struct {
 	hdr     DeltaHeader
 	r       io.Reader
+	frame   *oneFrame // between r and dec: the delta's one zstd frame
 	dec     *zstd.Decoder
 	digest  *xxhash.Digest
 	next    uint64 // lowest index the next record may have
@@ -438,6 +439,8 @@ func (dr *DeltaReader) Close() {
 // decErr classifies an error from the decompressor.
 func (dr *DeltaReader) decErr(err error, what string) error {
 	switch {
+	case dr.frame != nil && dr.frame.skippable:
+		return errSkippable
 	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
 		if dr.done || what == "data after the end record" {
 			return deltaErr(io.ErrUnexpectedEOF, "truncated %s", what)
@@ -523,7 +526,8 @@ func (dr *DeltaReader) Next() (Record, error) {
 
 func (dr *DeltaReader) next1() (Record, error) {
 	if dr.dec == nil {
-		dec, err := zstd.NewReader(markIO{dr.r},
+		dr.frame = &oneFrame{r: markIO{dr.r}}
+		dec, err := zstd.NewReader(dr.frame,
 			zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderLowmem(true),
 			zstd.WithDecoderMaxWindow(MaxWindow),
@@ -668,18 +672,25 @@ func (dr *DeltaReader) readEnd() error {
 	if dr.hdr.V() >= 2 && dr.next != e.Blocks {
 		return deltaErr(ErrCount, "records cover %d of the device's %d blocks", dr.next, e.Blocks)
 	}
-	// Nothing may follow: neither more records nor more compressed frames.
-	// This read also makes the decoder check the frame checksum.
+	// Nothing may follow: neither more records in the frame nor any byte
+	// after it. This read also makes the decoder check the frame checksum;
+	// it ends at the end of the frame, so that what follows (another frame,
+	// also a skippable or an empty one, which the decoder would take in
+	// silently) is still unread.
 	var one [1]byte
 	n, err := io.ReadFull(dr.dec, one[:])
 	if n > 0 {
 		return deltaErr(ErrTrailingData, "data after the end record")
 	}
 	if err != io.EOF {
-		if errors.Is(err, zstd.ErrMagicMismatch) {
-			return deltaErr(ErrTrailingData, "data after the compressed stream")
-		}
 		return dr.decErr(err, "data after the end record")
+	}
+	n, err = io.ReadFull(markIO{dr.r}, one[:])
+	if n > 0 {
+		return deltaErr(ErrTrailingData, "data after the compressed stream")
+	}
+	if err != io.EOF {
+		return dr.decErr(err, "data after the compressed stream")
 	}
 	dr.end, dr.done = e, true
 	return io.EOF

@@ -421,7 +421,10 @@ func TestDeltaReaderErrors(t *testing.T) {
 		{"byte after end", rawDelta(h2, nil, []uint64{3, 0, 0, 0, 0, 0, 0}, []byte{0}), ErrTrailingData},
 		{"second frame", cat(rawDelta(h2, nil, []uint64{3, 0, 0, 0, 0, 0, 0}, nil), zstdOnly), ErrTrailingData},
 		{"garbage after frame", append(bytes.Clone(good), "garbage"...), ErrTrailingData},
-		{"zero byte after frame", append(bytes.Clone(good), 0), io.ErrUnexpectedEOF},
+		{"zero byte after frame", append(bytes.Clone(good), 0), ErrTrailingData},
+		{"skippable frame after frame", cat(good, skippableFrame("not part of the delta")), ErrTrailingData},
+		{"empty frame after frame", cat(good, emptyFrame()), ErrTrailingData},
+		{"skippable frame before frame", cat(good[:hs], skippableFrame("x"), good[hs:]), ErrCompression},
 	}
 	// A stream whose end record digest is wrong.
 	var bad []byte
@@ -629,6 +632,40 @@ func TestBlockMath(t *testing.T) {
 	}{{4096, true}, {1 << 24, true}, {2048, false}, {1<<24 + 1, false}, {1 << 25, false}, {6144, false}, {0, false}} {
 		if ValidBlockSize(tt.n) != tt.ok {
 			t.Errorf("ValidBlockSize(%d) = %v", tt.n, !tt.ok)
+		}
+	}
+}
+
+// skippableFrame is a zstd skippable frame (RFC 8878, section 3.1.2) with
+// payload p: a decompressor skips it.
+func skippableFrame(p string) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, 0x184D2A5A)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(p)))
+	return append(b, p...)
+}
+
+// emptyFrame is a complete zstd frame with no content: a decompressor's
+// output does not change.
+func emptyFrame() []byte {
+	var b bytes.Buffer
+	enc, _ := zstd.NewWriter(&b, zstd.WithZeroFrames(true), zstd.WithEncoderCRC(true))
+	enc.Close()
+	return b.Bytes()
+}
+
+// TestExtraFramesAreRealFrames: the frames the reader must refuse after a
+// stream are ones the decompressor takes in silently, or the cases above
+// prove nothing.
+func TestExtraFramesAreRealFrames(t *testing.T) {
+	for name, frame := range map[string][]byte{"skippable": skippableFrame("abc"), "empty": emptyFrame()} {
+		dec, err := zstd.NewReader(bytes.NewReader(cat(emptyFrame(), frame, frame)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.ReadAll(dec)
+		dec.Close()
+		if err != nil || len(out) != 0 {
+			t.Errorf("%s frame: decompressed %q, %v; want nothing and no error", name, out, err)
 		}
 	}
 }
