@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dosvob/dosvob/internal/imagestore"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -20,6 +21,11 @@ import (
 func TestTwoPatchesAtOnce(t *testing.T) {
 	bin := buildBinary(t)
 	img := filepath.Join(t.TempDir(), "vol.img")
+	// The pipe's first stage makes the state directory, which holds the
+	// lock; a patch started before it takes the lock with its stream.
+	if out, err := exec.Command("sh", "-c", `"$1" "$2" >/dev/null`, "sh", buildHash(t), img).CombinedOutput(); err != nil {
+		t.Fatalf("dosvob-hash: %v\n%s", err, out)
+	}
 	first := exec.Command(bin, img)
 	in, err := first.StdinPipe()
 	if err != nil {
@@ -295,5 +301,82 @@ func TestBytesAfterStream(t *testing.T) {
 	}
 	if out, err := pipe(none); err != nil {
 		t.Fatalf("the same pipe without the trailer: %v\n%s", err, out)
+	}
+}
+
+// TestNoStateLeftBehind: a command that only reads, or that is refused,
+// leaves the directory as it was. Aimed at a missing file or at a file
+// dosvob did not make, none may create IMAGE.dosvob/; only the start of a
+// backup (dosvob-hash IMAGE) makes it.
+func TestNoStateLeftBehind(t *testing.T) {
+	bin, hash := buildBinary(t), buildHash(t)
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(81, 82))
+	os.WriteFile(filepath.Join(dir, "plain"), device(r, 20000), 0o644)
+	os.WriteFile(filepath.Join(dir, "garbage"), []byte("not a stream of any kind"), 0o644)
+	sig, err := exec.Command(hash, "--raw", filepath.Join(dir, "plain")).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "sig"), sig, 0o644)
+	listing := func() string {
+		var names []string
+		filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error {
+			names = append(names, strings.TrimPrefix(p, dir))
+			return nil
+		})
+		return strings.Join(names, "\n")
+	}
+	for _, target := range []string{"missing.img", "plain"} {
+		img := filepath.Join(dir, target)
+		out := filepath.Join(dir, "out")
+		for _, c := range []struct {
+			stdin string
+			cmd   []string
+		}{
+			{"", []string{hash, "--verify", img}},
+			{"sig", []string{hash, "--delta", img}},
+			{"", []string{hash, "--raw", img}},
+			{"", []string{bin, "versions", img}},
+			{"", []string{bin, "versions", "--json", img}},
+			{"", []string{bin, "restore-version", "--version", "latest", "--output", out, img}},
+			{"garbage", []string{bin, "--raw", img}},
+			{"garbage", []string{bin, img}},
+			{"garbage", []string{bin, "--force", img}},
+		} {
+			before := listing()
+			cmd := exec.Command(c.cmd[0], c.cmd[1:]...)
+			if c.stdin != "" {
+				f, err := os.Open(filepath.Join(dir, c.stdin))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				cmd.Stdin = f
+			}
+			msg, _ := cmd.CombinedOutput()
+			if after := listing(); after != before {
+				t.Errorf("%s %q changed the directory:\nbefore:%s\nafter:%s\n%s", filepath.Base(c.cmd[0]), c.cmd[1:], before, after, msg)
+			}
+			if imagestore.HasState(img) {
+				os.RemoveAll(img + ".dosvob")
+			}
+		}
+	}
+	// Read-only commands on a backup leave its state directory as it was.
+	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "plain")
+	if out, err := exec.Command("bash", "-o", "pipefail", "-c", `"$1" "$3" | "$1" --delta "$4" | "$2" --keep 2 "$3"`, "sh", hash, bin, img, dev).CombinedOutput(); err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{{bin, "versions", img}, {hash, "--delta", img}} {
+		before := listing()
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdin = bytes.NewReader(sig)
+		if out, err := cmd.Output(); err != nil {
+			t.Fatalf("%q: %v\n%s", args, err, out)
+		}
+		if after := listing(); after != before {
+			t.Errorf("%q changed the directory:\nbefore:%s\nafter:%s", args, before, after)
+		}
 	}
 }

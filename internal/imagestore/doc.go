@@ -14,10 +14,10 @@
 // The two ends of the pipe use it like this:
 //
 //	// dosvob-hash IMAGE
-//	s, err := imagestore.Open(path, imagestore.Options{Logf: logf}) // recovers first
+//	s, err := imagestore.Open(path, imagestore.Options{Logf: logf}) // recovers first; creates nothing
 //	r, size, err := s.Content()         // the image, or the partial image
 //	cache, why := s.HashCache()         // per-block hashes to sign from, or nil and why not
-//	g, err := s.BeginSigning(hdr)       // before the signature header (seed, next seed)
+//	g, err := s.BeginSigning(hdr)       // before the signature header; makes IMAGE.dosvob/ if missing
 //	g.Add(hash) ...                     // per block, from the cache or from reading r
 //	g.Finish(sigWriter.Digest())        // before the signature trailer
 //

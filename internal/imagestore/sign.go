@@ -67,6 +67,11 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 	if h.Base != s.base {
 		return nil, fmt.Errorf("signature base (image %s generation %d size %d) is not the content of %s", ID(h.Base.ImageID), h.Base.Generation, h.Base.Size, s.path)
 	}
+	// The start of a backup: the one place where the state directory is
+	// made.
+	if err := s.makeState(); err != nil {
+		return nil, err
+	}
 	st, err := s.lockState()
 	if err != nil {
 		return nil, err

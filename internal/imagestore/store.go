@@ -51,7 +51,9 @@ type Options struct {
 	// Writer takes the writer lock for the life of the Store (patch,
 	// restore). Without it the Store only reads the image and records
 	// signing runs; it takes the writer lock just long enough to recover
-	// an interrupted run, if there is one.
+	// an interrupted run, if there is one. With no state directory yet
+	// there is nothing to lock: Begin takes the lock once dosvob-hash has
+	// made the directory.
 	Writer bool
 	// StateWait bounds the wait for the state lock (default 5 minutes: it
 	// is held for milliseconds, except while a recovery rolls back a
@@ -92,10 +94,15 @@ func HasState(path string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// Open opens the image at path and its state directory (created if
-// missing), recovering an interrupted run first. With opts.Writer it holds
-// the writer lock until Close and fails with a *LockedError (ErrLocked) if
-// another process has it.
+// Open opens the image at path and its state directory, recovering an
+// interrupted run first. With opts.Writer it holds the writer lock until
+// Close and fails with a *LockedError (ErrLocked) if another process has
+// it.
+//
+// Open creates nothing. Without a state directory (no image yet, or a file
+// dosvob has not signed) the Store has no manifest and nothing to recover;
+// BeginSigning makes the directory when dosvob-hash IMAGE starts a backup.
+// So a command that only reads, or that is refused, leaves no trace.
 func Open(path string, opts Options) (*Store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -114,30 +121,58 @@ func Open(path string, opts Options) (*Store, error) {
 	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("directory %q of the image does not exist", filepath.Dir(path))
 	}
-	for _, d := range []string{s.dir, filepath.Join(s.dir, versionsDir)} {
-		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("state directory: %w", err)
+	if !HasState(abs) {
+		if err := s.load(); err != nil {
+			return nil, err
 		}
+		return s, nil
 	}
-	st, err := s.lockState()
-	if err != nil {
+	if err := s.attach(); err != nil {
 		return nil, err
 	}
+	return s, nil
+}
+
+// attach takes the state lock and, for a writer, the writer lock; recovers
+// an interrupted run; and loads the state.
+func (s *Store) attach() error {
+	st, err := s.lockState()
+	if err != nil {
+		return err
+	}
 	defer st.unlock()
-	if opts.Writer {
+	if s.opts.Writer {
 		if s.writer, err = s.tryWriter(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := s.recover(); err != nil {
 		s.Close()
-		return nil, err
+		return err
 	}
 	if err := s.load(); err != nil {
 		s.Close()
-		return nil, err
+		return err
 	}
-	return s, nil
+	return nil
+}
+
+// makeState creates the state directory (and versions/ in it) if it is
+// missing: only a run that starts a backup calls it.
+func (s *Store) makeState() error {
+	for _, d := range []string{s.dir, s.join(versionsDir)} {
+		err := s.fs.Mkdir(d, 0o755)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err == nil {
+			err = s.fs.SyncDir(filepath.Dir(d))
+		}
+		if err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *Store) logf(format string, args ...any) {

@@ -88,6 +88,7 @@ func TestNoClobber(t *testing.T) {
 
 func TestLocked(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "vol.img")
+	syncTo(t, img, device(rand.New(rand.NewPCG(9, 10)), 8192), PatchOptions{})
 	s, err := Open(img, Options{Writer: true})
 	if err != nil {
 		t.Fatal(err)

@@ -121,6 +121,15 @@ func baseError(format string, args ...any) error {
 // anything, that h was made against the current content and the latest
 // signing run of it. The Store must have been opened with Options.Writer.
 func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
+	if s.writer == nil && s.opts.Writer {
+		// Opened before dosvob-hash IMAGE made the state directory.
+		if !HasState(s.path) {
+			return nil, baseError("no dosvob-hash run of %s is recorded; the delta must come from signatures made by dosvob-hash %s", s.path, s.path)
+		}
+		if err := s.attach(); err != nil {
+			return nil, err
+		}
+	}
 	if s.writer == nil {
 		return nil, errors.New("store opened without the writer lock")
 	}

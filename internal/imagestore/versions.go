@@ -61,6 +61,9 @@ func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
 	refs := firstEntries(jr)
 
 	dir := filepath.Join(s.dir, versionsDir)
+	if err := s.makeState(); err != nil { // versions/ may have been removed by hand
+		return v, err
+	}
 	tmp := filepath.Join(dir, v.File+".tmp")
 	tx.files = append(tx.files, tmp, filepath.Join(dir, v.File))
 	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) // old volume data, as in the journal
