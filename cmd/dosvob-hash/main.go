@@ -84,7 +84,8 @@ Exit codes: 0 ok; 1 failure (I/O error on IMAGE or DEVICE); 2 usage;
 3 bad signature stream on standard input (truncated, corrupt, wrong type or
 version); 4 refused (IMAGE's state was written by an unknown dosvob version,
 or --verify on a file that is not a dosvob image); 5 --verify found IMAGE
-damaged; 6 locked (another dosvob run holds IMAGE); 130 interrupted.`
+damaged; 6 locked (another dosvob run holds IMAGE, or got ahead of this
+one); 130 interrupted.`
 
 const examples = `
 EXAMPLES:
@@ -294,6 +295,9 @@ func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdo
 		err = sw.Close()
 	}
 	el := stop()
+	if errors.Is(err, imagestore.ErrSuperseded) {
+		return storeErr(err, path) // another run began writing IMAGE meanwhile
+	}
 	if err != nil {
 		return deviceErr(err, path)
 	}
@@ -460,6 +464,8 @@ func storeErr(err error, path string) error {
 		return err
 	case errors.Is(err, imagestore.ErrLocked):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run is using "+path+"; wait for it to finish")
+	case errors.Is(err, imagestore.ErrSuperseded):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run on "+path+" got ahead; run the whole pipe again once it has finished")
 	case errors.Is(err, imagestore.ErrUnknownVersion):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "a newer dosvob wrote this state; use that version")
 	case errors.Is(err, imagestore.ErrNotOurs):

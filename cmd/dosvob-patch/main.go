@@ -64,8 +64,8 @@ blocks each run overwrote); "dosvob-patch versions IMAGE" lists them and
 Exit codes: 0 done, 1 failure, 2 usage, 3 bad stream or a delta made against
 other content than IMAGE (nothing written, or the run undone), 4 refused
 (not a dosvob image, another volume, unknown state version, output exists),
-5 a kept version is damaged, 6 locked (another dosvob run on IMAGE),
-130 interrupted.`
+5 a kept version is damaged, 6 locked (another dosvob run on IMAGE holds
+it, or committed first since the signature was made), 130 interrupted.`
 
 const examples = `
 EXAMPLES:
@@ -277,6 +277,9 @@ func mapErr(err error, img string) error {
 			"the delta must come from signatures of this image: run dosvob-hash "+img+" | dosvob-hash --delta DEVICE | dosvob-patch "+img)
 	case errors.Is(err, imagestore.ErrLocked):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run is using "+img+"; wait for it to finish")
+	case errors.Is(err, imagestore.ErrSuperseded):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err),
+			img+" is as the other run left it; for a newer backup, run the whole pipe again once it has finished")
 	case errors.Is(err, imagestore.ErrNotOurs):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "choose another IMAGE path, or pass --force to overwrite this file")
 	case errors.Is(err, imagestore.ErrIsImage):

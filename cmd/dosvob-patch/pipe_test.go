@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -148,13 +149,19 @@ func mustEqualFile(t *testing.T, name string, want []byte) {
 	}
 }
 
+// pipeFiles returns the two binaries, a scratch directory and the paths of
+// an image and a device file in it.
+func pipeFiles(t *testing.T) (bin, hash, dir, img, dev string) {
+	t.Helper()
+	bin, hash, dir = buildBinary(t), buildHash(t), t.TempDir()
+	return bin, hash, dir, filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+}
+
 // TestRealPipeResume cuts the first backup's stream half way (as a dying
 // ssh would), then runs the pipe again: the second run sends only the
 // blocks that had not landed.
 func TestRealPipeResume(t *testing.T) {
-	bin, hash := buildBinary(t), buildHash(t)
-	dir := t.TempDir()
-	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+	bin, hash, dir, img, dev := pipeFiles(t)
 	r := rand.New(rand.NewPCG(61, 62))
 	data := device(r, 4<<20)
 	os.WriteFile(dev, data, 0o644)
@@ -259,9 +266,7 @@ func TestVersionsExitCodes(t *testing.T) {
 // refused before the commit: the image stays the previous backup. The
 // decompressor alone would take in the two kinds of frame silently.
 func TestBytesAfterStream(t *testing.T) {
-	bin, hash := buildBinary(t), buildHash(t)
-	dir := t.TempDir()
-	img, dev := filepath.Join(dir, "backup.img"), filepath.Join(dir, "dev")
+	bin, hash, dir, img, dev := pipeFiles(t)
 	r := rand.New(rand.NewPCG(71, 72))
 	v1 := device(r, 1<<20)
 	os.WriteFile(dev, v1, 0o644)
@@ -378,5 +383,114 @@ func TestNoStateLeftBehind(t *testing.T) {
 		if after := listing(); after != before {
 			t.Errorf("%q changed the directory:\nbefore:%s\nafter:%s", args, before, after)
 		}
+	}
+}
+
+// TestTwoPipelinesOneImage runs two real pipelines on one image,
+// interleaved stage by stage: both dosvob-hash IMAGE first, then both
+// deltas, then both patches. Each patch finds its own signing record; the
+// first commits, the second fails with exit 6 saying another run committed,
+// and the image is exactly the first one's backup (one generation, one kept
+// version). Then both whole pipelines run at once, a few times: each either
+// backs up or fails with exit 6 in some stage, and the image is always one
+// of the devices, intact.
+func TestTwoPipelinesOneImage(t *testing.T) {
+	bin, hash := buildBinary(t), buildHash(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "backup.img")
+	devA, devB := filepath.Join(dir, "devA"), filepath.Join(dir, "devB")
+	r := rand.New(rand.NewPCG(91, 92))
+	v1 := device(r, 2<<20)
+	os.WriteFile(devA, v1, 0o644)
+	sh := func(script string, args ...string) (string, error) {
+		out, err := exec.Command("bash", append([]string{"-o", "pipefail", "-c", script, "sh"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := sh(`"$1" "$3" | "$1" --delta "$4" | "$2" --keep 5 "$3"`, hash, bin, img, devA); err != nil {
+		t.Fatalf("first backup: %v\n%s", err, out)
+	}
+	a, b := mutate(r, v1, 30), mutate(r, v1, 30)
+	os.WriteFile(devA, a, 0o644)
+	os.WriteFile(devB, b, 0o644)
+	stage := func(name, script string, args ...string) {
+		t.Helper()
+		if out, err := sh(script, args...); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+	}
+	sigA, sigB, dA, dB := filepath.Join(dir, "sigA"), filepath.Join(dir, "sigB"), filepath.Join(dir, "dA"), filepath.Join(dir, "dB")
+	stage("sign A", `"$1" "$2" > "$3"`, hash, img, sigA)
+	stage("sign B", `"$1" "$2" > "$3"`, hash, img, sigB)
+	stage("delta A", `"$1" --delta "$2" < "$3" > "$4"`, hash, devA, sigA, dA)
+	stage("delta B", `"$1" --delta "$2" < "$3" > "$4"`, hash, devB, sigB, dB)
+	stage("patch A", `"$1" "$2" < "$3"`, bin, img, dA)
+	out, err := sh(`"$1" "$2" < "$3"`, bin, img, dB)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 6 || !strings.Contains(out, "another run committed generation 2 of") {
+		t.Fatalf("patch B after A committed: %v, want exit 6 saying another run committed:\n%s", err, out)
+	}
+	mustEqualFile(t, img, a)
+	vs, _ := exec.Command(bin, "versions", img).Output()
+	if n := len(strings.Split(strings.TrimSpace(string(vs)), "\n")) - 1; n != 1 {
+		t.Fatalf("%d kept versions after one committed run, want 1:\n%s", n, vs)
+	}
+	if out, err := exec.Command(hash, "--verify", img).CombinedOutput(); err != nil {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(img+".dosvob", "sign*")); len(left) != 0 {
+		t.Fatalf("signing records left behind: %v", left)
+	}
+
+	// Both whole pipelines at once.
+	cur := a
+	for round := range 6 {
+		a, b = mutate(r, cur, 20), mutate(r, cur, 20)
+		os.WriteFile(devA, a, 0o644)
+		os.WriteFile(devB, b, 0o644)
+		type result struct {
+			out    string
+			status string
+		}
+		results := make(chan result, 2)
+		for _, dev := range []string{devA, devB} {
+			go func() {
+				// PIPESTATUS: the exit code of every stage.
+				out, _ := sh(`"$1" "$3" | "$1" --delta "$4" | "$2" "$3"; echo "status ${PIPESTATUS[*]}"`, hash, bin, img, dev)
+				i := strings.LastIndex(out, "status ")
+				results <- result{out, strings.TrimSpace(out[i+len("status "):])}
+			}()
+		}
+		ok := 0
+		for _, res := range []result{<-results, <-results} {
+			if res.status == "0 0 0" {
+				ok++
+				continue
+			}
+			// A failing stage takes the others down: a cut stream (3), a
+			// closed pipe (141, SIGPIPE). One of them must be exit 6.
+			codes := strings.Fields(res.status)
+			if !slices.Contains(codes, "6") || slices.ContainsFunc(codes, func(c string) bool { return !slices.Contains([]string{"0", "3", "6", "141"}, c) }) {
+				t.Fatalf("round %d: a pipeline failed without exit 6 in a stage (stage codes %s):\n%s", round, res.status, res.out)
+			}
+			if !strings.Contains(res.out, "locked") && !strings.Contains(res.out, "another run") && !strings.Contains(res.out, "another dosvob") {
+				t.Fatalf("round %d: exit 6 without a clear message:\n%s", round, res.out)
+			}
+		}
+		if ok == 0 {
+			t.Fatalf("round %d: neither pipeline backed up", round)
+		}
+		got, _ := os.ReadFile(img)
+		switch {
+		case bytes.Equal(got, a):
+			cur = a
+		case bytes.Equal(got, b):
+			cur = b
+		default:
+			t.Fatalf("round %d: the image is neither device", round)
+		}
+		if out, err := exec.Command(hash, "--verify", img).CombinedOutput(); err != nil {
+			t.Fatalf("round %d: verify: %v\n%s", round, err, out)
+		}
+		t.Logf("round %d: %d of 2 pipelines backed up", round, ok)
 	}
 }

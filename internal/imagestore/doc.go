@@ -4,7 +4,7 @@
 // Beside each image IMAGE lives a state directory IMAGE.dosvob/ with the
 // manifest (what the image is a backup of, its digests, its kept versions),
 // the locks, the undo journal of a run in progress, the partial image of an
-// unfinished first backup, the record of the latest signing run and the
+// unfinished first backup, the records of signing runs and the
 // per-block hashes of the image (the hash cache: with a version 2 delta,
 // dosvob-patch keeps the device's hashes under the signature's next seed,
 // so that the next dosvob-hash signs without reading the image). docs/MANIFEST.md describes the layout and

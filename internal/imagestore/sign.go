@@ -7,13 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/dosvob/dosvob/internal/format"
 )
 
-// signRecord is sign.json: what the latest dosvob-hash of this image signed.
-// dosvob-patch accepts only a delta made against exactly this signature.
+// signRecord is sign-<key>.json: what one dosvob-hash run of this image
+// signed. Every run has its own, named by its seeds (signKey), so that two
+// pipelines on one image each find their own: dosvob-patch accepts only a
+// delta made against a recorded signature of exactly the current content.
 type signRecord struct {
 	Seed Digest `json:"seed"`
 	// NextSeed is the next seed of a version 2 signature: the delta must
@@ -28,6 +33,32 @@ type signRecord struct {
 	Blocks    uint64    `json:"blocks"`
 	Done      bool      `json:"done"`
 	SigDigest Digest    `json:"sig_digest"`
+	// Void says why the record may no longer be used, though it describes
+	// the current content: another patch run began writing the image
+	// while it was being signed, or wrote the partial image of a first
+	// backup (which a failed run does not undo). Its hashes are gone.
+	Void string `json:"void,omitempty"`
+}
+
+// ErrSuperseded: another run on the same image got ahead of this one: it
+// committed since this run's signature was made, or began writing the
+// image while it was being signed. The image is that other run's backup.
+var ErrSuperseded = errors.New("another run on this image got ahead")
+
+// maxSignings bounds the signing records of one content. A pipe that broke
+// before its dosvob-patch began leaves its record until the next commit
+// sweeps it; when more than this many pile up, the oldest go first.
+const maxSignings = 8
+
+const signPrefix = "sign-"
+
+// signKey names the record of a signing run: its seed and next seed, which
+// every delta header carries. A fresh next seed is drawn for every run.
+func signKey(seed, next uint64) string { return fmt.Sprintf("%016x-%016x", seed, next) }
+
+// signFiles are the record and the hashes file of the run called key.
+func (s *Store) signFiles(key string) (record, hashes string) {
+	return s.join(signPrefix + key + ".json"), s.join(signPrefix + key + ".hashes")
 }
 
 func (r *signRecord) base() format.Base {
@@ -35,11 +66,12 @@ func (r *signRecord) base() format.Base {
 }
 
 // Signing records one dosvob-hash run: its seed and base, each block hash as
-// it is produced (sign.hashes, little-endian uint64s) and, at the end, the
+// it is produced (sign-<key>.hashes, little-endian uint64s) and, at the end, the
 // digest of the signature stream. dosvob-patch checks a delta against it and
 // takes the hashes of unchanged blocks from it.
 type Signing struct {
 	s   *Store
+	key string
 	rec signRecord
 	f   file
 	w   *bufio.Writer
@@ -62,13 +94,12 @@ func (w fileWriter) Write(p []byte) (int, error) {
 
 // BeginSigning records the start of a signing run of the current content
 // with the seed, next seed, version and block size of h, whose Base must be
-// Base(). Call it before writing the signature header.
+// Base(). Call it before writing the signature header. It makes the state
+// directory if there is none: this is where a backup starts.
 func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 	if h.Base != s.base {
 		return nil, fmt.Errorf("signature base (image %s generation %d size %d) is not the content of %s", ID(h.Base.ImageID), h.Base.Generation, h.Base.Size, s.path)
 	}
-	// The start of a backup: the one place where the state directory is
-	// made.
 	if err := s.makeState(); err != nil {
 		return nil, err
 	}
@@ -78,26 +109,36 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 	}
 	defer st.unlock()
 	if exists(s.join(newHashes)) {
-		// A patch run may be live: it must keep the signing record it
-		// checks against.
+		// A patch run may be live: what this run would read is what that
+		// one is writing.
 		w, err := s.tryWriter()
 		if err != nil {
 			return nil, fmt.Errorf("a dosvob-patch run is writing %s: %w", s.path, err)
 		}
 		w.unlock()
 	}
-	g := &Signing{s: s, rec: signRecord{
+	cur, err := s.currentBase()
+	if err != nil {
+		return nil, err
+	}
+	if cur != s.base {
+		return nil, fmt.Errorf("%s changed while it was opened (generation %d, now %d): %w", s.path, s.base.Generation, cur.Generation, ErrSuperseded)
+	}
+	s.sweepSigns(cur, maxSignings-1)
+	key := signKey(h.Seed, h.NextSeed)
+	g := &Signing{s: s, key: key, rec: signRecord{
 		Seed: Digest(h.Seed), NextSeed: Digest(h.NextSeed), Version: h.V(), BlockSize: h.BlockSize,
 		ImageID: s.base.ImageID, Gen: s.base.Generation, Size: s.base.Size,
 		Started: time.Now().UTC(),
 	}}
-	f, err := s.fs.OpenFile(s.join(signHashes), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeJSONAtomic(s.fs, s.join(signName), &g.rec); err != nil {
-		f.Close()
+	recName, hashesName := s.signFiles(key)
+	if err := writeJSONAtomic(s.fs, recName, &g.rec); err != nil {
 		return nil, fmt.Errorf("record signing run: %w", err)
+	}
+	f, err := s.fs.OpenFile(hashesName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		s.removeSign(key)
+		return nil, err
 	}
 	g.f = f
 	g.w = bufio.NewWriterSize(fileWriter{f: f, off: &g.off}, 64<<10)
@@ -145,34 +186,109 @@ func (g *Signing) Finish(sigDigest uint64) error {
 		return err
 	}
 	defer st.unlock()
-	cur, err := readSign(g.s.dir)
+	cur, err := g.s.readSign(g.key)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("the record of this signing run of %s was swept: another run committed since it began: %w", g.s.path, ErrSuperseded)
+	}
 	if err != nil {
 		return err
 	}
-	if cur.Seed != g.rec.Seed {
-		return fmt.Errorf("another dosvob-hash of %s started meanwhile: %w", g.s.path, ErrLocked)
+	if cur.Void != "" {
+		return fmt.Errorf("%s: %w", cur.Void, ErrSuperseded)
 	}
 	g.rec.Done = true
 	g.rec.SigDigest = Digest(sigDigest)
-	return writeJSONAtomic(g.s.fs, g.s.join(signName), &g.rec)
+	recName, _ := g.s.signFiles(g.key)
+	return writeJSONAtomic(g.s.fs, recName, &g.rec)
 }
 
-// Abort gives up the record; the next delta against it will be refused.
+// Abort gives up the run and removes its record: no delta can be made
+// against an unfinished signature.
 func (g *Signing) Abort() {
 	if g.f != nil {
 		g.f.Close()
 	}
 	g.err = errors.New("signing aborted")
+	g.s.removeSign(g.key)
 }
 
-func readSign(dir string) (*signRecord, error) {
-	b, err := os.ReadFile(dir + "/" + signName)
+// readSign reads the record of the signing run called key.
+func (s *Store) readSign(key string) (*signRecord, error) {
+	name, _ := s.signFiles(key)
+	b, err := os.ReadFile(name)
 	if err != nil {
 		return nil, err
 	}
 	var r signRecord
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", signName, err)
+		return nil, fmt.Errorf("%s: %w", filepath.Base(name), err)
 	}
 	return &r, nil
+}
+
+// removeSign removes the record and the hashes of the run called key.
+func (s *Store) removeSign(key string) {
+	rec, hashes := s.signFiles(key)
+	s.fs.Remove(hashes)
+	s.fs.Remove(rec)
+}
+
+// signings returns the signing records in the state directory by key; a
+// record that cannot be read is nil. Hashes files without a record are
+// listed with a nil record too.
+func (s *Store) signings() map[string]*signRecord {
+	recs := map[string]*signRecord{}
+	ents, _ := os.ReadDir(s.dir)
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, signPrefix) {
+			continue
+		}
+		key := strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(n, signPrefix), ".json"), ".hashes")
+		if strings.HasSuffix(n, ".tmp") || key == strings.TrimPrefix(n, signPrefix) {
+			continue
+		}
+		if _, seen := recs[key]; !seen {
+			recs[key], _ = s.readSign(key)
+		}
+	}
+	return recs
+}
+
+// sweepSigns removes the signing records that can no longer be used: those
+// of other content than cur (a later commit made them stale for good),
+// unreadable ones and hashes without a record, the single record of older
+// dosvob builds, and the oldest beyond keep records of cur. The caller
+// holds the state lock.
+func (s *Store) sweepSigns(cur format.Base, keep int) {
+	s.fs.Remove(s.join("sign.json"))
+	s.fs.Remove(s.join("sign.hashes"))
+	var live []string
+	recs := s.signings()
+	for key, r := range recs {
+		if r == nil || r.base() != cur {
+			s.removeSign(key)
+			continue
+		}
+		live = append(live, key)
+	}
+	if len(live) <= keep {
+		return
+	}
+	slices.SortFunc(live, func(a, b string) int { return recs[a].Started.Compare(recs[b].Started) })
+	for _, key := range live[:len(live)-keep] {
+		s.removeSign(key)
+	}
+}
+
+// voidSign marks the record called key as no longer usable, for why, and
+// removes its hashes. The caller holds the state lock.
+func (s *Store) voidSign(key string, r *signRecord, why string) error {
+	r.Void = why
+	rec, hashes := s.signFiles(key)
+	if err := writeJSONAtomic(s.fs, rec, r); err != nil {
+		return err
+	}
+	s.fs.Remove(hashes)
+	return nil
 }

@@ -22,8 +22,6 @@ const (
 	journalName  = "journal"    // undo journal of the run in progress
 	partialName  = "partial"    // image of an unfinished first backup
 	partialMeta  = "partial.json"
-	signName     = "sign.json" // the latest signing record
-	signHashes   = "sign.hashes"
 	versionsDir  = "versions"
 	newHashes    = "hashes.new"      // per-block hashes being written by a run
 	nextTmp      = "hashes-next.tmp" // next-seed hashes being written by a version 2 run
@@ -206,36 +204,58 @@ func (s *Store) join(name string) string { return filepath.Join(s.dir, name) }
 
 // load reads the manifest and the partial record and works out the base.
 func (s *Store) load() error {
-	m, err := readManifest(s.dir)
+	st, err := s.readState()
 	if err != nil {
 		return err
 	}
-	s.manifest = m
-	s.partial = nil
+	s.manifest, s.partial, s.base, s.content = st.manifest, st.partial, st.base, st.content
+	return nil
+}
+
+// state is what load works out.
+type state struct {
+	manifest *Manifest
+	partial  *partialRecord
+	base     format.Base
+	content  string
+}
+
+func (s *Store) readState() (state, error) {
+	var st state
+	m, err := readManifest(s.dir)
+	if err != nil {
+		return st, err
+	}
+	st.manifest = m
 	if b, err := os.ReadFile(s.join(partialMeta)); err == nil {
 		var p partialRecord
 		if json.Unmarshal(b, &p) == nil && exists(s.join(partialName)) {
-			s.partial = &p
+			st.partial = &p
 		}
 	}
-	s.base = format.Base{}
-	s.content = ""
 	if fi, err := os.Stat(s.path); err == nil {
-		s.content = s.path
-		s.base.Size = uint64(fi.Size())
+		st.content = s.path
+		st.base.Size = uint64(fi.Size())
 		if m != nil {
-			s.base.ImageID = m.ImageID
-			s.base.Generation = m.Generation
+			st.base.ImageID = m.ImageID
+			st.base.Generation = m.Generation
 		}
-	} else if s.partial != nil {
+	} else if st.partial != nil {
 		fi, err := os.Stat(s.join(partialName))
 		if err != nil {
-			return err
+			return st, err
 		}
-		s.content = s.join(partialName)
-		s.base = format.Base{ImageID: s.partial.ImageID, Generation: s.partial.Generation, Size: uint64(fi.Size())}
+		st.content = s.join(partialName)
+		st.base = format.Base{ImageID: st.partial.ImageID, Generation: st.partial.Generation, Size: uint64(fi.Size())}
 	}
-	return nil
+	return st, nil
+}
+
+// currentBase is the base of the content as it is now, which may be newer
+// than Base() if another run committed since Open.
+func (s *Store) currentBase() (format.Base, error) {
+	st, err := s.readState()
+	return st.base, err
 }
 
 // Path is the image's path.
@@ -423,7 +443,8 @@ func (s *Store) removeDurably(name string) error {
 }
 
 // sweep removes leftovers no committed state refers to: temporary files,
-// per-block hash files and versions the manifest does not list. With no
+// signing records of other content, per-block hash files and versions the
+// manifest does not list. With no
 // manifest at all (lost, or moved away by hand) it removes only temporary
 // files: the versions are old backups, and nothing says they are stale. The
 // caller holds the writer lock and the state lock.
@@ -435,6 +456,9 @@ func (s *Store) sweep() {
 	s.removeTemps()
 	if exists(s.path) && !exists(s.join(partialName)) {
 		os.Remove(s.join(partialMeta)) // its first backup was moved into place
+	}
+	if cur, err := s.currentBase(); err == nil {
+		s.sweepSigns(cur, maxSignings)
 	}
 	if m == nil {
 		return

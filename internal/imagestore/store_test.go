@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/dosvob/dosvob/internal/format"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/dosvob/dosvob/internal/format"
 )
 
 func TestFirstBackupAndIncrementals(t *testing.T) {
@@ -45,18 +48,127 @@ func TestFirstBackupAndIncrementals(t *testing.T) {
 	syncTo(t, img, make([]byte, len(dev)), PatchOptions{})
 }
 
-func TestBaseMismatchWritesNothing(t *testing.T) {
+// TestTwoSigningsFirstCommitWins: two signing runs of one generation (two
+// pipelines at once) each keep their own record. Whichever delta is applied
+// first commits; the other is refused as superseded, writes nothing, and
+// the records are swept.
+func TestTwoSigningsFirstCommitWins(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	img := filepath.Join(t.TempDir(), "vol.img")
 	dev := device(r, 64*1024)
+	syncTo(t, img, dev, PatchOptions{TxOptions: TxOptions{Keep: 5}})
+	for _, firstSigned := range []bool{true, false} {
+		a, b := mutate(r, dev, 5), mutate(r, dev, 5)
+		da, _ := makeDelta(t, img, a, testBS)
+		db, _ := makeDelta(t, img, b, testBS)
+		if !firstSigned {
+			da, db, a, b = db, da, b, a
+		}
+		keep := PatchOptions{TxOptions: TxOptions{Keep: -1}}
+		if _, err := patch(t, img, da, keep); err != nil {
+			t.Fatalf("first delta applied: %v", err)
+		}
+		gen := readManifestT(t, img).Generation
+		_, err := patch(t, img, db, keep)
+		if !errors.Is(err, ErrSuperseded) || !strings.Contains(err.Error(), fmt.Sprintf("another run committed generation %d of", gen)) {
+			t.Fatalf("second delta: got %v, want ErrSuperseded naming generation %d", err, gen)
+		}
+		mustEqual(t, img, a)
+		m := readManifestT(t, img)
+		if m.Generation != gen || len(m.Versions) != int(gen)-1 {
+			t.Fatalf("generation %d with %d versions after the refused run, want %d and %d", m.Generation, len(m.Versions), gen, gen-1)
+		}
+		if left := signFilesIn(t, img); len(left) != 0 {
+			t.Fatalf("signing records left after the commit: %v", left)
+		}
+		dev = a
+	}
+}
+
+func signFilesIn(t testing.TB, img string) []string {
+	t.Helper()
+	var names []string
+	ents, err := os.ReadDir(StateDir(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "sign") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+// TestUnfinishedSigningVoided: a patch run that begins writing while
+// another signing run is still reading makes that run's record unusable,
+// also when it is then undone: the other signature may hold a mix of old
+// and new blocks.
+func TestUnfinishedSigningVoided(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 64*1024)
 	syncTo(t, img, dev, PatchOptions{})
-	next := mutate(r, dev, 5)
-	stale, _ := makeDelta(t, img, next, testBS)
-	// A newer signing run makes the first delta stale.
-	makeDelta(t, img, next, testBS)
-	_, err := patch(t, img, stale, PatchOptions{})
-	if !errors.Is(err, ErrBase) {
-		t.Fatalf("stale delta: got %v, want ErrBase", err)
+	s, err := Open(img, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	hdr := format.SigHeader{Version: format.Version, BlockSize: testBS, Seed: 1, NextSeed: 2, Base: s.Base()}
+	g, err := s.BeginSigning(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Add(1)
+	// Another pipeline's delta, cut short: its run begins, writes, and is
+	// undone.
+	d, _ := makeDelta(t, img, mutate(r, dev, 10), testBS)
+	if _, err := patch(t, img, d[:len(d)-20], PatchOptions{}); err == nil {
+		t.Fatal("a cut delta was applied")
+	}
+	mustEqual(t, img, dev)
+	if err := g.Finish(12345); !errors.Is(err, ErrSuperseded) || !strings.Contains(err.Error(), "began writing") {
+		t.Fatalf("finish of the overtaken signing run: %v, want ErrSuperseded", err)
+	}
+}
+
+// TestSigningRecordsBounded: signing runs whose pipes broke before their
+// patch began leave records; no more than maxSignings stay, and a
+// commit sweeps them all.
+func TestSigningRecordsBounded(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 32*1024)
+	syncTo(t, img, dev, PatchOptions{})
+	for range 3 * maxSignings {
+		makeDelta(t, img, dev, testBS)
+	}
+	if left := signFilesIn(t, img); len(left) != 2*maxSignings {
+		t.Fatalf("%d signing files after %d unused runs, want %d: %v", len(left), 3*maxSignings, 2*maxSignings, left)
+	}
+	syncTo(t, img, mutate(r, dev, 3), PatchOptions{})
+	if left := signFilesIn(t, img); len(left) != 0 {
+		t.Fatalf("signing records left after a commit: %v", left)
+	}
+}
+
+// TestForeignSigningRecord: a signing record copied from another image's
+// state directory is never trusted, whatever its name.
+func TestForeignSigningRecord(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	dir := t.TempDir()
+	img, other := filepath.Join(dir, "vol.img"), filepath.Join(dir, "other.img")
+	dev := device(r, 32*1024)
+	syncTo(t, img, dev, PatchOptions{})
+	syncTo(t, other, device(r, 32*1024), PatchOptions{})
+	syncTo(t, other, device(r, 32*1024), PatchOptions{})
+	d, _ := makeDelta(t, other, mutate(r, dev, 3), testBS)
+	for _, name := range signFilesIn(t, other) {
+		b, _ := os.ReadFile(filepath.Join(StateDir(other), name))
+		os.WriteFile(filepath.Join(StateDir(img), name), b, 0o644)
+	}
+	if _, err := patch(t, img, d, PatchOptions{}); !errors.Is(err, ErrBase) {
+		t.Fatalf("delta of another image with its record copied over: got %v, want ErrBase", err)
 	}
 	mustEqual(t, img, dev)
 }

@@ -38,6 +38,7 @@ type Tx struct {
 	hdr  format.DeltaHeader
 	opts TxOptions
 	sign *signRecord
+	key  string    // of the signing run
 	old  *Manifest // nil: no manifest
 
 	inPlace   bool // writing over the existing image (journaled)
@@ -111,6 +112,17 @@ func (s *Store) CheckOwner(src Source, force bool) error {
 	return nil
 }
 
+// superseded returns an ErrSuperseded error if the image has moved on from
+// base: a run committed a later generation of the same image (or the first
+// backup, if base is of none yet) since base was signed.
+func (s *Store) superseded(base format.Base) error {
+	if s.base.Generation <= base.Generation || (base.Generation > 0 && base.ImageID != s.base.ImageID) {
+		return nil
+	}
+	return fmt.Errorf("another run committed generation %d of %s since this signature was made (of generation %d): %w",
+		s.base.Generation, s.path, base.Generation, ErrSuperseded)
+}
+
 // baseError is a mismatch between a delta and the image, found before any
 // write.
 func baseError(format string, args ...any) error {
@@ -147,21 +159,31 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 	if err := s.CheckOwner(opts.Source, opts.Force); err != nil {
 		return nil, err
 	}
-	sign, err := readSign(s.dir)
+	// The signing run this delta was made against: its record is named by
+	// the seeds that the delta header carries.
+	key := signKey(h.Seed, h.NextSeed)
+	sign, err := s.readSign(key)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, baseError("no dosvob-hash run of %s is recorded; the delta must come from signatures made by dosvob-hash %s", s.path, s.path)
+		if err := s.superseded(h.Base); err != nil {
+			return nil, err
+		}
+		return nil, baseError("no dosvob-hash run of %s with seed %s and next seed %s is recorded; the delta must come from signatures made by dosvob-hash %s",
+			s.path, Digest(h.Seed), Digest(h.NextSeed), s.path)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if uint64(sign.Seed) != h.Seed {
-		return nil, baseError("delta seed %s is not the seed %s of the latest dosvob-hash of %s", Digest(h.Seed), sign.Seed, s.path)
+	if sign.Void != "" {
+		return nil, fmt.Errorf("%s: %w", sign.Void, ErrSuperseded)
+	}
+	if err := s.superseded(sign.base()); err != nil {
+		return nil, err
 	}
 	if sign.BlockSize != h.BlockSize {
 		return nil, baseError("delta block size %d, signature block size %d", h.BlockSize, sign.BlockSize)
 	}
 	if h.V() != max(sign.Version, 1) || h.NextSeed != uint64(sign.NextSeed) {
-		return nil, baseError("delta stream version %d with next seed %s, but the latest dosvob-hash of %s signed version %d with next seed %s",
+		return nil, baseError("delta stream version %d with next seed %s, but its dosvob-hash run of %s signed version %d with next seed %s",
 			h.V(), Digest(h.NextSeed), s.path, max(sign.Version, 1), sign.NextSeed)
 	}
 	if h.Base != sign.base() || h.Base != s.base {
@@ -172,8 +194,24 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 		return nil, baseError("device size %d is too large", h.DeviceSize)
 	}
 	blocks := h.Blocks()
+	// Another signing run that is not finished may have read blocks that
+	// this run is about to write; and a first backup's partial image keeps
+	// what a failed run wrote. Their records must not be used after this.
+	inPlace := exists(s.path)
+	for k, r := range s.signings() {
+		if k == key || r == nil || r.Void != "" || (r.Done && inPlace) {
+			continue
+		}
+		why := fmt.Sprintf("another dosvob-patch began writing %s while this signature was made", s.path)
+		if !inPlace {
+			why = fmt.Sprintf("another dosvob-patch wrote the partial first backup of %s since this signature was made", s.path)
+		}
+		if err := s.voidSign(k, r, why); err != nil {
+			return nil, err
+		}
+	}
 	tx := &Tx{
-		s: s, hdr: h, opts: opts, sign: sign, old: s.manifest,
+		s: s, hdr: h, opts: opts, sign: sign, key: key, old: s.manifest,
 		oldSize: int64(s.base.Size), newSize: int64(h.DeviceSize), bs: int64(h.BlockSize),
 		written: make([]uint64, blocks/64+1),
 		hasher:  format.NewHasher(h.Seed),
@@ -538,12 +576,9 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 		return nil, baseError("end record counts %d blocks, %d data, %d zero; applied %d, %d, %d",
 			end.Blocks, end.DataRecords, end.ZeroRecords, blocks, tx.stats.DataBlocks, tx.stats.ZeroBlocks)
 	}
-	sign, err := readSign(s.dir)
+	sign, err := s.readSign(tx.key)
 	if err != nil {
 		return nil, fmt.Errorf("signing record: %w", err)
-	}
-	if sign.Seed != tx.sign.Seed {
-		return nil, baseError("another dosvob-hash of %s started during this run", s.path)
 	}
 	if !sign.Done {
 		return nil, baseError("dosvob-hash of %s did not finish its signature", s.path)
@@ -706,8 +741,12 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	}
 	fs.Remove(s.join(journalName))
 	fs.Remove(s.join(newHashes))
-	fs.Remove(s.join(signName))
-	fs.Remove(s.join(signHashes))
+	// Every signing record is of the old content now, this run's too.
+	if st, err := s.lockState(); err == nil {
+		s.base = format.Base{ImageID: m.ImageID, Generation: m.Generation, Size: uint64(m.DeviceSize)}
+		s.sweepSigns(s.base, maxSignings)
+		st.unlock()
+	}
 	if tx.old != nil && tx.old.Hashes != "" && tx.old.Hashes != cacheName {
 		fs.Remove(s.join(tx.old.Hashes))
 	}
@@ -732,12 +771,13 @@ var hashChunk uint64 = 8192
 //
 // It works in chunks of hashChunk blocks. A chunk in which the delta wrote
 // no block keeps the signature's hashes as they are (the common case: an
-// unchanged run reads sign.hashes once and nothing else); only a chunk with
-// written blocks reads hashes.new and takes the signature's hashes for the
-// blocks in it that were not written.
+// unchanged run reads the signing run's hashes once and nothing else); only
+// a chunk with written blocks reads hashes.new and takes the signature's
+// hashes for the blocks in it that were not written.
 func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest uint64, err error) {
 	s := tx.s
-	sr, err := os.Open(s.join(signHashes))
+	_, hashesName := s.signFiles(tx.key)
+	sr, err := os.Open(hashesName)
 	if err != nil {
 		return 0, 0, fmt.Errorf("signature hashes: %w", err)
 	}
@@ -876,7 +916,8 @@ func (tx *Tx) Abort() error {
 	}
 	tx.closeFiles()
 	// The run's own files go first: on a full disk the space they hold
-	// may be what rolling back needs.
+	// may be what rolling back needs. Its signing record stays: the same
+	// delta may be applied again.
 	for _, name := range append(tx.files, s.join(newHashes), s.join(nextTmp)) {
 		s.fs.Remove(name)
 	}
