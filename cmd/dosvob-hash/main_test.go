@@ -29,6 +29,7 @@ func TestScripts(t *testing.T) {
 		Cmds: clitest.Cmds(map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"mkfile":     cmdMkfile,
 			"poke":       cmdPoke,
+			"flip":       cmdFlip,
 			"cutfile":    cmdCutfile,
 			"checkdelta": cmdCheckdelta,
 			"checksig":   cmdChecksig,
@@ -64,6 +65,26 @@ func cmdPoke(ts *testscript.TestScript, neg bool, args []string) {
 	defer f.Close()
 	off, _ := strconv.ParseInt(args[1], 10, 64)
 	_, err = f.WriteAt([]byte(args[2]), off)
+	ts.Check(err)
+}
+
+// flip FILE OFFSET: inverts the bits of the byte at OFFSET, which
+// changes it whatever it was (poke changes nothing when the byte is
+// already the one written, as a random hash byte is once in 256 runs).
+func cmdFlip(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: flip FILE OFFSET")
+	}
+	f, err := os.OpenFile(ts.MkAbs(args[0]), os.O_RDWR, 0)
+	ts.Check(err)
+	defer f.Close()
+	off, err := strconv.ParseInt(args[1], 10, 64)
+	ts.Check(err)
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, off)
+	ts.Check(err)
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, off)
 	ts.Check(err)
 }
 
