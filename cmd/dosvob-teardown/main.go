@@ -61,7 +61,7 @@ func app() *cli.App {
 			&cli.StringFlag{Name: "run", Usage: "tear down the run with this id"},
 			&cli.BoolFlag{Name: "all", Usage: "tear down every dosvob resource in the account"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "list what would be deleted; delete nothing"},
-			&cli.DurationFlag{Name: "detach-wait", Usage: "how long to wait for volumes to detach from deleted droplets", DefaultText: "5m"},
+			&cli.DurationFlag{Name: "detach-wait", Usage: "how long to wait, in all, for the run's volumes to detach from its deleted droplets (detach actions included)", DefaultText: "5m"},
 			&cli.DurationFlag{Name: "poll-interval", Hidden: true},
 			&cli.DurationFlag{Name: "request-timeout", Hidden: true},
 			&cli.DurationFlag{Name: "retry-backoff", Hidden: true},

@@ -196,10 +196,11 @@ func (e *IncompleteError) Error() string {
 
 // TeardownOptions tune a teardown.
 type TeardownOptions struct {
-	// DetachWait bounds the wait for volumes to detach after their
-	// droplets are deleted (default 5m).
+	// DetachWait bounds the whole wait for volumes to detach from the
+	// scope's droplets once these are deleted, detach actions included
+	// (default 5m).
 	DetachWait time.Duration
-	// ActionWait bounds one detach action (default 5m).
+	// ActionWait bounds one detach action, within DetachWait (default 5m).
 	ActionWait time.Duration
 	Logf       func(format string, args ...any)
 }
@@ -208,8 +209,8 @@ type TeardownOptions struct {
 // their volumes have detached, volumes (never a kept one); snapshots; SSH
 // keys. Nothing without both marks is ever touched. It is idempotent: what
 // is already gone counts as deleted. On return it lists again, and what is
-// still there (other than kept volumes, which must merely be detached) is
-// returned in an *IncompleteError.
+// still there (other than kept volumes, which must merely be detached from
+// the scope's droplets) is returned in an *IncompleteError.
 func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) error {
 	if o.DetachWait <= 0 {
 		o.DetachWait = 5 * time.Minute
@@ -232,7 +233,19 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 		}
 	}
 
+	// The droplets of the scope: those found, and those its state names
+	// (already deleted, perhaps, by an earlier teardown). A volume is
+	// waited for, and detached, only from these: a kept volume attached
+	// to a droplet of the user's is the user's business, and a volume
+	// with dosvob's marks on a droplet of the user's is never detached.
 	ours := map[int]bool{}
+	if scope.State != nil {
+		for _, d := range scope.State.Droplets {
+			if d.ID != 0 {
+				ours[d.ID] = true
+			}
+		}
+	}
 	for _, d := range inv.Droplets {
 		var id int
 		fmt.Sscan(d.ID, &id)
@@ -245,10 +258,13 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 	}
 
 	// Volumes detach from a deleted droplet after a while; deleting an
-	// attached volume fails. Wait, then detach what lingers.
-	waitDetached := func(timeout time.Duration) []Resource {
+	// attached volume fails. Wait, then detach what lingers. DetachWait
+	// bounds all of it: half for the volumes to detach by themselves, the
+	// rest for the detach actions and for them to take effect.
+	deadline := time.Now().Add(o.DetachWait)
+	waitDetached := func(until time.Time) []Resource {
 		var pending []Resource
-		a.pollUntil(ctx, timeout, func(ctx context.Context) (bool, error) {
+		a.pollUntil(ctx, time.Until(until), func(ctx context.Context) (bool, error) {
 			pending = pending[:0]
 			for _, v := range inv.Volumes {
 				gv, err := a.GetVolume(ctx, v.ID)
@@ -258,8 +274,8 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 				if err != nil {
 					return false, err
 				}
-				if len(gv.DropletIDs) > 0 {
-					v.AttachedTo = gv.DropletIDs
+				if on := onDroplets(gv.DropletIDs, ours); len(on) > 0 {
+					v.AttachedTo = on
 					pending = append(pending, v)
 				}
 			}
@@ -268,20 +284,18 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 		return pending
 	}
 	if len(inv.Volumes) > 0 {
-		pending := waitDetached(o.DetachWait)
+		pending := waitDetached(deadline.Add(-o.DetachWait / 2))
 		for _, v := range pending {
 			for _, did := range v.AttachedTo {
-				if !ours[did] {
-					continue // never touch a droplet that is not dosvob's
-				}
 				logf("volume %s still attached to deleted droplet %d: detaching it", v.Name, did)
-				if err := a.Detach(ctx, v.ID, did, o.ActionWait); err != nil && !IsNotFound(err) {
+				wait := min(o.ActionWait, time.Until(deadline))
+				if err := a.Detach(ctx, v.ID, did, max(wait, time.Second)); err != nil && !IsNotFound(err) {
 					note(err)
 				}
 			}
 		}
 		if len(pending) > 0 {
-			waitDetached(o.ActionWait)
+			waitDetached(deadline)
 		}
 	}
 	if ctx.Err() != nil {
@@ -315,8 +329,8 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 	var rest []Resource
 	for _, r := range left.All() {
 		if r.Kept {
-			if len(r.AttachedTo) > 0 {
-				r.Note = "kept volume still attached"
+			if on := onDroplets(r.AttachedTo, ours); len(on) > 0 {
+				r.Note = fmt.Sprintf("kept volume still attached to the run's droplet(s) %v", on)
 				rest = append(rest, r)
 			}
 			continue
@@ -340,6 +354,17 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 	}
 	a.deleteRunTags(ctx, scope, logf)
 	return nil
+}
+
+// onDroplets returns the ids among ids that are in set.
+func onDroplets(ids []int, set map[int]bool) []int {
+	var out []int
+	for _, id := range ids {
+		if set[id] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // deleteRunTags deletes the per-run tags of the scope that no longer tag
