@@ -29,8 +29,9 @@ Usage: backup-all.sh [options] BACKUP_DIR
 
 Back up every volume that the config selects into BACKUP_DIR, as raw disk
 images BACKUP_DIR/REGION/VOLUME.img (each with its manifest and kept
-versions beside it). One run: clean up what an earlier, killed run left,
-snapshot and copy the volumes and start a temporary droplet per region
+versions beside it). One run: clean up what earlier, killed runs left
+(never a run that is still going: see docs/OPERATIONS.md), snapshot and
+copy the volumes and start a temporary droplet per region
 (dosvob-provision), sync each volume over ssh with the droplet's pinned host
 key (dosvob-hash | ssh ... dosvob-hash --delta | dosvob-patch), then delete
 every temporary resource (dosvob-teardown), on every exit path.
@@ -75,7 +76,7 @@ Exit codes:
   6    another backup-all.sh run holds the lock
   7    provisioning failed (nothing was synced)
   8    teardown left temporary resources behind (they cost money: run
-       dosvob-teardown --all)
+       the dosvob-teardown --run ID that the log names)
   130  interrupted by SIGINT or SIGTERM
 When several apply, the first of 8, 130, 7, 1 wins.
 
@@ -211,6 +212,7 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dosvob-backup.XXXXXX")
 run_json="$work/run.json"
+run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
 summary_file="$work/summary.txt"
 provision_pid=""
 provisioned=0      # 1 once dosvob-provision has started: teardown is owed
@@ -246,15 +248,20 @@ do_teardown() {
 	if [[ -n "$run_id" ]]; then
 		log "tearing down run $run_id: deleting its droplets, volume copies, snapshots and key"
 		run_group pid "$teardown" "${args[@]}" "$run_json" </dev/null
+	elif run_id=$(head -n 1 "$run_id_file" 2>/dev/null) && [[ -n "$run_id" ]]; then
+		# Provisioning did not finish: this run's resources, never those
+		# of another run that may be going on beside it.
+		log "tearing down run $run_id (provisioning did not finish): deleting what it created"
+		run_group pid "$teardown" "${args[@]}" --run "$run_id" </dev/null
 	else
-		log "tearing down everything dosvob-ephemeral (provisioning did not finish)"
-		run_group pid "$teardown" "${args[@]}" --all </dev/null
+		log "provisioning started no run: nothing to tear down"
+		return 0
 	fi
 	wait "$pid" || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		teardown_failed=1
 		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
-		log "hint: run dosvob-teardown --all${config:+ --config $config} until it exits 0"
+		log "hint: run dosvob-teardown --run $run_id${config:+ --config $config} until it exits 0"
 	else
 		log "teardown complete: nothing temporary is left"
 	fi
@@ -345,8 +352,13 @@ ping "$ping_start"
 : >"$summary_file"
 
 provisioned=1
-log "provisioning (first removing whatever an earlier, killed run left behind)"
-run_group provision_pid "$provision" "${config_args[@]}" --cleanup-stale "${provision_args[@]}" >"$run_json" </dev/null
+log "provisioning (first removing what earlier, killed runs left behind)"
+# The run is alive while this script holds the lock: dosvob-provision gets
+# it as fd 8 (a copy of fd 9) and records it, so that no other run's
+# --cleanup-stale touches this run until the lock goes, with the processes
+# of this run.
+run_group provision_pid "$provision" "${config_args[@]}" --cleanup-stale \
+	--owner-lock-fd 8 --run-id-file "$run_id_file" "${provision_args[@]}" >"$run_json" </dev/null 8>&9
 rc=0
 wait "$provision_pid" || rc=$?
 provision_pid=""

@@ -167,6 +167,15 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dosvob-restore.XXXXXX")
 run_json="$work/run.json"
+run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
+# The run is alive while this script holds fd 9: the backup directory's
+# lock when there is one, else a lock file of this run's own.
+# dosvob-provision gets it as fd 8, locks it and records it, so that no
+# other run's --cleanup-stale touches this run until the lock goes, with
+# this script. (Like the lock, it is closed for every other child.)
+if [[ -z "$lock_file" ]]; then
+	exec 9>>"$work/owner.lock"
+fi
 source_file="$image"
 version_file=""
 provisioned=0
@@ -272,7 +281,8 @@ log "creating the new volume $volume_name ($size_gib GiB) in $region and a tempo
 provisioned=1
 rc=0
 run_bg "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
-	--region "$region" --size-gib "$size_gib" >"$run_json" </dev/null || rc=$?
+	--region "$region" --size-gib "$size_gib" --owner-lock-fd 8 --run-id-file "$run_id_file" \
+	>"$run_json" </dev/null 8>&9 || rc=$?
 if [[ "$rc" -ne 0 ]]; then
 	if [[ "$rc" -eq "$EXIT_REFUSED" ]]; then
 		die "$EXIT_REFUSED" "refusing to restore into $volume_name: dosvob-provision refused (exit $rc)" \

@@ -61,7 +61,11 @@ func flags() []cli.Flag {
 	return append(commonFlags(),
 		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and its estimated cost; create nothing"},
 		&cli.Float64Flag{Name: "estimate-hours", Value: 1, Usage: "run length assumed by the --dry-run cost estimate"},
-		&cli.BoolFlag{Name: "cleanup-stale", Usage: "tear down the resources of earlier runs first instead of refusing to start"},
+		&cli.BoolFlag{Name: "cleanup-stale", Usage: "tear down what stale runs (certainly not alive: see --stale-after) left first, instead of refusing to start; live runs are left alone"},
+		&cli.DurationFlag{Name: "stale-after", Value: cloud.DefaultStaleAfter,
+			Usage: "age from which a run whose liveness cannot be checked here (another machine's, or no owner to ask) counts as stale"},
+		&cli.IntFlag{Name: "owner-lock-fd", Usage: "open file descriptor of a lock file that the caller holds (flock) for the whole run: the run counts as alive while it is locked", DefaultText: "none"},
+		&cli.StringFlag{Name: "run-id-file", Usage: "write the run id to `FILE` as soon as the run exists, before it creates anything"},
 		&cli.BoolFlag{Name: "keep-on-failure", Usage: "leave a failed run's resources for inspection (delete them later with dosvob-teardown)"},
 		&cli.StringFlag{Name: "hash-binary", Usage: "static linux/amd64 dosvob-hash to upload (default: beside this program)"},
 		&cli.StringFlag{Name: "patch-binary", Usage: "static linux/amd64 dosvob-patch to upload (default: beside this program; always uploaded for --restore)"},
@@ -212,6 +216,9 @@ func run(c *cli.Context) error {
 	if c.IsSet("action-wait") {
 		p.ActionWait = c.Duration("action-wait")
 	}
+	if p.StaleAfter = c.Duration("stale-after"); p.StaleAfter <= 0 {
+		return cliutil.Usagef("--stale-after: must be positive, got %q", c.String("stale-after"))
+	}
 	if restore {
 		name, region, size := c.String("volume-name"), c.String("region"), c.Int64("size-gib")
 		switch {
@@ -242,10 +249,12 @@ func run(c *cli.Context) error {
 		return err
 	}
 
-	if err := store.Lock(); err != nil {
-		return cloud.ExitError(err, token)
+	if c.IsSet("owner-lock-fd") {
+		if p.OwnerLock, err = ownerLock(c.Int("owner-lock-fd")); err != nil {
+			return err
+		}
 	}
-	defer store.Unlock()
+	p.RunIDFile = c.String("run-id-file")
 	if k := os.Getenv("DOSVOB_TEST_KILL_AFTER_STEP"); k != "" {
 		// For crash tests only: die by SIGKILL right after the n-th state
 		// save, as a power cut or the OOM killer would.
@@ -276,7 +285,7 @@ func dryRun(c *cli.Context, p *cloud.Provisioner, token string) error {
 	if hours <= 0 {
 		return cliutil.Usagef("--estimate-hours: must be positive")
 	}
-	stale, err := p.Stale(c.Context)
+	sv, err := p.Survey(c.Context)
 	if err != nil {
 		return cloud.ExitError(err, token)
 	}
@@ -285,11 +294,30 @@ func dryRun(c *cli.Context, p *cloud.Provisioner, token string) error {
 		return cloud.ExitError(err, token)
 	}
 	plan.Print(os.Stdout)
-	if stale != nil {
-		fmt.Fprintf(os.Stdout, "\nnote: %v\n", stale)
+	if stale := sv.Stale(); len(stale) > 0 {
+		fmt.Fprintf(os.Stdout, "\nnote: %v\n", &cloud.StaleError{Stale: stale})
+	}
+	for _, r := range sv.Live() {
+		fmt.Fprintf(os.Stdout, "note: %v (left alone)\n", r)
 	}
 	fmt.Fprintln(os.Stdout, "\ndry run: nothing was created")
 	return nil
+}
+
+// ownerLock opens the caller's lock file, inherited as descriptor fd.
+func ownerLock(fd int) (*os.File, error) {
+	if fd < 3 {
+		return nil, cliutil.Usagef("--owner-lock-fd: %d is not a lock file's descriptor (want 3 or more)", fd)
+	}
+	name, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return nil, cliutil.Usagef("--owner-lock-fd: descriptor %d is not open", fd)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() || !filepath.IsAbs(name) {
+		return nil, cliutil.Usagef("--owner-lock-fd: descriptor %d (%q) is not a regular file", fd, name)
+	}
+	return f, nil
 }
 
 // binary finds a binary to upload: the flag's value, else name beside this

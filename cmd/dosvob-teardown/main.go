@@ -252,7 +252,7 @@ func run(c *cli.Context) error {
 		return nil
 	}
 
-	if err := store.Lock(); err != nil {
+	if err := store.LockWait(c.Context, cloud.DefaultLockWait, lg.logf); err != nil {
 		return cloud.ExitError(err, token)
 	}
 	defer store.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/config"
@@ -43,10 +44,10 @@ func ExitError(err error, token string) error {
 		hint = "check region, regions, include, exclude, include_tags and exclude_tags in the config"
 	case errors.Is(err, ErrLocked):
 		code = cliutil.ExitLocked
-		hint = "wait for the other dosvob process to finish"
+		hint = "wait for the other dosvob process to finish, or find it with ps"
 	case errors.As(err, &stale):
 		code = cliutil.ExitLocked
-		hint = "if no backup is running, delete the leftovers with dosvob-teardown --all, or start with --cleanup-stale"
+		hint = fmt.Sprintf("delete what they left with dosvob-teardown --run ID (%s), or start with --cleanup-stale", strings.Join(stale.Runs(), ", "))
 	case errors.Is(err, ErrRefused):
 		code = cliutil.ExitRefused
 	case errors.As(err, &inc):

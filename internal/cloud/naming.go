@@ -44,6 +44,15 @@ func NewRunID(now time.Time) string {
 // ValidRunID reports whether id has the form NewRunID makes.
 func ValidRunID(id string) bool { return runIDRe.MatchString(id) }
 
+// RunTime returns the UTC start time that a run id encodes.
+func RunTime(id string) (time.Time, bool) {
+	if !ValidRunID(id) {
+		return time.Time{}, false
+	}
+	t, err := time.Parse("20060102-150405", id[:15])
+	return t, err == nil
+}
+
 // RunTag is the tag that marks every resource of one run.
 func RunTag(runID string) string { return RunTagPfx + runID }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,9 +39,25 @@ type Provisioner struct {
 	Hooks       Hooks
 	HookStderr  *os.File
 
-	// CleanupStale tears down the resources of earlier runs first instead
-	// of refusing to start.
+	// CleanupStale tears down the resources of stale runs (see Survey)
+	// first instead of refusing to start.
 	CleanupStale bool
+	// StaleAfter is the age from which a run whose liveness cannot be
+	// checked here counts as stale (default DefaultStaleAfter).
+	StaleAfter time.Duration
+	// OwnerLock, if set, is the caller's lock file, open: the run counts as
+	// alive for as long as it is locked. Provision locks it before the run
+	// exists (a lock the caller already holds on the same open file stays
+	// as it is) and records its path. Without it, the run's own lock file
+	// keeps the run alive while Provision runs.
+	OwnerLock *os.File
+	// RunIDFile, if set, receives the run id as soon as the run exists,
+	// before anything is created in the account, so that a caller can tear
+	// the run down when Provision fails or is interrupted.
+	RunIDFile string
+	// LockWait bounds the wait for the state directory's lock (default
+	// DefaultLockWait).
+	LockWait time.Duration
 	// KeepOnFailure leaves a failed run's resources in place (for
 	// debugging) instead of tearing them down at once.
 	KeepOnFailure bool
@@ -48,10 +66,11 @@ type Provisioner struct {
 
 	Now func() time.Time
 
-	mu    sync.Mutex // guards st while goroutines update it
-	st    *State
-	hosts map[string]*sshx.Key // droplet name -> host key
-	key   *sshx.Key
+	mu      sync.Mutex // guards st while goroutines update it
+	st      *State
+	runLock *os.File             // the run's own lock file, when no OwnerLock
+	hosts   map[string]*sshx.Key // droplet name -> host key
+	key     *sshx.Key
 }
 
 // RestoreSpec is the new volume a restore fills. It is kept: never named
@@ -62,42 +81,72 @@ type RestoreSpec struct {
 	SizeGiB int64
 }
 
-// StaleError says that resources or state of another run exist.
-type StaleError struct {
+// DefaultStaleAfter is the age from which a run that cannot be proven dead
+// here (another machine's, or one of this state directory whose owner
+// cannot be asked) counts as stale: longer than any real run.
+const DefaultStaleAfter = 48 * time.Hour
+
+// DefaultLockWait bounds the wait for the state directory's lock.
+const DefaultLockWait = 30 * time.Minute
+
+// RunView is one run that Survey found, and what it concluded.
+type RunView struct {
+	ID    string
+	Local bool // its state is in this state directory
+	Stale bool // certainly not alive: its leftovers may be torn down
+	Why   string
+	State *State // its state, if it could be read
+}
+
+func (r RunView) String() string { return fmt.Sprintf("run %s: %s", r.ID, r.Why) }
+
+// Survey is every run whose resources are in the account or whose state is
+// in the state directory.
+type Survey struct {
 	Inventory *Inventory
-	LocalRuns []string
+	Runs      []RunView // by id
+	// Orphans are dosvob resources that name no run (no run tag): only
+	// dosvob-teardown --all deletes them.
+	Orphans []Resource
+}
+
+// Stale returns the runs that are certainly not alive.
+func (s *Survey) Stale() []RunView { return s.filter(true) }
+
+// Live returns the runs that are alive, or cannot be proven dead yet.
+func (s *Survey) Live() []RunView { return s.filter(false) }
+
+func (s *Survey) filter(stale bool) []RunView {
+	var out []RunView
+	for _, r := range s.Runs {
+		if r.Stale == stale {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// StaleError says that stale runs left resources or state.
+type StaleError struct {
+	Stale []RunView
 }
 
 func (e *StaleError) Error() string {
-	var parts []string
-	if n := len(e.Inventory.Deletable()); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d dosvob resource(s) exist in the account", n))
+	var why []string
+	for _, r := range e.Stale {
+		why = append(why, r.String())
 	}
-	if len(e.LocalRuns) > 0 {
-		parts = append(parts, fmt.Sprintf("run state of %s in the state directory", strings.Join(e.LocalRuns, ", ")))
-	}
-	runs := e.Runs()
-	return fmt.Sprintf("another run is active or was interrupted (%s): %s", strings.Join(runs, ", "), strings.Join(parts, "; "))
+	return fmt.Sprintf("earlier runs were interrupted and left resources or state (%s): %s",
+		strings.Join(e.Runs(), ", "), strings.Join(why, "; "))
 }
 
-// Runs lists the run ids involved.
+// Runs lists the stale runs' ids.
 func (e *StaleError) Runs() []string {
-	ids := e.Inventory.RunIDs()
-	for _, id := range e.LocalRuns {
-		if !containsStr(ids, id) {
-			ids = append(ids, id)
-		}
+	var ids []string
+	for _, r := range e.Stale {
+		ids = append(ids, r.ID)
 	}
 	return ids
-}
-
-func containsStr(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // ErrRefused is wrapped by an error refusing to touch an existing resource.
@@ -154,10 +203,26 @@ func (p *Provisioner) defaults() {
 	if p.Now == nil {
 		p.Now = time.Now
 	}
+	if p.StaleAfter <= 0 {
+		p.StaleAfter = DefaultStaleAfter
+	}
+	if p.LockWait <= 0 {
+		p.LockWait = DefaultLockWait
+	}
 }
 
-// Stale lists the resources and local run states of earlier runs.
-func (p *Provisioner) Stale(ctx context.Context) (*StaleError, error) {
+// Survey finds every run whose resources are in the account or whose state
+// is in the state directory, and says which are stale: certainly not
+// alive. A run of this state directory is alive while its owner holds the
+// lock its state names (see OwnerState); it is stale once that lock is
+// free, or is this Provisioner's own OwnerLock (one owner makes one run at
+// a time). A run made by dosvob-provision alone, which finished, and a run
+// whose liveness cannot be checked here (no state here: another machine or
+// another state directory; no owner in its state; its lock file not
+// reachable) count as stale only when older than StaleAfter, judged from
+// the start time in the run id.
+func (p *Provisioner) Survey(ctx context.Context) (*Survey, error) {
+	p.defaults()
 	inv, err := p.API.Discover(ctx, Scope{})
 	if err != nil {
 		return nil, err
@@ -168,10 +233,96 @@ func (p *Provisioner) Stale(ctx context.Context) (*StaleError, error) {
 			return nil, err
 		}
 	}
-	if inv.Empty() && len(local) == 0 {
-		return nil, nil
+	sv := &Survey{Inventory: inv}
+	ids := inv.RunIDs()
+	for _, id := range local {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
 	}
-	return &StaleError{Inventory: inv, LocalRuns: local}, nil
+	slices.Sort(ids)
+	for _, id := range ids {
+		r := RunView{ID: id, Local: slices.Contains(local, id)}
+		known := false
+		if r.Local {
+			st, err := p.Store.Load(id)
+			if err != nil {
+				r.Why = fmt.Sprintf("its state cannot be read (%v)", err)
+			} else {
+				r.State = st
+				r.Stale, known, r.Why = p.ownerGone(st)
+			}
+		} else {
+			r.Why = "no state of it here (another machine's or another state directory's)"
+		}
+		if !known {
+			r.Stale, r.Why = p.old(id, r.Why)
+		}
+		sv.Runs = append(sv.Runs, r)
+	}
+	for _, res := range inv.All() {
+		if res.RunID == "" && !res.Kept {
+			sv.Orphans = append(sv.Orphans, res)
+		}
+	}
+	return sv, nil
+}
+
+// ownerGone says whether a local run's owner is gone, if that can be known
+// here.
+func (p *Provisioner) ownerGone(st *State) (gone, known bool, why string) {
+	if st.Owner == nil || st.Owner.Lock == "" {
+		return false, false, "its state names no owner"
+	}
+	lock := st.Owner.Lock
+	if p.OwnerLock != nil && st.Owner.Caller {
+		a, err1 := p.OwnerLock.Stat()
+		b, err2 := os.Stat(lock)
+		if err1 == nil && err2 == nil && os.SameFile(a, b) {
+			return true, true, fmt.Sprintf("its owner's lock %s is the one this provision was given: that owner has moved on to a new run", lock)
+		}
+	}
+	held, err := LockHeld(lock)
+	switch {
+	case err != nil:
+		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+	case held:
+		return false, true, fmt.Sprintf("alive: its owner holds the lock %s", lock)
+	case !st.Owner.Caller && st.Status == "ready":
+		return false, false, "dosvob-provision made it and finished, and nothing holds it"
+	}
+	return true, true, fmt.Sprintf("its owner is gone (the lock %s is free)", lock)
+}
+
+// old applies the age bound to a run whose liveness is unknown.
+func (p *Provisioner) old(id, why string) (bool, string) {
+	start, ok := RunTime(id)
+	if !ok {
+		return false, why + "; its age is unknown"
+	}
+	age := p.Now().Sub(start).Truncate(time.Second)
+	if age > p.StaleAfter {
+		return true, fmt.Sprintf("%s; started %v ago, more than the stale-after bound of %v", why, age, p.StaleAfter)
+	}
+	return false, fmt.Sprintf("%s; started %v ago, within the stale-after bound of %v", why, max(age, 0), p.StaleAfter)
+}
+
+// cleanup tears down the stale runs, each by its run id (never everything:
+// the resources of live runs stay).
+func (p *Provisioner) cleanup(ctx context.Context, stale []RunView) error {
+	for _, r := range stale {
+		p.logf("cleaning up %s", r)
+		scope := Scope{RunID: r.ID, State: r.State}
+		if err := p.API.Teardown(ctx, scope, TeardownOptions{Logf: p.Logf, ActionWait: p.ActionWait}); err != nil {
+			return fmt.Errorf("cleaning up run %s: %w", r.ID, err)
+		}
+		if r.Local {
+			if err := p.Store.Remove(r.ID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Plan lists the selected volumes and sizes and returns what a run would
@@ -205,8 +356,10 @@ func (p *Provisioner) Plan(ctx context.Context, hours float64) (*Plan, error) {
 // Provision makes one run: for every selected volume a snapshot (between
 // the hooks), a copy made from it, and the snapshot deleted once the copy
 // exists; per region droplets with the copies attached, SSH answering with
-// the pinned host key, dosvob-hash uploaded and every device checked. The
-// caller holds the store's lock.
+// the pinned host key, dosvob-hash uploaded and every device checked. It
+// holds the store's lock while it looks at earlier runs and starts its own
+// (see begin), not longer: runs with their own resources go on side by
+// side.
 //
 // Every resource is named in the run state before it is created, and its id
 // is saved as soon as it is known. When a step fails the run's resources
@@ -231,44 +384,11 @@ func (p *Provisioner) Provision(ctx context.Context) (*Run, error) {
 		}
 	}
 
-	stale, err := p.Stale(ctx)
+	plan, err := p.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if stale != nil {
-		if !p.CleanupStale {
-			return nil, stale
-		}
-		p.logf("cleaning up earlier runs (%s) first", strings.Join(stale.Runs(), ", "))
-		if err := p.API.Teardown(ctx, Scope{}, TeardownOptions{Logf: p.Logf, ActionWait: p.ActionWait}); err != nil {
-			return nil, fmt.Errorf("cleaning up earlier runs: %w", err)
-		}
-		for _, id := range stale.LocalRuns {
-			if err := p.Store.Remove(id); err != nil {
-				return nil, err
-			}
-		}
-	}
-
-	if r := p.Restore; r != nil {
-		vs, err := p.API.volumesNamed(ctx, r.Region, r.Name)
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range vs {
-			if v.Name == r.Name {
-				return nil, fmt.Errorf("%w: a volume named %q already exists in region %q (id %s); a restore only fills a new volume", ErrRefused, r.Name, r.Region, v.ID)
-			}
-		}
-	}
-	plan, err := p.Plan(ctx, 1)
-	if err != nil {
-		return nil, err
-	}
-
-	if err := p.start(plan); err != nil {
-		return nil, err
-	}
+	defer p.endRunLock()
 	runID := p.st.RunID
 	p.logf("run %s: %d volume(s) in %d region(s)", runID, plan.VolumeCount(), len(plan.Regions))
 
@@ -314,12 +434,99 @@ func (p *Provisioner) Provision(ctx context.Context) (*Run, error) {
 	return nil, re
 }
 
+// begin takes the state directory's lock for the start of the run: it
+// looks at earlier runs (cleaning up the stale ones, or refusing to start
+// while they exist), plans, and makes the run's state, held by its owner,
+// before it lets go.
+func (p *Provisioner) begin(ctx context.Context) (*Plan, error) {
+	if p.OwnerLock != nil {
+		if err := lockFile(p.OwnerLock); err != nil {
+			if errors.Is(err, ErrLocked) {
+				return nil, fmt.Errorf("%w: another process holds the owner's lock %s", ErrLocked, p.OwnerLock.Name())
+			}
+			return nil, fmt.Errorf("the owner's lock: %w", err)
+		}
+	}
+	if err := p.Store.LockWait(ctx, p.LockWait, p.Logf); err != nil {
+		return nil, err
+	}
+	defer p.Store.Unlock()
+
+	sv, err := p.Survey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range sv.Live() {
+		p.logf("leaving %s", r)
+	}
+	if n := len(sv.Orphans); n > 0 {
+		p.logf("leaving %d dosvob resource(s) that name no run (dosvob-teardown --all deletes them)", n)
+	}
+	if stale := sv.Stale(); len(stale) > 0 {
+		if !p.CleanupStale {
+			return nil, &StaleError{Stale: stale}
+		}
+		if err := p.cleanup(ctx, stale); err != nil {
+			return nil, err
+		}
+	}
+
+	if r := p.Restore; r != nil {
+		vs, err := p.API.volumesNamed(ctx, r.Region, r.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vs {
+			if v.Name == r.Name {
+				return nil, fmt.Errorf("%w: a volume named %q already exists in region %q (id %s); a restore only fills a new volume", ErrRefused, r.Name, r.Region, v.ID)
+			}
+		}
+	}
+	plan, err := p.Plan(ctx, 1)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.start(plan); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// endRunLock lets go of the run's own lock file, if it holds one.
+func (p *Provisioner) endRunLock() {
+	if p.runLock != nil {
+		p.runLock.Close()
+		p.runLock = nil
+	}
+}
+
 // start makes the run id, the run directory, the keys and the first state.
 func (p *Provisioner) start(plan *Plan) error {
 	now := p.Now().UTC().Truncate(time.Second)
 	runID := NewRunID(now)
 	if err := p.Store.Create(runID); err != nil {
 		return err
+	}
+	// The owner's lock is held before the run's state can be read: no
+	// other survey ever sees this run without its owner.
+	owner := &OwnerState{Caller: true}
+	if p.OwnerLock != nil {
+		abs, err := filepath.Abs(p.OwnerLock.Name())
+		if err != nil {
+			return err
+		}
+		owner.Lock = abs
+	} else {
+		f, err := os.OpenFile(p.Store.runLockPath(runID), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return err
+		}
+		if err := lockFile(f); err != nil {
+			f.Close()
+			return err
+		}
+		p.runLock = f
+		owner = &OwnerState{Lock: f.Name()}
 	}
 	key, err := sshx.NewKey()
 	if err != nil {
@@ -338,6 +545,7 @@ func (p *Provisioner) start(plan *Plan) error {
 		CreatedAt: now,
 		Mode:      mode,
 		Status:    "provisioning",
+		Owner:     owner,
 		Key:       KeyState{Name: KeyName(runID), Fingerprint: ssh.FingerprintLegacyMD5(key.Public())},
 		Droplets:  []DropletState{},
 		Volumes:   []VolumeState{},
@@ -376,7 +584,15 @@ func (p *Provisioner) start(plan *Plan) error {
 		}
 	}
 	p.st = st
-	return p.Store.Save(st)
+	if err := p.Store.Save(st); err != nil {
+		return err
+	}
+	if p.RunIDFile != "" {
+		if err := WriteFileAtomic(p.RunIDFile, []byte(runID+"\n"), 0o600); err != nil {
+			return fmt.Errorf("run id file: %w", err)
+		}
+	}
+	return nil
 }
 
 // update applies f to the state under the lock and saves it.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dosvob/dosvob/internal/doemu"
 	"github.com/dosvob/dosvob/internal/sshx"
@@ -183,11 +184,20 @@ func TestProvisionFullRun(t *testing.T) {
 		t.Error("state and printed JSON differ")
 	}
 
-	// A second provision refuses while this run exists.
-	_, err = v.provisioner(nil).Provision(ctx)
-	var stale *StaleError
-	if !errors.As(err, &stale) || !slices.Equal(stale.Runs(), []string{run.RunID}) {
-		t.Fatalf("second provision: %v", err)
+	// Another provision leaves this run alone: made by a provision that
+	// finished, it cannot be proven dead until it is older than the
+	// stale-after bound; then it is stale.
+	for _, c := range []struct {
+		later time.Duration
+		stale bool
+	}{{time.Hour, false}, {DefaultStaleAfter + time.Hour, true}} {
+		sv, err := v.provisioner(func(p *Provisioner) { p.Now = func() time.Time { return run.CreatedAt.Add(c.later) } }).Survey(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sv.Runs) != 1 || sv.Runs[0].ID != run.RunID || sv.Runs[0].Stale != c.stale || !sv.Runs[0].Local {
+			t.Fatalf("survey %v after the run: %+v", c.later, sv.Runs)
+		}
 	}
 
 	if err := v.api.Teardown(ctx, Scope{RunID: run.RunID, State: s}, TeardownOptions{Logf: v.log.logf}); err != nil {
@@ -295,7 +305,7 @@ func TestPlanCreatesNothing(t *testing.T) {
 	if !strings.Contains(b.String(), "data-00") || !strings.Contains(b.String(), "total") {
 		t.Errorf("plan text:\n%s", b.String())
 	}
-	if _, err := p.Stale(context.Background()); err != nil {
+	if _, err := p.Survey(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if !reflect_DeepEqual(before, v.emu.State()) {

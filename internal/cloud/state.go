@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,11 +74,27 @@ type State struct {
 	CreatedAt time.Time `json:"created_at"`
 	Mode      string    `json:"mode"`
 	// Status is "provisioning", "ready", "failed" or "interrupted".
-	Status   string         `json:"status"`
-	Error    string         `json:"error,omitempty"`
+	Status string `json:"status"`
+	Error  string `json:"error,omitempty"`
+	// Owner is what keeps the run alive (see Provisioner.Survey); absent
+	// in the state of older versions.
+	Owner    *OwnerState    `json:"owner,omitempty"`
 	Key      KeyState       `json:"ssh_key"`
 	Droplets []DropletState `json:"droplets"`
 	Volumes  []VolumeState  `json:"volumes"`
+}
+
+// OwnerState names the lock that keeps a run alive: while some process
+// holds Lock (flock), the run is alive and no other run's cleanup touches
+// it. A killed owner's lock goes away with its processes.
+type OwnerState struct {
+	// Lock is the lock file's absolute path: the caller's
+	// (dosvob-provision --owner-lock-fd, as the scripts give it), held
+	// for the whole run, or else the run's own lock file, held by
+	// dosvob-provision while it runs.
+	Lock string `json:"lock"`
+	// Caller is set when Lock is the caller's.
+	Caller bool `json:"caller,omitempty"`
 }
 
 // KeyState is the run's account SSH key.
@@ -129,7 +146,7 @@ func (s *State) Run(st *Store) Run {
 }
 
 // Store is the state directory: <dir>/runs/<run-id>/{state.json,
-// id_ed25519, known_hosts} and <dir>/lock.
+// id_ed25519, known_hosts, lock} and <dir>/lock.
 type Store struct {
 	Dir string
 	// AfterSave, if set, is called after every successful Save with the
@@ -157,6 +174,15 @@ func OpenStore(dir string) (*Store, error) {
 // Lock makes the state directory if needed and takes its lock without
 // waiting.
 func (s *Store) Lock() error {
+	return s.LockWait(context.Background(), 0, nil)
+}
+
+// LockWait is Lock, waiting up to timeout while another process holds the
+// lock (saying so once through logf, if set). The lock is held only for
+// short steps (a provision's look at earlier runs and the start of its
+// own; a teardown), so concurrent runs wait for each other's steps rather
+// than fail.
+func (s *Store) LockWait(ctx context.Context, timeout time.Duration, logf func(string, ...any)) error {
 	if err := os.MkdirAll(filepath.Join(s.Dir, "runs"), 0o700); err != nil {
 		return fmt.Errorf("state directory %q: %w", s.Dir, cliutil.PathCause(err))
 	}
@@ -164,15 +190,56 @@ func (s *Store) Lock() error {
 	if err != nil {
 		return err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+	deadline := time.Now().Add(timeout)
+	said := false
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return err
+		}
+		if !time.Now().Before(deadline) {
+			f.Close()
 			return fmt.Errorf("%w (lock %q)", ErrLocked, f.Name())
 		}
-		return err
+		if !said && logf != nil {
+			logf("waiting for the state directory's lock %q: another dosvob-provision or dosvob-teardown is at a step that takes it", f.Name())
+			said = true
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	s.lock = f
 	return nil
+}
+
+// LockHeld reports whether some process holds a flock on the file path.
+// It takes a shared lock for an instant to find out.
+func LockHeld(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return true, nil
+	}
+	return false, err
+}
+
+// lockFile takes an exclusive flock on f without waiting.
+func lockFile(f *os.File) error {
+	err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return fmt.Errorf("%w (lock %s)", ErrLocked, f.Name())
+	}
+	return err
 }
 
 // Unlock releases the lock.
@@ -191,6 +258,10 @@ func (s *Store) KeyPath(id string) string { return filepath.Join(s.RunDir(id), "
 
 // KnownHostsPath is the run's known_hosts file.
 func (s *Store) KnownHostsPath(id string) string { return filepath.Join(s.RunDir(id), "known_hosts") }
+
+// runLockPath is the run's own lock file, held by dosvob-provision while
+// it runs when no caller's lock keeps the run alive.
+func (s *Store) runLockPath(id string) string { return filepath.Join(s.RunDir(id), "lock") }
 
 func (s *Store) statePath(id string) string { return filepath.Join(s.RunDir(id), "state.json") }
 

@@ -1,0 +1,199 @@
+package cloud
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/godo"
+	"golang.org/x/sys/unix"
+
+	"github.com/dosvob/dosvob/internal/doemu"
+	"github.com/dosvob/dosvob/internal/sshx"
+)
+
+// makeRunResources creates what a run leaves in the account: its key and a
+// volume copy, with both marks and the run's tag.
+func makeRunResources(t *testing.T, v *env, runID string) {
+	t.Helper()
+	ctx := context.Background()
+	k, err := sshx.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := v.api.Godo().Keys.Create(ctx, &godo.KeyCreateRequest{Name: KeyName(runID), PublicKey: k.AuthorizedKey()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.api.CreateVolume(ctx, volumeCreate{Name: CopyName(runID, 0), Region: "fra1", SizeGigaBytes: 1, Tags: Tags(runID)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// saveRun writes a local run state with the given owner and status.
+func saveRun(t *testing.T, s *Store, runID, status string, owner *OwnerState) {
+	t.Helper()
+	if err := s.Create(runID); err != nil {
+		t.Fatal(err)
+	}
+	st := &State{RunID: runID, Mode: ModeBackup, Status: status, Owner: owner, Key: KeyState{Name: KeyName(runID)}}
+	if err := s.Save(st); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runsLeft lists the runs whose resources are in the account.
+func runsLeft(t *testing.T, v *env) []string {
+	t.Helper()
+	inv, err := v.api.Discover(context.Background(), Scope{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inv.RunIDs()
+}
+
+// A provision with --cleanup-stale tears down only the runs that are
+// certainly not alive, each by its run id: a run whose owner holds its
+// lock, a young run of another machine, a young run that dosvob-provision
+// alone made, and a run whose owner cannot be asked are all left alone,
+// while a run whose owner died, an old run of another machine, and an
+// earlier run of this very owner are cleaned up. Without --cleanup-stale
+// the stale ones, and only they, make it refuse.
+func TestCleanupOnlyStaleRuns(t *testing.T) {
+	v := newEnv(t, envOpts{account: userAccount(1, 0)})
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	id := func(ago time.Duration, suffix string) string {
+		return now.Add(-ago).Format("20060102-150405") + "-" + suffix
+	}
+	var (
+		alive       = id(time.Hour, "aaaaaa") // local; its owner holds its lock
+		ownerDied   = id(time.Hour, "bbbbbb") // local; its owner's lock is free
+		foreignNew  = id(time.Hour, "cccccc") // another machine's, an hour old
+		foreignOld  = id(72*time.Hour, "dddddd")
+		madeByHand  = id(time.Hour, "eeeeee") // dosvob-provision alone, finished
+		sameOwner   = id(time.Hour, "ffffff") // the caller's previous run
+		unreachable = id(time.Hour, "abcdef") // its owner's lock file is not here
+	)
+	store := v.store()
+	locks := t.TempDir()
+	lockAt := func(name string) string {
+		p := filepath.Join(locks, name)
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// Another owner, holding its lock (another open file: flock tells
+	// them apart within one process as between processes).
+	held, err := os.Open(lockAt("held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := unix.Flock(int(held.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := os.OpenFile(lockAt("mine"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+
+	saveRun(t, store, alive, "ready", &OwnerState{Lock: held.Name(), Caller: true})
+	saveRun(t, store, ownerDied, "ready", &OwnerState{Lock: lockAt("free"), Caller: true})
+	saveRun(t, store, madeByHand, "ready", &OwnerState{Lock: lockAt("own")})
+	saveRun(t, store, sameOwner, "ready", &OwnerState{Lock: mine.Name(), Caller: true})
+	saveRun(t, store, unreachable, "provisioning", &OwnerState{Lock: filepath.Join(locks, "gone"), Caller: true})
+	for _, r := range []string{alive, ownerDied, foreignNew, foreignOld, madeByHand, sameOwner, unreachable} {
+		makeRunResources(t, v, r)
+	}
+	wantStale := []string{foreignOld, ownerDied, sameOwner}
+	wantLive := []string{alive, foreignNew, madeByHand, unreachable}
+	slices.Sort(wantStale)
+	slices.Sort(wantLive)
+	before := v.emu.State()
+
+	// Without --cleanup-stale: a refusal that names the stale runs only.
+	p := v.provisioner(func(p *Provisioner) { p.OwnerLock = mine; p.Filter = Filter{Include: []string{"data-*"}} })
+	_, err = p.begin(ctx)
+	var se *StaleError
+	if !errors.As(err, &se) {
+		t.Fatalf("begin without cleanup: %v, want a StaleError", err)
+	}
+	if got := se.Runs(); !slices.Equal(got, wantStale) {
+		t.Fatalf("stale runs %v, want %v", got, wantStale)
+	}
+	if !reflectEqualState(before, v.emu.State()) {
+		t.Fatal("a refusal changed the account")
+	}
+
+	// With it: the stale runs go, the others stay, and the new run is
+	// started, owned by the caller's lock.
+	runIDFile := filepath.Join(t.TempDir(), "run-id")
+	p = v.provisioner(func(p *Provisioner) {
+		p.OwnerLock, p.CleanupStale, p.RunIDFile = mine, true, runIDFile
+		p.Filter = Filter{Include: []string{"data-*"}}
+	})
+	if _, err := p.begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := runsLeft(t, v); !slices.Equal(got, wantLive) {
+		t.Errorf("runs left in the account %v, want %v", got, wantLive)
+	}
+	local, _ := store.Runs()
+	newRun := p.st.RunID
+	if want := []string{alive, unreachable, madeByHand, newRun}; !slices.Equal(local, want) {
+		t.Errorf("local runs %v, want %v", local, want)
+	}
+	b, err := os.ReadFile(runIDFile)
+	if err != nil || strings.TrimSpace(string(b)) != newRun {
+		t.Errorf("run id file: %q %v, want %s", b, err, newRun)
+	}
+	st, err := store.Load(newRun)
+	if err != nil || st.Owner == nil || st.Owner.Lock != mine.Name() || !st.Owner.Caller {
+		t.Fatalf("the new run's owner: %+v %v", st, err)
+	}
+	for _, want := range []string{"leaving run " + alive + ": alive", "leaving run " + foreignNew + ": no state of it here",
+		"cleaning up run " + foreignOld, "within the stale-after bound"} {
+		if !strings.Contains(v.log.String(), want) {
+			t.Errorf("the log lacks %q", want)
+		}
+	}
+
+	// Seen from another owner, the new run is alive while mine is held
+	// and stale once it is let go, as when its script is killed.
+	other := v.provisioner(nil)
+	sv, err := other.Survey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := findRun(sv, newRun); r == nil || r.Stale {
+		t.Fatalf("the new run, its owner alive: %+v", r)
+	}
+	mine.Close()
+	if sv, err = other.Survey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := findRun(sv, newRun); r == nil || !r.Stale {
+		t.Fatalf("the new run, its owner gone: %+v", r)
+	}
+	if s := v.emu.State(); !slices.ContainsFunc(s.Volumes, func(x doemu.Volume) bool { return x.Name == "data-00" }) {
+		t.Fatal("the user's volume is gone")
+	}
+}
+
+func findRun(sv *Survey, id string) *RunView {
+	for i := range sv.Runs {
+		if sv.Runs[i].ID == id {
+			return &sv.Runs[i]
+		}
+	}
+	return nil
+}
+
+func reflectEqualState(a, b doemu.State) bool { return jsonEqualNoT(a, b) }

@@ -1,0 +1,60 @@
+package backup
+
+import (
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// TestConcurrentRuns: two backup-all.sh runs with one config (one account,
+// one state directory) into two backup directories, at once. The second
+// starts while the first is syncing: its cleanup of earlier runs leaves the
+// first run alone (its script holds the run's owner lock), both succeed,
+// and every image of both is its volume. (That a
+// killed run's leftovers are still cleaned up by the next run is shown in
+// TestFaults.)
+func TestConcurrentRuns(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	other := filepath.Join(e.dir, "backups-2")
+
+	r1 := e.startBackup("-j", "2") // through a throttled ssh
+	r1.syncing()
+
+	cmd, stdout, stderr := e.script("backup-all.sh", "--config", e.conf, "--keep", "3", other)
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := wait(cmd, stdout, stderr, start)
+	select {
+	case res := <-r1.done:
+		if res.code != 0 {
+			t.Fatalf("the first backup-all.sh failed (exit %d) while the second ran: did the second run's cleanup hit it?\nstderr:\n%s", res.code, res.stderr)
+		}
+		t.Fatalf("the first run ended before the second: the test proves nothing\nstderr:\n%s", res.stderr)
+	default:
+	}
+	if r2.code != 0 {
+		t.Fatalf("the second backup-all.sh exited %d, want 0\nstderr:\n%s", r2.code, r2.stderr)
+	}
+	if !regexp.MustCompile(`leaving run [0-9a-f-]+: alive: its owner holds the lock`).MatchString(r2.stderr) {
+		t.Errorf("the second run does not say that it left the first alone:\n%s", r2.stderr)
+	}
+	r1res := r1.wait(3 * time.Minute)
+	if r1res.code != 0 {
+		t.Fatalf("the first backup-all.sh exited %d, want 0 (did the second run's cleanup hit it?)\nstderr:\n%s", r1res.code, r1res.stderr)
+	}
+	e.checkImages()
+	for _, v := range sourceVolumes {
+		img := filepath.Join(other, filepath.FromSlash(v)+".img")
+		if a, b := digest(t, img), digest(t, e.sourceFile(v)); a != b {
+			t.Errorf("the second run's image of %s differs from the volume", v)
+		}
+	}
+	e.checkNothingLeft()
+	if runs, _ := filepath.Glob(filepath.Join(e.dir, "state", "runs", "*")); len(runs) != 0 {
+		t.Errorf("run state left: %v", runs)
+	}
+}
