@@ -59,7 +59,8 @@ Options:
       --ping-failure URL  ping URL when the run fails (the summary is the body)
       --hook COMMAND      run COMMAND with bash -c at the end; it sees
                           DOSVOB_RESULT (success|failure), DOSVOB_EXIT_CODE and
-                          DOSVOB_SUMMARY_FILE (the summary table)
+                          DOSVOB_SUMMARY_FILE (the summary table), and not
+                          the API token variables
       --ssh PROGRAM       ssh client to run (default: ssh)
       --provision-arg ARG pass ARG on to dosvob-provision (repeatable); a
                           --state-dir or --api-url among them reaches the
@@ -334,7 +335,9 @@ on_exit() {
 run_hook() {
 	[[ -n "$hook" ]] || return 0
 	local result=$1 code=$2 rc=0
-	DOSVOB_RESULT=$result DOSVOB_EXIT_CODE=$code DOSVOB_SUMMARY_FILE=$summary_file \
+	# The hook never sees the API token (as the config's hooks do not).
+	env -u DIGITALOCEAN_ACCESS_TOKEN -u DIGITALOCEAN_TOKEN \
+		DOSVOB_RESULT="$result" DOSVOB_EXIT_CODE="$code" DOSVOB_SUMMARY_FILE="$summary_file" \
 		bash -c "$hook" 9>&- </dev/null >&2 || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		warn "hook exited $rc"

@@ -1,8 +1,10 @@
 package backup
 
 import (
+	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -11,7 +13,8 @@ import (
 // one state directory) into two backup directories, at once. The second
 // starts while the first is syncing: its cleanup of earlier runs leaves the
 // first run alone (its script holds the run's owner lock), both succeed,
-// and every image of both is its volume. (That a
+// and every image of both is its volume. The second run's --hook sees
+// neither API token variable, though the script was given both. (That a
 // killed run's leftovers are still cleaned up by the next run is shown in
 // TestFaults.)
 func TestConcurrentRuns(t *testing.T) {
@@ -22,7 +25,10 @@ func TestConcurrentRuns(t *testing.T) {
 	r1 := e.startBackup("-j", "2") // through a throttled ssh
 	r1.syncing()
 
-	cmd, stdout, stderr := e.script("backup-all.sh", "--config", e.conf, "--keep", "3", other)
+	hookEnv := filepath.Join(e.dir, "hook.env")
+	cmd, stdout, stderr := e.script("backup-all.sh", "--config", e.conf, "--keep", "3",
+		"--hook", "env > "+hookEnv, other)
+	cmd.Env = append(cmd.Env, "DIGITALOCEAN_ACCESS_TOKEN="+token, "DIGITALOCEAN_TOKEN="+token)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -56,5 +62,16 @@ func TestConcurrentRuns(t *testing.T) {
 	e.checkNothingLeft()
 	if runs, _ := filepath.Glob(filepath.Join(e.dir, "state", "runs", "*")); len(runs) != 0 {
 		t.Errorf("run state left: %v", runs)
+	}
+
+	b, err := os.ReadFile(hookEnv)
+	if err != nil {
+		t.Fatalf("the hook did not run: %v", err)
+	}
+	if !strings.Contains(string(b), "DOSVOB_RESULT=success") {
+		t.Errorf("the hook's environment lacks DOSVOB_RESULT=success:\n%s", b)
+	}
+	if strings.Contains(string(b), token) || strings.Contains(string(b), "DIGITALOCEAN_") {
+		t.Errorf("the hook's environment holds an API token variable")
 	}
 }
