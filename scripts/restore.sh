@@ -193,19 +193,21 @@ do_teardown() {
 	if [[ -n "$run_id" ]]; then
 		log "deleting the temporary droplet and key of run $run_id (the new volume is kept)"
 		run_group pid "$teardown" "${config_args[@]}" "$run_json" </dev/null
+	elif run_id=$(head -n 1 "$run_id_file" 2>/dev/null) && [[ -n "$run_id" ]]; then
+		# Provisioning did not finish (it failed, or was interrupted): what
+		# this run made, by its run id (never --all, which could hit a
+		# backup run in progress). Its state names the new volume: kept.
+		log "deleting what run $run_id created (provisioning did not finish; the new volume, if made, is kept)"
+		run_group pid "$teardown" "${config_args[@]}" --run "$run_id" </dev/null
 	else
-		# No run to name. dosvob-provision deletes what it made when it
-		# fails; only an interrupted one leaves something. Do not tear down
-		# --all here: that could hit a backup run in progress.
-		log "provisioning did not finish; dosvob-provision removes what it made when it fails"
-		log "hint: if it was interrupted, run dosvob-teardown --all${config:+ --config $config} once no backup is running"
+		log "provisioning started no run: nothing to tear down"
 		return 0
 	fi
 	wait "$pid" || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		teardown_failed=1
 		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
-		log "hint: run dosvob-teardown --all${config:+ --config $config} until it exits 0"
+		log "hint: run dosvob-teardown --run $run_id${config:+ --config $config} until it exits 0"
 	fi
 }
 

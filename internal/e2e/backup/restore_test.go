@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,6 +165,55 @@ func checkRestore(t *testing.T, e *env) {
 	if diff := stateDiff(before, e.emu.State()); diff != "" {
 		t.Errorf("a refused restore changed the account: %s", diff)
 	}
+}
+
+// TestRestoreInterruptedWhileProvisioning: a restore.sh stopped by SIGTERM
+// while dosvob-provision is still at work (its attach of the new volume
+// hangs) deletes what its run had created by then, by its run id: the
+// droplet and the key go, and the new volume, detached, is kept.
+func TestRestoreInterruptedWhileProvisioning(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	img := filepath.Join(e.dir, "some.img")
+	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+	e.emu.InjectFault(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/actions`, Hang: true})
+	cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", "halfway", "--region", "fra1", img)
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan result, 1)
+	go func() { done <- wait(cmd, stdout, stderr, start) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for e.emu.PendingFaults() != 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("provisioning never reached the attach\nstderr:\n%s", (<-done).stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(e.emu.State().Droplets); n != len(e.initial.Droplets)+1 {
+		t.Fatalf("%d droplets while provisioning, want the restore's besides the user's", n)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("restore.sh still running 2 minutes after SIGTERM\nstderr:\n%s", (<-done).stderr)
+	}
+	if r.code != 130 {
+		t.Fatalf("restore.sh exited %d after SIGTERM, want 130\nstderr:\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "provisioning did not finish") {
+		t.Errorf("restore.sh does not say what it tore down:\n%s", r.stderr)
+	}
+	if _, ok := e.volumeNamed("fra1", "halfway"); !ok {
+		t.Errorf("the new volume was deleted; a restore's volume is kept")
+	}
+	e.checkNothingLeft("fra1/halfway")
 }
 
 func stateDiff(a, b doemu.State) string {
