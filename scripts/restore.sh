@@ -18,7 +18,7 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$script_dir/lib/common.sh"
 
-readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_REFUSED=4 EXIT_LOCKED=6 \
+readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_REFUSED=4 EXIT_LOCKED=6 \
 	EXIT_PROVISION=7 EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
 
 usage() {
@@ -67,11 +67,15 @@ Exit codes:
   0    restored and verified; the new volume is detached and kept
   1    the restore failed (the new volume, if made, is kept: delete it or
        run again with another name)
-  2    usage: bad options or arguments
+  2    usage: bad options or arguments, or a config that dosvob-provision
+       refuses
   4    refused: a volume NAME already exists in REGION
-  6    a backup run holds the lock on the backup directory
-  7    provisioning failed
-  8    teardown left temporary resources behind (run dosvob-teardown --all)
+  6    a backup run holds the lock on the backup directory, or interrupted
+       runs left resources that dosvob-provision will not start beside
+  7    provisioning failed (what it created was deleted again; the new
+       volume, if made, is kept)
+  8    teardown left temporary resources behind (run the dosvob-teardown
+       --run ID that the log names)
   130  interrupted by SIGINT or SIGTERM
 
 Examples:
@@ -285,13 +289,22 @@ rc=0
 run_bg "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
 	--region "$region" --size-gib "$size_gib" --owner-lock-fd 8 --run-id-file "$run_id_file" \
 	>"$run_json" </dev/null 8>&9 || rc=$?
-if [[ "$rc" -ne 0 ]]; then
-	if [[ "$rc" -eq "$EXIT_REFUSED" ]]; then
-		die "$EXIT_REFUSED" "refusing to restore into $volume_name: dosvob-provision refused (exit $rc)" \
-			"a restore always makes a new volume: choose a name that does not exist in $region"
-	fi
-	die "$EXIT_PROVISION" "provisioning failed (dosvob-provision exit $rc)"
-fi
+case "$rc" in
+0) ;;
+"$EXIT_USAGE")
+	die "$EXIT_USAGE" "dosvob-provision refused the config or arguments (exit $rc): nothing was created" \
+		"fix what its message names${config:+ in $config}"
+	;;
+"$EXIT_REFUSED")
+	die "$EXIT_REFUSED" "refusing to restore into $volume_name: dosvob-provision refused (exit $rc)" \
+		"a restore always makes a new volume: choose a name that does not exist in $region"
+	;;
+"$EXIT_LOCKED")
+	die "$EXIT_LOCKED" "dosvob-provision would not start (exit $rc): interrupted runs left resources" \
+		"delete them with the dosvob-teardown --run ID that its message names"
+	;;
+*) die "$EXIT_PROVISION" "provisioning failed (dosvob-provision exit $rc)" ;;
+esac
 if ! jq -e '.run_id and (.volumes | length == 1) and (.droplets | length == 1)' "$run_json" >/dev/null 2>&1; then
 	die "$EXIT_PROVISION" "dosvob-provision printed no valid restore JSON (want one volume and one droplet)"
 fi

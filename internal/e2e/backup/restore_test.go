@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -214,6 +215,22 @@ func TestRestoreInterruptedWhileProvisioning(t *testing.T) {
 		t.Errorf("the new volume was deleted; a restore's volume is kept")
 	}
 	e.checkNothingLeft("fra1/halfway")
+}
+
+// TestRestoreBadConfig: a config that dosvob-provision refuses (exit 2) is
+// a usage error of restore.sh too (exit 2), not a provisioning failure.
+func TestRestoreBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "conf.json")
+	writeFile(t, conf, `{"do_token": "x", "regoin": "fra1"}`+"\n", 0o600)
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "restore.sh"), "--config", conf,
+		"--volume-name", "new", "--region", "fra1", "/etc/hostname")
+	cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "TMPDIR="+dir)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "regoin") {
+		t.Fatalf("restore.sh with a bad config: %v, want exit 2 naming the field\n%s", err, out)
+	}
 }
 
 func stateDiff(a, b doemu.State) string {
