@@ -49,7 +49,8 @@ func app() *cli.App {
 		Description: "Which run: the run JSON that dosvob-provision printed (a file, or \"-\" or a pipe on\n" +
 			"stdin), or --run ID. With --all (or none of these, from a terminal): every dosvob resource in\n" +
 			"the account. An empty run JSON is refused: it is what a failed dosvob-provision leaves.\n" +
-			"Exits 0 when nothing is left, 8 listing what is left otherwise. Safe to repeat.",
+			"Exits 0 when nothing is left, 8 listing what is left otherwise, 130 when interrupted (SIGINT or\n" +
+			"SIGTERM: the message names the command that finishes the job). Safe to repeat.",
 		CustomAppHelpTemplate: cli.AppHelpTemplate + examples,
 		HideHelpCommand:       true,
 		Flags: []cli.Flag{
@@ -252,18 +253,32 @@ func run(c *cli.Context) error {
 		return nil
 	}
 
-	if err := store.LockWait(c.Context, cloud.DefaultLockWait, lg.logf); err != nil {
-		return cloud.ExitError(err, token)
-	}
-	defer store.Unlock()
-	what, done := "every dosvob resource", "no dosvob resource is left"
+	what, done, again := "every dosvob resource", "no dosvob resource is left", "--all"
 	if runID != "" {
 		what = "run " + runID
 		done = "nothing of " + what + " is left"
+		again = "--run " + runID
 	}
+	// The flags that chose the account and state (not from the
+	// environment, which the next command sees too).
+	for _, f := range [][2]string{{"state-dir", "DOSVOB_STATE_DIR"}, {"api-url", "DOSVOB_API_URL"}, {"config", "DOSVOB_CONFIG"}} {
+		if v := c.String(f[0]); c.IsSet(f[0]) && v != os.Getenv(f[1]) {
+			again = fmt.Sprintf("--%s %s %s", f[0], v, again)
+		}
+	}
+	interrupted := func(err error) error {
+		if c.Context.Err() == nil {
+			return cloud.ExitError(err, token)
+		}
+		return cliutil.Exitf(cliutil.ExitInterrupted, "interrupted: droplets, volumes, snapshots or the SSH key of %s may be left, and cost money; finish with: dosvob-teardown %s", what, again)
+	}
+	if err := store.LockWait(c.Context, cloud.DefaultLockWait, lg.logf); err != nil {
+		return interrupted(err)
+	}
+	defer store.Unlock()
 	lg.logf("tearing down %s", what)
 	if err := api.Teardown(c.Context, scope, cloud.TeardownOptions{Logf: lg.logf, DetachWait: c.Duration("detach-wait")}); err != nil {
-		return cloud.ExitError(err, token)
+		return interrupted(err)
 	}
 	local, err := localRuns(store, runID)
 	if err != nil {

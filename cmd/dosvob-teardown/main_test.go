@@ -72,6 +72,7 @@ func TestScripts(t *testing.T) {
 				return err
 			}
 			env.Defer(func() { e.Close() })
+			env.Values[emuKey{}] = e
 			env.Setenv("DOSVOB_API_URL", e.URL())
 			env.Setenv("DIGITALOCEAN_ACCESS_TOKEN", scriptToken)
 			env.Setenv("TOKEN", scriptToken)
@@ -80,5 +81,17 @@ func TestScripts(t *testing.T) {
 			env.Setenv("RUN_B", runB)
 			return nil
 		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			// hang METHOD PATH: the emulator's next such call never answers.
+			"hang": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 2 {
+					ts.Fatalf("usage: hang METHOD PATH")
+				}
+				ts.Value(emuKey{}).(*doemu.Emulator).InjectFault(doemu.Fault{Method: args[0], Path: args[1], Hang: true})
+			},
+		},
 	})
 }
+
+// emuKey finds a script's emulator in its testscript values.
+type emuKey struct{}
