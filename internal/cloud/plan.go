@@ -67,6 +67,9 @@ type Plan struct {
 	Regions []RegionPlan
 	// Hours is the run length the estimate assumes.
 	Hours float64
+	// Restore: the volumes are new, kept volumes to fill; no snapshot is
+	// made.
+	Restore bool
 }
 
 // RegionPlan is the part of a plan in one region.
@@ -147,6 +150,17 @@ func ChooseSize(sizes []godo.Size, region, want string) (godo.Size, error) {
 // hour, at their full size (an upper bound: DigitalOcean bills a
 // snapshot's used data).
 func MakePlan(vols []godo.Volume, sizes []godo.Size, dropletSize string, hours float64) (*Plan, error) {
+	return makePlan(vols, sizes, dropletSize, hours, false)
+}
+
+// MakeRestorePlan is MakePlan for a restore: vols are the new volumes to
+// fill, which the run creates empty and keeps (priced for the run only:
+// after it they are the user's), and no snapshot is made.
+func MakeRestorePlan(vols []godo.Volume, sizes []godo.Size, dropletSize string, hours float64) (*Plan, error) {
+	return makePlan(vols, sizes, dropletSize, hours, true)
+}
+
+func makePlan(vols []godo.Volume, sizes []godo.Size, dropletSize string, hours float64, restore bool) (*Plan, error) {
 	by := map[string][]godo.Volume{}
 	for _, v := range vols {
 		by[v.Region.Slug] = append(by[v.Region.Slug], v)
@@ -156,7 +170,7 @@ func MakePlan(vols []godo.Volume, sizes []godo.Size, dropletSize string, hours f
 		regions = append(regions, r)
 	}
 	sort.Strings(regions)
-	p := &Plan{Hours: hours}
+	p := &Plan{Hours: hours, Restore: restore}
 	for _, r := range regions {
 		vs := by[r]
 		sort.Slice(vs, func(i, j int) bool { return vs[i].Name < vs[j].Name })
@@ -169,7 +183,9 @@ func MakePlan(vols []godo.Volume, sizes []godo.Size, dropletSize string, hours f
 		rp.DropletCost = float64(rp.Droplets) * size.PriceHourly * billed
 		for _, v := range vs {
 			rp.VolumeCost += float64(v.SizeGigaBytes) * VolumePricePerGiBMonth / HoursPerMonth * billed
-			rp.SnapCost += float64(v.SizeGigaBytes) * SnapshotPricePerGiBMonth / HoursPerMonth
+			if !restore {
+				rp.SnapCost += float64(v.SizeGigaBytes) * SnapshotPricePerGiBMonth / HoursPerMonth
+			}
 		}
 		p.Regions = append(p.Regions, rp)
 	}
@@ -182,6 +198,10 @@ func (p *Plan) Print(w io.Writer) {
 	for _, r := range p.Regions {
 		fmt.Fprintf(w, "\nregion %s: %d droplet(s) of size %s ($%.5f/hour), 1 SSH key per run\n", r.Region, r.Droplets, r.Size.Slug, r.Size.PriceHourly)
 		for _, v := range r.Volumes {
+			if p.Restore {
+				fmt.Fprintf(w, "  volume %-30s %5d GiB  -> a new, empty volume, filled from the image and kept (no snapshot)\n", v.Name, v.SizeGigaBytes)
+				continue
+			}
 			fmt.Fprintf(w, "  volume %-30s %5d GiB  -> snapshot, then a temporary copy of %d GiB\n", v.Name, v.SizeGigaBytes, v.SizeGigaBytes)
 		}
 	}
@@ -192,6 +212,11 @@ func (p *Plan) Print(w io.Writer) {
 		s += r.SnapCost
 	}
 	fmt.Fprintf(w, "\nestimated cost of a %s-hour run (DigitalOcean list prices, USD):\n", trimFloat(p.Hours))
+	if p.Restore {
+		fmt.Fprintf(w, "  droplets   $%.4f\n  volumes    $%.4f  ($%.2f/GiB-month, for the run; then billed to you until you delete them)\n  total      $%.4f\n",
+			d, v, VolumePricePerGiBMonth, p.Total())
+		return
+	}
 	fmt.Fprintf(w, "  droplets   $%.4f\n  volumes    $%.4f  ($%.2f/GiB-month)\n  snapshots  $%.4f  ($%.2f/GiB-month, about one hour each)\n  total      $%.4f\n",
 		d, v, VolumePricePerGiBMonth, s, SnapshotPricePerGiBMonth, p.Total())
 }

@@ -335,7 +335,7 @@ func (p *Provisioner) Plan(ctx context.Context, hours float64) (*Plan, error) {
 	}
 	if r := p.Restore; r != nil {
 		v := godo.Volume{Name: r.Name, Region: &godo.Region{Slug: r.Region}, SizeGigaBytes: r.SizeGiB}
-		return MakePlan([]godo.Volume{v}, sizes, p.DropletSize, hours)
+		return MakeRestorePlan([]godo.Volume{v}, sizes, p.DropletSize, hours)
 	}
 	vols, err := p.API.ListVolumes(ctx)
 	if err != nil {
