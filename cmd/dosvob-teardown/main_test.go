@@ -60,8 +60,7 @@ func account() (*doemu.Account, error) {
 
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
-		Dir:  "testdata",
-		Cmds: clitest.Cmds(nil),
+		Dir: "testdata",
 		Setup: func(env *testscript.Env) error {
 			acct, err := account()
 			if err != nil {
@@ -81,7 +80,7 @@ func TestScripts(t *testing.T) {
 			env.Setenv("RUN_B", runB)
 			return nil
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		Cmds: clitest.Cmds(map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			// hang METHOD PATH: the emulator's next such call never answers.
 			"hang": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) != 2 {
@@ -89,7 +88,7 @@ func TestScripts(t *testing.T) {
 				}
 				ts.Value(emuKey{}).(*doemu.Emulator).InjectFault(doemu.Fault{Method: args[0], Path: args[1], Hang: true})
 			},
-		},
+		}),
 	})
 }
 
