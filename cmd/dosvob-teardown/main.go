@@ -47,8 +47,9 @@ func app() *cli.App {
 		Usage:     "delete the temporary DigitalOcean resources of a dosvob run",
 		UsageText: "dosvob-teardown [flags] RUN.json | -\n   dosvob-teardown [flags] --run RUN-ID\n   dosvob-teardown [flags] --all",
 		Description: "Which run: the run JSON that dosvob-provision printed (a file, or \"-\" or a pipe on\n" +
-			"stdin), or --run ID. With --all (or none of these, from a terminal): every dosvob resource in\n" +
-			"the account. An empty run JSON is refused: it is what a failed dosvob-provision leaves.\n" +
+			"stdin), or --run ID. With --all: every dosvob resource in the account, runs still going\n" +
+			"included. Naming none of these is refused, and so is an empty run JSON (what a failed\n" +
+			"dosvob-provision leaves).\n" +
 			"Exits 0 when nothing is left, 8 listing what is left otherwise, 130 when interrupted (SIGINT or\n" +
 			"SIGTERM: the message names the command that finishes the job). Safe to repeat.",
 		CustomAppHelpTemplate: cli.AppHelpTemplate + examples,
@@ -166,6 +167,10 @@ func run(c *cli.Context) error {
 			return cliutil.Usagef("stdin: empty (give a run JSON, --run ID, or --all for every dosvob resource)")
 		}
 		fromJSON = run
+	case !c.Bool("all"):
+		// Nothing named: from cron, systemd or an empty $RUN_JSON this is
+		// no request for "everything", which includes runs still going.
+		return cliutil.Usagef("no run given (give a run JSON, - for stdin, --run ID, or --all for every dosvob resource)")
 	}
 	if fromJSON != nil {
 		runID = fromJSON.RunID
