@@ -19,6 +19,18 @@ const (
 	HoursPerMonth            = 672 // DigitalOcean caps hourly billing at 672 hours a month
 )
 
+// knownRegions returns an *InputError for the first of regions in which
+// DigitalOcean offers no droplet size at all: a region that does not exist
+// (a typo in the config would otherwise select nothing, or silently less).
+func knownRegions(sizes []godo.Size, regions []string) error {
+	for _, r := range regions {
+		if !slices.ContainsFunc(sizes, func(s godo.Size) bool { return slices.Contains(s.Regions, r) }) {
+			return &InputError{fmt.Errorf("unknown region %q in the config: DigitalOcean offers no droplet there", r)}
+		}
+	}
+	return nil
+}
+
 // Filter selects volumes.
 type Filter struct {
 	Regions     []string // empty: all

@@ -337,6 +337,9 @@ func (p *Provisioner) Plan(ctx context.Context, hours float64) (*Plan, error) {
 		v := godo.Volume{Name: r.Name, Region: &godo.Region{Slug: r.Region}, SizeGigaBytes: r.SizeGiB}
 		return MakeRestorePlan([]godo.Volume{v}, sizes, p.DropletSize, hours)
 	}
+	if err := knownRegions(sizes, p.Filter.Regions); err != nil {
+		return nil, err
+	}
 	vols, err := p.API.ListVolumes(ctx)
 	if err != nil {
 		return nil, err
