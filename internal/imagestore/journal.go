@@ -61,7 +61,7 @@ type journalWriter struct {
 }
 
 func createJournal(fs fsys, name string, h journalHeader) (*journalWriter, error) {
-	f, err := fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
 		return nil, err
 	}

@@ -29,7 +29,7 @@ type flock struct{ f *os.File }
 // lockFile takes an exclusive lock on name. With wait, it retries until
 // timeout; otherwise it fails at once with ErrLocked.
 func lockFile(name string, wait time.Duration) (*flock, error) {
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, fileMode)
 	if errors.Is(err, unix.EROFS) {
 		// A backup disk mounted read-only, as for a disaster recovery:
 		// flock needs no write access, and still excludes a writer that

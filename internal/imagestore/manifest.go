@@ -172,7 +172,7 @@ func readManifest(dir string) (*Manifest, error) {
 // file is in place, but a power loss may still bring back the old one.
 func writeFileAtomic(fs fsys, name string, data []byte) (err error) {
 	tmp := name + ".tmp"
-	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
 		return err
 	}

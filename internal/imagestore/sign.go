@@ -135,7 +135,7 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 	if err := writeJSONAtomic(s.fs, recName, &g.rec); err != nil {
 		return nil, fmt.Errorf("record signing run: %w", err)
 	}
-	f, err := s.fs.OpenFile(hashesName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := s.fs.OpenFile(hashesName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
 		s.removeSign(key)
 		return nil, err

@@ -27,6 +27,16 @@ const (
 	nextTmp      = "hashes-next.tmp" // next-seed hashes being written by a version 2 run
 )
 
+// Modes of what dosvob creates. Every file it makes holds or describes a
+// user's volume data (the image is a raw copy of it, and the manifest,
+// hashes, records and versions describe it), so it is private to the owner
+// whatever the umask (which can only take bits away). An existing image that
+// a run updates in place keeps the mode it has.
+const (
+	fileMode os.FileMode = 0o600
+	dirMode  os.FileMode = 0o700
+)
+
 // Errors the commands map to exit codes.
 var (
 	// ErrNotOurs: the image exists but has no dosvob manifest.
@@ -159,7 +169,7 @@ func (s *Store) attach() error {
 // missing: only a run that starts a backup calls it.
 func (s *Store) makeState() error {
 	for _, d := range []string{s.dir, s.join(versionsDir)} {
-		err := s.fs.Mkdir(d, 0o755)
+		err := s.fs.Mkdir(d, dirMode)
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}

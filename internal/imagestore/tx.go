@@ -241,12 +241,12 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 func (tx *Tx) open() error {
 	s, fs := tx.s, tx.s.fs
 	var err error
-	tx.hashes, err = fs.OpenFile(s.join(newHashes), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	tx.hashes, err = fs.OpenFile(s.join(newHashes), os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
 		return err
 	}
 	if tx.v2 {
-		tx.next, err = fs.OpenFile(s.join(nextTmp), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		tx.next, err = fs.OpenFile(s.join(nextTmp), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 		if err != nil {
 			return err
 		}
@@ -295,7 +295,7 @@ func (tx *Tx) open() error {
 	if err := writeJSONAtomic(fs, s.join(partialMeta), &partialRecord{ImageID: tx.newID}); err != nil {
 		return err
 	}
-	tx.img, err = fs.OpenFile(tx.imgName, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	tx.img, err = fs.OpenFile(tx.imgName, os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
 	if err != nil {
 		return err
 	}
@@ -790,7 +790,7 @@ func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest ui
 	var out file
 	var off int64
 	if name != "" {
-		out, err = s.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		out, err = s.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 		if err != nil {
 			return 0, 0, err
 		}

@@ -91,7 +91,7 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	// Refreshing them is a service to the next run: if it fails (on a full
 	// disk, say), the scrub still gives its verdict.
 	var cacheOff int64
-	tmp, cacheErr := s.fs.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	tmp, cacheErr := s.fs.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
 	defer func() {
 		if tmp != nil {
 			tmp.Close()

@@ -66,7 +66,7 @@ func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
 	}
 	tmp := filepath.Join(dir, v.File+".tmp")
 	tx.files = append(tx.files, tmp, filepath.Join(dir, v.File))
-	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) // old volume data, as in the journal
+	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode) // old volume data, as in the journal
 	if err != nil {
 		return v, err
 	}
@@ -150,7 +150,7 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 		return want, fmt.Errorf("%q already exists: %w", out, ErrExists)
 	}
 	tmp := out + ".dosvob-tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, fileMode) // a copy of volume data, as the image
 	if err != nil {
 		return want, err
 	}
