@@ -84,8 +84,8 @@ Exit codes: 0 ok; 1 failure (I/O error on IMAGE or DEVICE); 2 usage;
 3 bad signature stream on standard input (truncated, corrupt, wrong type or
 version); 4 refused (IMAGE's state was written by an unknown dosvob version,
 or --verify on a file that is not a dosvob image); 5 --verify found IMAGE
-damaged; 6 locked (another dosvob run holds IMAGE, or got ahead of this
-one); 130 interrupted.`
+damaged, or IMAGE.dosvob/manifest.json is damaged; 6 locked (another
+dosvob run holds IMAGE, or got ahead of this one); 130 interrupted.`
 
 const examples = `
 EXAMPLES:
@@ -436,7 +436,7 @@ func verify(ctx context.Context, path string, o output) error {
 	p.finish()
 	el := time.Since(start)
 	if err != nil {
-		if errors.Is(err, imagestore.ErrCorrupt) {
+		if errors.Is(err, imagestore.ErrCorrupt) && !errors.Is(err, imagestore.ErrStateDamaged) {
 			return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
 				"do not patch over it: restore it from another copy, or move it aside and make a new first backup")
 		}
@@ -466,6 +466,8 @@ func storeErr(err error, path string) error {
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run is using "+path+"; wait for it to finish")
 	case errors.Is(err, imagestore.ErrSuperseded):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run on "+path+" got ahead; run the whole pipe again once it has finished")
+	case errors.Is(err, imagestore.ErrStateDamaged):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(path))
 	case errors.Is(err, imagestore.ErrUnknownVersion):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "a newer dosvob wrote this state; use that version")
 	case errors.Is(err, imagestore.ErrNotOurs):

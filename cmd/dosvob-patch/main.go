@@ -64,8 +64,9 @@ blocks each run overwrote); "dosvob-patch versions IMAGE" lists them and
 Exit codes: 0 done, 1 failure, 2 usage, 3 bad stream or a delta made against
 other content than IMAGE (nothing written, or the run undone), 4 refused
 (not a dosvob image, another volume, unknown state version, output exists),
-5 a kept version is damaged, 6 locked (another dosvob run on IMAGE holds
-it, or committed first since the signature was made), 130 interrupted.`
+5 a kept version or IMAGE.dosvob/manifest.json is damaged, 6 locked
+(another dosvob run on IMAGE holds it, or committed first since the
+signature was made), 130 interrupted.`
 
 const examples = `
 EXAMPLES:
@@ -265,6 +266,8 @@ func mapErr(err error, img string) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %q is unchanged", img))
+	case errors.Is(err, imagestore.ErrStateDamaged):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(img))
 	case errors.Is(err, imagestore.ErrVersionDamaged):
 		// Before the stream errors: a kept version's file is one too.
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),

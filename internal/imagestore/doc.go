@@ -26,6 +26,6 @@
 //	res, err := s.Patch(ctx, stdin, imagestore.PatchOptions{...})
 //
 // Open, Begin and friends return errors wrapping the sentinels ErrLocked,
-// ErrNotOurs, ErrOtherVolume, ErrUnknownVersion, ErrBase, ErrCorrupt,
+// ErrNotOurs, ErrOtherVolume, ErrUnknownVersion, ErrStateDamaged, ErrBase, ErrCorrupt,
 // ErrNoVersion and ErrExists, which the commands map to exit codes.
 package imagestore

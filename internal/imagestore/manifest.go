@@ -132,9 +132,35 @@ type Manifest struct {
 // this build does not understand. dosvob refuses to touch such an image.
 var ErrUnknownVersion = errors.New("unknown state version")
 
+// ErrStateDamaged reports a file of the state directory that dosvob needs
+// and cannot parse: manifest.json cut short or overwritten (a disk fault, a
+// hand edit). dosvob then no longer knows what the image is, so it refuses
+// to go on rather than guess. errors.Is(err, ErrCorrupt) holds for it too.
+// (Files that are only caches or records of one run are not reported: a
+// damaged one is dropped and rebuilt.)
+var ErrStateDamaged error = stateDamaged{}
+
+type stateDamaged struct{}
+
+func (stateDamaged) Error() string        { return "state file is damaged" }
+func (stateDamaged) Is(target error) bool { return target == ErrCorrupt }
+
+// DamagedError is the error of a damaged state file (ErrStateDamaged).
+type DamagedError struct {
+	File string // the damaged file
+	Err  error  // what is wrong with it
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("%q is damaged: %v", e.File, e.Err)
+}
+
+func (e *DamagedError) Unwrap() []error { return []error{e.Err, ErrStateDamaged} }
+
 // readManifest reads dir/manifest.json; a missing file gives (nil, nil).
 func readManifest(dir string) (*Manifest, error) {
-	b, err := os.ReadFile(filepath.Join(dir, manifestName))
+	name := filepath.Join(dir, manifestName)
+	b, err := os.ReadFile(name)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -145,7 +171,7 @@ func readManifest(dir string) (*Manifest, error) {
 		V int `json:"manifest_version"`
 	}
 	if err := json.Unmarshal(b, &probe); err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", filepath.Join(dir, manifestName), err)
+		return nil, &DamagedError{File: name, Err: err}
 	}
 	if probe.V != ManifestVersion {
 		return nil, fmt.Errorf("manifest %s has version %d, this dosvob knows %d: %w",
@@ -154,7 +180,7 @@ func readManifest(dir string) (*Manifest, error) {
 	var m Manifest
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", filepath.Join(dir, manifestName), err)
+		return nil, &DamagedError{File: name, Err: err}
 	}
 	// Its versions are reverse deltas in that stream format: a build that
 	// cannot read them must not add versions in another format beside them.
@@ -225,3 +251,15 @@ func writeJSONAtomic(fs fsys, name string, v any) error {
 
 // versionName is the name of a backup made at t.
 func versionName(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
+
+// DamagedHint tells the user what to do about a damaged manifest of image.
+// The image itself may well be intact, but nothing says what it is: a run
+// with --force takes it as the base of a backup without a manifest (only
+// what differs is sent; the kept versions, which no manifest lists any
+// more, are dropped), or a new first backup starts afresh.
+func DamagedHint(image string) string {
+	return fmt.Sprintf("move %q aside and run the pipe once with dosvob-patch --force "+
+		"(it keeps the image as the base and sends only what differs, but drops the kept versions), "+
+		"or move %q and %q aside for a new first backup",
+		filepath.Join(StateDir(image), manifestName), image, StateDir(image))
+}

@@ -786,6 +786,13 @@ func (tx *Tx) writeCache(name string, sign *signRecord) (oldDigest, newDigest ui
 	if sign.Blocks != oldBlocks {
 		return 0, 0, baseError("dosvob-hash recorded %d block hashes, the content has %d blocks", sign.Blocks, oldBlocks)
 	}
+	// A signing run's hashes are a record of that run only: if they are
+	// cut short (a damaged disk, a hand edit), the delta cannot be checked
+	// against them and this run is undone; the next run records its own.
+	if fi, err := sr.Stat(); err != nil || fi.Size() != int64(oldBlocks)*8 {
+		return 0, 0, baseError("the block hashes %q that dosvob-hash recorded for this delta are damaged (%d bytes, want %d)",
+			hashesName, fileSize(fi), oldBlocks*8)
+	}
 	// With no name, only the digests are computed.
 	var out file
 	var off int64
@@ -954,4 +961,12 @@ func (s *Store) rollbackNow() error {
 	}
 	s.logf("rolled back %s: restored %d blocks; the image is the previous backup", s.path, n)
 	return s.removeDurably(journalName)
+}
+
+// fileSize is fi's size, or -1 without fi.
+func fileSize(fi os.FileInfo) int64 {
+	if fi == nil {
+		return -1
+	}
+	return fi.Size()
 }

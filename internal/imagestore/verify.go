@@ -150,6 +150,12 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	if rep.Size != m.DeviceSize && rep.FirstBad < 0 {
 		rep.FirstBad = min(rep.Size, m.DeviceSize)
 	}
+	if rep.BadBlocks > 0 && rep.Size == m.DeviceSize && rep.Digest == rep.Want && Digest(bd.Sum64()) == m.BlockDigest {
+		// The image has both recorded digests, so the hash file is what
+		// differs from it: it is only a cache, and is rebuilt below.
+		s.logf("the per-block hashes %q are damaged (%d of them differ from the intact image); rebuilding them", s.join(m.Hashes), rep.BadBlocks)
+		rep.BadBlocks, rep.FirstBad = 0, -1
+	}
 	switch {
 	case rep.Size != m.DeviceSize:
 		return rep, fmt.Errorf("%q is %d bytes, the manifest says %d (first bad offset %d): %w", s.path, rep.Size, m.DeviceSize, rep.FirstBad, ErrCorrupt)
