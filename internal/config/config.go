@@ -405,10 +405,28 @@ func (c *Config) validate() error {
 		}
 		*d.v = v
 	}
-	if strings.ContainsAny(string(c.DoToken), " \t\r\n") {
-		return bad("do_token", "contains whitespace")
+	if fault := tokenFault(string(c.DoToken)); fault != "" {
+		return bad("do_token", "%s", fault)
 	}
 	return nil
+}
+
+// tokenFault says why s cannot be an API token, "" if it can. The token is
+// sent in the Authorization header: whitespace (a pasted line break, two
+// tokens on a line) or any other control character (which net/http refuses
+// to send, so that every request would fail and be retried) is the
+// configuration's mistake. The message names the kind of byte, never the
+// token.
+func tokenFault(s string) string {
+	for i := 0; i < len(s); i++ {
+		switch b := s[i]; {
+		case b == ' ' || b == '\t' || b == '\r' || b == '\n':
+			return "contains whitespace"
+		case b < 0x20 || b == 0x7f:
+			return fmt.Sprintf("contains the control character %#02x, which cannot be sent in an HTTP header", b)
+		}
+	}
+	return ""
 }
 
 func expandHome(p string) string {
@@ -495,8 +513,8 @@ func (c *Config) HookTimeout() time.Duration {
 func (c *Config) Token(getenv func(string) string) (Secret, error) {
 	for _, k := range TokenEnv {
 		if v := strings.TrimSpace(getenv(k)); v != "" {
-			if strings.ContainsAny(v, " \t\r\n") {
-				return "", &FieldError{Env: k, Err: errors.New("the token contains whitespace")}
+			if fault := tokenFault(v); fault != "" {
+				return "", &FieldError{Env: k, Err: errors.New("the token " + fault)}
 			}
 			return Secret(v), nil
 		}
@@ -510,6 +528,9 @@ func (c *Config) Token(getenv func(string) string) (Secret, error) {
 		v := strings.TrimSpace(string(data))
 		if v == "" || strings.ContainsAny(v, " \t\r\n") {
 			return "", &FieldError{File: c.Path, Field: "token_file", Err: fmt.Errorf("%q does not hold exactly one token", p)}
+		}
+		if fault := tokenFault(v); fault != "" {
+			return "", &FieldError{File: c.Path, Field: "token_file", Err: fmt.Errorf("%q: the token %s", p, fault)}
 		}
 		return Secret(v), nil
 	}

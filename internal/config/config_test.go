@@ -231,3 +231,55 @@ func TestDefaultPaths(t *testing.T) {
 		t.Errorf("home: %q %q", DefaultPath(), DefaultStateDir())
 	}
 }
+
+// A token with a byte that cannot be sent in an HTTP header (a control
+// character, DEL) is refused at once from every source, as a *FieldError
+// (exit 2) naming the field or variable and never the token; net/http
+// would refuse every request and godo retry it for minutes. A byte that
+// may appear in a header (printable ASCII, and the bytes of UTF-8) passes.
+func TestTokenControlCharacters(t *testing.T) {
+	for _, b := range []byte{0x00, 0x01, 0x0b, 0x0c, 0x1b, 0x1f, 0x7f} {
+		tok := "dop_v1_SECRET" + string([]byte{b}) + "DDD"
+		wantMsg := fmt.Sprintf("control character %#02x", b)
+		// The config's do_token, as JSON escapes it.
+		p := writeFile(t, "conf.json", fmt.Sprintf(`{"do_token": "dop_v1_SECRET\u%04xDDD"}`, b), 0o600)
+		_, err := Load(p, true)
+		var fe *FieldError
+		leaks := func(err error) bool { return err != nil && strings.Contains(err.Error(), "SECRET") }
+		if leaks(err) || !errors.As(err, &fe) || fe.Field != "do_token" || !strings.Contains(err.Error(), wantMsg) {
+			t.Errorf("do_token with byte %#02x: err = %v, want a FieldError for do_token without the token", b, err)
+		}
+		// The token file.
+		tp := writeFile(t, "token", tok+"\n", 0o600)
+		_, err = (&Config{TokenFile: tp}).Token(noenv)
+		if leaks(err) || !errors.As(err, &fe) || fe.Field != "token_file" || !strings.Contains(err.Error(), wantMsg) {
+			t.Errorf("token file with byte %#02x: err = %v, want a FieldError for token_file without the token", b, err)
+		}
+		// Both environment variables.
+		for _, k := range TokenEnv {
+			_, err = (&Config{DoToken: "conf"}).Token(func(v string) string {
+				if v == k {
+					return tok
+				}
+				return ""
+			})
+			if leaks(err) || !errors.As(err, &fe) || fe.Env != k || !strings.Contains(err.Error(), wantMsg) {
+				t.Errorf("%s with byte %#02x: err = %v, want a FieldError naming it, without the token", k, b, err)
+			}
+		}
+	}
+	if got := fmt.Sprintf("%#02x", byte(1)); got != "0x01" {
+		t.Fatalf("%%#02x gives %q", got)
+	}
+	for _, ok := range []string{"dop_v1_0123456789abcdef", "dop_v1_~!@#$%^&*()_+={}[]|:;'<>,.?/", "dop_v1_é"} {
+		p := writeFile(t, "conf.json", fmt.Sprintf(`{"do_token": %q}`, ok), 0o600)
+		c, err := Load(p, true)
+		if err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+			continue
+		}
+		if tok, err := c.Token(noenv); err != nil || tok.Reveal() != ok {
+			t.Errorf("%q: token %q, %v", ok, tok.Reveal(), err)
+		}
+	}
+}
