@@ -168,6 +168,7 @@ func run(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return cliutil.Usagef("unexpected argument %q", c.Args().First())
 	}
+	closeInheritedOnExec()
 	restore := c.Bool("restore")
 	if !restore {
 		for _, f := range []string{"volume-name", "region", "size-gib"} {
@@ -317,7 +318,29 @@ func ownerLock(fd int) (*os.File, error) {
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() || !filepath.IsAbs(name) {
 		return nil, cliutil.Usagef("--owner-lock-fd: descriptor %d (%q) is not a regular file", fd, name)
 	}
+	// The hooks must not inherit it: a background process that a hook
+	// leaves would hold the lock after the run.
+	syscall.CloseOnExec(fd)
 	return f, nil
+}
+
+// closeInheritedOnExec marks every descriptor beyond stdin, stdout and
+// stderr close-on-exec, the ones this process inherited too (Go opens its
+// own so): the snapshot hooks it runs get none of them. Among them may be
+// a lock of the caller's (the owner's lock, or one that flock(1) holds
+// around this command), which a background process left by a hook would
+// otherwise hold on to after the run, keeping the next run out and this
+// run alive for good.
+func closeInheritedOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
 
 // binary finds a binary to upload: the flag's value, else name beside this
