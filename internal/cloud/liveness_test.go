@@ -197,3 +197,87 @@ func findRun(sv *Survey, id string) *RunView {
 }
 
 func reflectEqualState(a, b doemu.State) bool { return jsonEqualNoT(a, b) }
+
+// A run's owner lock that is removed and made again at its path (as a
+// cleaner of /tmp or /run may do) is another file: the run cannot be
+// checked by it, so a new owner taking the new file does not count the run
+// as its own earlier one, nor as one whose owner is gone. It is left alone
+// until the stale-after bound, while its owner still holds the old file.
+func TestRecreatedOwnerLock(t *testing.T) {
+	v := newEnv(t, envOpts{account: userAccount(1, 0)})
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "b.lock")
+	openLock := func() *os.File {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	sel := Filter{Include: []string{"data-*"}}
+
+	// Run A, owned by the first file at path, is going on.
+	lockA := openLock()
+	a := v.provisioner(func(p *Provisioner) { p.OwnerLock, p.Filter = lockA, sel })
+	if _, err := a.begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runA := a.st.RunID
+	makeRunResources(t, v, runA)
+	st, err := v.store().Load(runA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := lockA.Stat(); st.Owner == nil || st.Owner.Inode == 0 || !st.Owner.isLock(fi) {
+		t.Fatalf("run A's owner %+v does not identify its lock", st.Owner)
+	}
+
+	// The lock file goes and comes back: another file at the same path.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	lockB := openLock()
+
+	// Seen by an owner-less survey, the new file is free: A cannot be
+	// checked, and it is young.
+	sv, err := v.provisioner(nil).Survey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := findRun(sv, runA); r == nil || r.Stale || !strings.Contains(r.Why, "cannot be checked here") || !strings.Contains(r.Why, "within the stale-after bound") {
+		t.Fatalf("run A after its lock was made again: %+v", r)
+	}
+
+	// Run B takes the new file and cleans up stale runs: A is not among
+	// them.
+	b := v.provisioner(func(p *Provisioner) { p.OwnerLock, p.CleanupStale, p.Filter = lockB, true, sel })
+	if _, err := b.begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := runsLeft(t, v); !slices.Contains(got, runA) {
+		t.Fatalf("run B tore down run A, whose owner is alive: runs left %v", got)
+	}
+	if _, err := v.store().Load(runA); err != nil {
+		t.Fatalf("run A's state is gone: %v", err)
+	}
+	if !strings.Contains(v.log.String(), "leaving run "+runA+": its owner's lock cannot be checked here") {
+		t.Errorf("the log does not say why run A was left:\n%s", v.log.String())
+	}
+
+	// Past the bound, A is stale, though B (which holds path) has not
+	// moved on from it.
+	late := v.provisioner(func(p *Provisioner) {
+		p.OwnerLock = lockB
+		p.Now = func() time.Time { return time.Now().Add(DefaultStaleAfter + time.Hour) }
+	})
+	if sv, err = late.Survey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := findRun(sv, runA); r == nil || !r.Stale || !strings.Contains(r.Why, "more than the stale-after bound") {
+		t.Fatalf("run A past the stale-after bound: %+v", r)
+	}
+	if r := findRun(sv, b.st.RunID); r == nil || !r.Stale || !strings.Contains(r.Why, "moved on") {
+		t.Fatalf("run B, seen from its own owner: %+v", r)
+	}
+}

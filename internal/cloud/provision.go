@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -219,7 +218,7 @@ func (p *Provisioner) defaults() {
 // a time). A run made by dosvob-provision alone, which finished, and a run
 // whose liveness cannot be checked here (no state here: another machine or
 // another state directory; no owner in its state; its lock file not
-// reachable) count as stale only when older than StaleAfter, judged from
+// reachable, or not the file its owner locked any more) count as stale only when older than StaleAfter, judged from
 // the start time in the run id.
 func (p *Provisioner) Survey(ctx context.Context) (*Survey, error) {
 	p.defaults()
@@ -269,29 +268,40 @@ func (p *Provisioner) Survey(ctx context.Context) (*Survey, error) {
 }
 
 // ownerGone says whether a local run's owner is gone, if that can be known
-// here.
+// here. The lock is judged by the file that the run's owner held: a file
+// now at its path that is another one says nothing about the owner.
 func (p *Provisioner) ownerGone(st *State) (gone, known bool, why string) {
-	if st.Owner == nil || st.Owner.Lock == "" {
+	o := st.Owner
+	if o == nil || o.Lock == "" {
 		return false, false, "its state names no owner"
 	}
-	lock := st.Owner.Lock
-	if p.OwnerLock != nil && st.Owner.Caller {
-		a, err1 := p.OwnerLock.Stat()
-		b, err2 := os.Stat(lock)
-		if err1 == nil && err2 == nil && os.SameFile(a, b) {
-			return true, true, fmt.Sprintf("its owner's lock %s is the one this provision was given: that owner has moved on to a new run", lock)
+	f, err := os.Open(o.Lock)
+	if err != nil {
+		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+	}
+	if !o.isLock(fi) {
+		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%s is not the file the run's owner locked: it was removed and made again)", o.Lock)
+	}
+	if p.OwnerLock != nil && o.Caller {
+		if mine, err := p.OwnerLock.Stat(); err == nil && os.SameFile(mine, fi) {
+			return true, true, fmt.Sprintf("its owner's lock %s is the one this provision was given: that owner has moved on to a new run", o.Lock)
 		}
 	}
-	held, err := LockHeld(lock)
+	held, err := lockHeld(f)
 	switch {
 	case err != nil:
 		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
 	case held:
-		return false, true, fmt.Sprintf("alive: its owner holds the lock %s", lock)
-	case !st.Owner.Caller && st.Status == "ready":
+		return false, true, fmt.Sprintf("alive: its owner holds the lock %s", o.Lock)
+	case !o.Caller && st.Status == "ready":
 		return false, false, "dosvob-provision made it and finished, and nothing holds it"
 	}
-	return true, true, fmt.Sprintf("its owner is gone (the lock %s is free)", lock)
+	return true, true, fmt.Sprintf("its owner is gone (the lock %s is free)", o.Lock)
 }
 
 // old applies the age bound to a run whose liveness is unknown.
@@ -512,13 +522,13 @@ func (p *Provisioner) start(plan *Plan) error {
 	}
 	// The owner's lock is held before the run's state can be read: no
 	// other survey ever sees this run without its owner.
-	owner := &OwnerState{Caller: true}
+	var owner *OwnerState
 	if p.OwnerLock != nil {
-		abs, err := filepath.Abs(p.OwnerLock.Name())
+		o, err := newOwner(p.OwnerLock, true)
 		if err != nil {
 			return err
 		}
-		owner.Lock = abs
+		owner = o
 	} else {
 		f, err := os.OpenFile(p.Store.runLockPath(runID), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
@@ -529,7 +539,9 @@ func (p *Provisioner) start(plan *Plan) error {
 			return err
 		}
 		p.runLock = f
-		owner = &OwnerState{Lock: f.Name()}
+		if owner, err = newOwner(f, false); err != nil {
+			return err
+		}
 	}
 	key, err := sshx.NewKey()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -95,6 +96,39 @@ type OwnerState struct {
 	Lock string `json:"lock"`
 	// Caller is set when Lock is the caller's.
 	Caller bool `json:"caller,omitempty"`
+	// Dev and Inode identify the lock file that was held (absent in the
+	// state of older versions). A file at Lock that is another one (the
+	// lock was removed, as a cleaner of /tmp or /run may, and made again)
+	// says nothing about the run's owner.
+	Dev   uint64 `json:"dev,omitempty"`
+	Inode uint64 `json:"inode,omitempty"`
+}
+
+// newOwner names the lock f, open, as a run's owner.
+func newOwner(f *os.File, caller bool) (*OwnerState, error) {
+	abs, err := filepath.Abs(f.Name())
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("the owner's lock %q: %w", abs, err)
+	}
+	o := &OwnerState{Lock: abs, Caller: caller}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		o.Dev, o.Inode = uint64(st.Dev), st.Ino
+	}
+	return o, nil
+}
+
+// isLock says whether fi is the owner's lock file, as far as the state
+// tells: a state without Dev and Inode takes any file at Lock for it.
+func (o *OwnerState) isLock(fi os.FileInfo) bool {
+	if o.Inode == 0 {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && uint64(st.Dev) == o.Dev && st.Ino == o.Inode
 }
 
 // KeyState is the run's account SSH key.
@@ -226,7 +260,17 @@ func LockHeld(path string) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
-	err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+	return lockHeld(f)
+}
+
+// lockHeld is LockHeld on a file that is open (and stays so).
+func lockHeld(f *os.File) (bool, error) {
+	err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+	if err == nil {
+		// Let go at once: the shared lock would keep its owner out.
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		return false, nil
+	}
 	if errors.Is(err, unix.EWOULDBLOCK) {
 		return true, nil
 	}
