@@ -66,7 +66,7 @@ func flags() []cli.Flag {
 			Usage: "age from which a run whose liveness cannot be checked here (another machine's, or no owner to ask) counts as stale"},
 		&cli.IntFlag{Name: "owner-lock-fd", Usage: "open file descriptor of a lock file that the caller holds (flock) for the whole run: the run counts as alive while it is locked", DefaultText: "none"},
 		&cli.StringFlag{Name: "run-id-file", Usage: "write the run id to `FILE` as soon as the run exists, before it creates anything"},
-		&cli.BoolFlag{Name: "keep-on-failure", Usage: "leave a failed run's resources for inspection (delete them later with dosvob-teardown)"},
+		&cli.BoolFlag{Name: "keep-on-failure", Usage: "leave a failed run's resources for inspection (delete them later with dosvob-teardown; another run's --cleanup-stale leaves them until they are older than --stale-after)"},
 		&cli.StringFlag{Name: "hash-binary", Usage: "static linux/amd64 dosvob-hash to upload (default: beside this program)"},
 		&cli.StringFlag{Name: "patch-binary", Usage: "static linux/amd64 dosvob-patch to upload (default: beside this program; always uploaded for --restore)"},
 		&cli.BoolFlag{Name: "restore", Usage: "make a new, kept volume and a droplet to fill it, instead of a backup run"},

@@ -281,3 +281,76 @@ func TestRecreatedOwnerLock(t *testing.T) {
 		t.Fatalf("run B, seen from its own owner: %+v", r)
 	}
 }
+
+// A failed run kept for inspection (--keep-on-failure) is left alone until
+// the stale-after bound, though its owner is gone: whether dosvob-provision
+// alone made it, or an owner that has moved on to a new run. A failed run
+// that was not kept (its teardown failed) is cleaned up at once.
+func TestKeptFailedRunWaits(t *testing.T) {
+	v := newEnv(t, envOpts{account: userAccount(1, 0)})
+	ctx := context.Background()
+	sel := Filter{Include: []string{"data-*"}}
+	failing := Hooks{PreSnapshot: "exit 3"}
+	mine, err := os.OpenFile(filepath.Join(t.TempDir(), "mine.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+
+	var kept []string
+	for _, lock := range []*os.File{nil, mine} {
+		p := v.provisioner(func(p *Provisioner) { p.Filter, p.Hooks, p.KeepOnFailure, p.OwnerLock = sel, failing, true, lock })
+		_, err := p.Provision(ctx)
+		var re *RunError
+		if !errors.As(err, &re) || re.TornDown {
+			t.Fatalf("a failing run with --keep-on-failure: %v", err)
+		}
+		st, err := v.store().Load(re.RunID)
+		if err != nil || st.Status != "failed" || !st.KeptOnFailure {
+			t.Fatalf("the kept run's state: %+v %v", st, err)
+		}
+		kept = append(kept, re.RunID)
+	}
+	if got := runsLeft(t, v); !slices.Equal(got, kept) {
+		t.Fatalf("runs in the account %v, want the kept %v", got, kept)
+	}
+	// A failed run whose teardown failed: its state is left, not kept.
+	notKept := time.Now().UTC().Add(-time.Minute).Format("20060102-150405") + "-fa11ed"
+	free := filepath.Join(t.TempDir(), "lock")
+	if err := os.WriteFile(free, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	saveRun(t, v.store(), notKept, "failed", &OwnerState{Lock: free})
+	makeRunResources(t, v, notKept)
+
+	next := v.provisioner(func(p *Provisioner) { p.Filter, p.CleanupStale, p.OwnerLock = sel, true, mine })
+	if _, err := next.begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	left := runsLeft(t, v)
+	for _, id := range kept {
+		if !slices.Contains(left, id) {
+			t.Errorf("the kept failed run %s was torn down at once: runs left %v", id, left)
+		}
+	}
+	if slices.Contains(left, notKept) {
+		t.Errorf("the failed run %s that was not kept was left: runs left %v", notKept, left)
+	}
+	if !strings.Contains(v.log.String(), "kept for inspection (--keep-on-failure)") {
+		t.Errorf("the log does not say why the kept runs were left")
+	}
+
+	late := v.provisioner(func(p *Provisioner) {
+		p.OwnerLock = mine
+		p.Now = func() time.Time { return time.Now().Add(DefaultStaleAfter + time.Hour) }
+	})
+	sv, err := late.Survey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range kept {
+		if r := findRun(sv, id); r == nil || !r.Stale || !strings.Contains(r.Why, "more than the stale-after bound") {
+			t.Errorf("the kept run past the stale-after bound: %+v", r)
+		}
+	}
+}

@@ -58,7 +58,8 @@ type Provisioner struct {
 	// DefaultLockWait).
 	LockWait time.Duration
 	// KeepOnFailure leaves a failed run's resources in place (for
-	// debugging) instead of tearing them down at once.
+	// debugging) instead of tearing them down at once. Such a run is
+	// not stale before StaleAfter, whatever its owner does.
 	KeepOnFailure bool
 	// Restore, when set, makes a restore run (see RestoreSpec).
 	Restore *RestoreSpec
@@ -287,21 +288,30 @@ func (p *Provisioner) ownerGone(st *State) (gone, known bool, why string) {
 	if !o.isLock(fi) {
 		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%s is not the file the run's owner locked: it was removed and made again)", o.Lock)
 	}
+	sameOwner := false
 	if p.OwnerLock != nil && o.Caller {
-		if mine, err := p.OwnerLock.Stat(); err == nil && os.SameFile(mine, fi) {
-			return true, true, fmt.Sprintf("its owner's lock %s is the one this provision was given: that owner has moved on to a new run", o.Lock)
+		mine, err := p.OwnerLock.Stat()
+		sameOwner = err == nil && os.SameFile(mine, fi)
+	}
+	why = fmt.Sprintf("its owner is gone (the lock %s is free)", o.Lock)
+	if sameOwner {
+		why = fmt.Sprintf("its owner's lock %s is the one this provision was given: that owner has moved on to a new run", o.Lock)
+	} else {
+		held, err := lockHeld(f)
+		switch {
+		case err != nil:
+			return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+		case held:
+			return false, true, fmt.Sprintf("alive: its owner holds the lock %s", o.Lock)
+		case !o.Caller && st.Status == "ready":
+			return false, false, "dosvob-provision made it and finished, and nothing holds it"
 		}
 	}
-	held, err := lockHeld(f)
-	switch {
-	case err != nil:
-		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
-	case held:
-		return false, true, fmt.Sprintf("alive: its owner holds the lock %s", o.Lock)
-	case !o.Caller && st.Status == "ready":
-		return false, false, "dosvob-provision made it and finished, and nothing holds it"
+	if st.Status == "failed" && st.KeptOnFailure {
+		// Left for inspection: deleted later, by hand or once old.
+		return false, false, "it failed and was kept for inspection (--keep-on-failure); " + why
 	}
-	return true, true, fmt.Sprintf("its owner is gone (the lock %s is free)", o.Lock)
+	return true, true, why
 }
 
 // old applies the age bound to a run whose liveness is unknown.
@@ -424,6 +434,7 @@ func (p *Provisioner) Provision(ctx context.Context) (*Run, error) {
 	}
 	p.st.Status = "failed"
 	p.st.Error = err.Error()
+	p.st.KeptOnFailure = p.KeepOnFailure
 	p.Store.Save(p.st)
 	re := &RunError{RunID: runID, Err: err}
 	for _, v := range p.st.Volumes {

@@ -77,6 +77,9 @@ type State struct {
 	// Status is "provisioning", "ready", "failed" or "interrupted".
 	Status string `json:"status"`
 	Error  string `json:"error,omitempty"`
+	// KeptOnFailure is set on a failed run whose resources were left for
+	// inspection (dosvob-provision --keep-on-failure).
+	KeptOnFailure bool `json:"kept_on_failure,omitempty"`
 	// Owner is what keeps the run alive (see Provisioner.Survey); absent
 	// in the state of older versions.
 	Owner    *OwnerState    `json:"owner,omitempty"`
