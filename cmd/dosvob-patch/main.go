@@ -211,7 +211,7 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 	if err != nil && c.Context.Err() != nil {
 		// A signal also ends the rest of the pipe, so the stream breaks:
 		// report the interruption, not the broken stream.
-		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %q is unchanged (%v)", img, err))
+		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s (%v)", unchanged(img), err))
 	}
 	if err != nil {
 		return mapErr(err, img)
@@ -260,12 +260,23 @@ func rawCmd(c *cli.Context, dev string, stdin io.Reader, stderr io.Writer, quiet
 	return nil
 }
 
+// unchanged says what a run that failed left of img: the image as it was,
+// or, for a first backup, no image yet and a partial one that keeps what
+// arrived (a failed first backup is not undone: the next run resumes it).
+func unchanged(img string) string {
+	if imagestore.HasPartial(img) {
+		return fmt.Sprintf("%q is not made yet: the partial first backup in %q keeps what arrived, and the next run resumes it",
+			img, imagestore.StateDir(img))
+	}
+	return fmt.Sprintf("%q is unchanged", img)
+}
+
 // mapErr gives err its exit code and a hint.
 func mapErr(err error, img string) error {
 	var pe *format.ParseError
 	switch {
 	case errors.Is(err, context.Canceled):
-		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %q is unchanged", img))
+		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s", unchanged(img)))
 	case errors.Is(err, imagestore.ErrStateDamaged):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(img))
 	case errors.Is(err, imagestore.ErrVersionDamaged):
@@ -273,8 +284,7 @@ func mapErr(err error, img string) error {
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
 			"the image itself is not read from this file (check it with dosvob-hash --verify "+img+"); a newer version may still restore")
 	case errors.As(err, &pe):
-		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err),
-			img+" is unchanged; run the whole pipe again")
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err), unchanged(img)+"; run the whole pipe again")
 	case errors.Is(err, imagestore.ErrBase):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err),
 			"the delta must come from signatures of this image: run dosvob-hash "+img+" | dosvob-hash --delta DEVICE | dosvob-patch "+img)

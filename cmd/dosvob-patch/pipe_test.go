@@ -751,3 +751,68 @@ func TestDamagedRunRecords(t *testing.T) {
 	}
 	mustEqualFile(t, img, cur)
 }
+
+// TestFailedFirstBackupRecord: a first backup's partial image keeps what a
+// failed run wrote, though its base (image id, generation 0, size) may stay
+// the same. The signing record that run's delta was made against then no
+// longer describes the partial image: a delta made against it must be
+// refused, never applied as if the partial were what was signed (that
+// would skip blocks that differ and commit a wrong image with exit 0).
+func TestFailedFirstBackupRecord(t *testing.T) {
+	bin, hash, img, dev, r, _ := pipeDevice(t, 91, 0)
+	dev0 := make([]byte, 4<<20) // random throughout: its delta is as large
+	for i := range dev0 {
+		dev0[i] = byte(r.Uint32())
+	}
+	os.WriteFile(dev, dev0, 0o644)
+	run := func(want int, script string) string {
+		t.Helper()
+		out, code := runExit(t, hash, bin, img, dev, script)
+		if code != want {
+			t.Fatalf("%s: exit %d, want %d\n%s", script, code, want, out)
+		}
+		return out
+	}
+	run(0, `"$1" -q "$3" >"$3.sig0"`)
+	out := run(3, `"$1" -q --delta "$4" <"$3.sig0" | head -c 2500000 | "$2" "$3"`)
+	if strings.Contains(out, "is unchanged") {
+		t.Errorf("a cut first backup that kept a partial image says the image is unchanged:\n%s", out)
+	}
+	partial := filepath.Join(img+".dosvob", "partial")
+	fi, err := os.Stat(partial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := fi.Size()
+	run(0, `"$1" -q "$3" >"$3.sig1"`)
+	// dev1: blocks 3 to 100 changed; its delta cut so that the partial
+	// keeps its size but not its content.
+	dev1 := append([]byte(nil), dev0...)
+	for i := 3 * 4096; i < 101*4096; i++ {
+		dev1[i] = byte(r.Uint32())
+	}
+	os.WriteFile(dev, dev1, 0o644)
+	before, _ := os.ReadFile(partial)
+	run(3, `"$1" -q --delta "$4" <"$3.sig1" | head -c 250000 | "$2" "$3"`)
+	after, _ := os.ReadFile(partial)
+	if int64(len(after)) != size || bytes.Equal(before, after) {
+		t.Fatalf("the second cut run did not change the partial image in place (size %d -> %d)", size, len(after))
+	}
+	// The same signature again, now with dev0: its record describes the
+	// partial as it was before the second cut run.
+	os.WriteFile(dev, dev0, 0o644)
+	out, code := runExit(t, hash, bin, img, dev, `"$1" -q --delta "$4" <"$3.sig1" | "$2" "$3"`)
+	if code == 0 {
+		if got, _ := os.ReadFile(img); !bytes.Equal(got, dev0) {
+			t.Fatalf("a delta made against a stale record of the partial image committed a wrong image with exit 0:\n%s", out)
+		}
+	} else if code != 3 || !strings.Contains(out, "since this signature was made") {
+		t.Fatalf("stale record: exit %d, want 3 naming why\n%s", code, out)
+	}
+	if exists(img) && code != 0 {
+		t.Fatal("a refused delta created the image")
+	}
+	// The next whole pipe resumes the partial and completes the backup.
+	run(0, fullPipe)
+	mustEqualFile(t, img, dev0)
+}

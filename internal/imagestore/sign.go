@@ -38,6 +38,10 @@ type signRecord struct {
 	// while it was being signed, or wrote the partial image of a first
 	// backup (which a failed run does not undo). Its hashes are gone.
 	Void string `json:"void,omitempty"`
+	// PartialRuns is the Runs of partial.json when the signing began: a
+	// first backup's patch run that began writing the partial image since
+	// then makes the record stale, even if that run failed.
+	PartialRuns uint64 `json:"partial_runs,omitempty"`
 }
 
 // ErrSuperseded: another run on the same image got ahead of this one: it
@@ -117,10 +121,11 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 		}
 		w.unlock()
 	}
-	cur, err := s.currentBase()
+	now, err := s.readState()
 	if err != nil {
 		return nil, err
 	}
+	cur := now.base
 	if cur != s.base {
 		return nil, fmt.Errorf("%s changed while it was opened (generation %d, now %d): %w", s.path, s.base.Generation, cur.Generation, ErrSuperseded)
 	}
@@ -129,7 +134,7 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 	g := &Signing{s: s, key: key, rec: signRecord{
 		Seed: Digest(h.Seed), NextSeed: Digest(h.NextSeed), Version: h.V(), BlockSize: h.BlockSize,
 		ImageID: s.base.ImageID, Gen: s.base.Generation, Size: s.base.Size,
-		Started: time.Now().UTC(),
+		Started: time.Now().UTC(), PartialRuns: partialRuns(now.partial),
 	}}
 	recName, hashesName := s.signFiles(key)
 	if err := writeJSONAtomic(s.fs, recName, &g.rec); err != nil {

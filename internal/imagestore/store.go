@@ -90,6 +90,20 @@ type Store struct {
 type partialRecord struct {
 	ImageID    ID     `json:"image_id"`
 	Generation uint64 `json:"generation"`
+	// Runs counts the patch runs that began writing the partial image. A
+	// run that fails keeps what it wrote, and the partial's base (id,
+	// generation 0, size) need not change; so each run raises Runs
+	// durably before its first write, and a signing record is trusted
+	// only with the Runs it was made under.
+	Runs uint64 `json:"runs,omitempty"`
+}
+
+// partialRuns is the Runs of p, 0 without a partial image.
+func partialRuns(p *partialRecord) uint64 {
+	if p == nil {
+		return 0
+	}
+	return p.Runs
 }
 
 // StateDir returns the state directory of an image.
@@ -100,6 +114,12 @@ func StateDir(image string) string { return image + stateSuffix }
 func HasState(path string) bool {
 	fi, err := os.Stat(StateDir(path))
 	return err == nil && fi.IsDir()
+}
+
+// HasPartial reports whether image has no file yet but the partial image of
+// an unfinished first backup, which the next run resumes.
+func HasPartial(image string) bool {
+	return !exists(image) && exists(filepath.Join(StateDir(image), partialName))
 }
 
 // Open opens the image at path and its state directory, recovering an

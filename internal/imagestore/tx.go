@@ -190,6 +190,10 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 		return nil, baseError("delta base (image %s generation %d size %d) is not the current content of %s (image %s generation %d size %d)",
 			ID(h.Base.ImageID), h.Base.Generation, h.Base.Size, s.path, ID(s.base.ImageID), s.base.Generation, s.base.Size)
 	}
+	inPlace := exists(s.path)
+	if !inPlace && sign.PartialRuns != partialRuns(s.partial) {
+		return nil, baseError("a dosvob-patch run began writing the partial first backup of %s since this signature was made (a run that fails keeps what it wrote)", s.path)
+	}
 	if h.DeviceSize > 1<<62 {
 		return nil, baseError("device size %d is too large", h.DeviceSize)
 	}
@@ -197,7 +201,6 @@ func (s *Store) Begin(h format.DeltaHeader, opts TxOptions) (*Tx, error) {
 	// Another signing run that is not finished may have read blocks that
 	// this run is about to write; and a first backup's partial image keeps
 	// what a failed run wrote. Their records must not be used after this.
-	inPlace := exists(s.path)
 	for k, r := range s.signings() {
 		if k == key || r == nil || r.Void != "" || (r.Done && inPlace) {
 			continue
@@ -283,16 +286,24 @@ func (tx *Tx) open() error {
 	}
 	// A first backup goes to the partial image, which becomes IMAGE only
 	// at commit; an interrupted one is resumed.
+	// partial.json counts the runs that began writing it, before the
+	// first write: every signing record made before this run is stale
+	// from here on, whether the run commits, fails or is killed.
 	tx.imgName = s.join(partialName)
 	tx.newGen = 1
 	if s.partial != nil && s.partial.ImageID == ID(tx.hdr.Base.ImageID) {
 		tx.newID = s.partial.ImageID
 		tx.stats.Resumed = true
+		p := *s.partial
+		p.Runs++
+		if err := writeJSONAtomic(fs, s.join(partialMeta), &p); err != nil {
+			return err
+		}
 		tx.img, err = fs.OpenFile(tx.imgName, os.O_RDWR, 0)
 		return err
 	}
 	tx.newID = NewID()
-	if err := writeJSONAtomic(fs, s.join(partialMeta), &partialRecord{ImageID: tx.newID}); err != nil {
+	if err := writeJSONAtomic(fs, s.join(partialMeta), &partialRecord{ImageID: tx.newID, Runs: 1}); err != nil {
 		return err
 	}
 	tx.img, err = fs.OpenFile(tx.imgName, os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
@@ -923,8 +934,10 @@ func (tx *Tx) Abort() error {
 	}
 	tx.closeFiles()
 	// The run's own files go first: on a full disk the space they hold
-	// may be what rolling back needs. Its signing record stays: the same
-	// delta may be applied again.
+	// may be what rolling back needs. Its signing record stays: after a
+	// rollback the same delta may be applied again. (A first backup's
+	// partial keeps what the run wrote: Begin counted the run in
+	// partial.json, which makes every record made before it stale.)
 	for _, name := range append(tx.files, s.join(newHashes), s.join(nextTmp)) {
 		s.fs.Remove(name)
 	}
