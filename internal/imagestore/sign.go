@@ -112,14 +112,22 @@ func (s *Store) BeginSigning(h format.SigHeader) (*Signing, error) {
 		return nil, err
 	}
 	defer st.unlock()
-	if exists(s.join(newHashes)) {
+	if exists(s.join(newHashes)) || exists(s.join(journalName)) {
 		// A patch run may be live: what this run would read is what that
-		// one is writing.
+		// one is writing, or, while a failed run rolls back (its
+		// hashes.new already gone), what it is restoring. The writer lock
+		// is taken only under the state lock, which this holds, so a
+		// free one stays free until this returns.
 		w, err := s.tryWriter()
 		if err != nil {
 			return nil, fmt.Errorf("a dosvob-patch run is writing %s: %w", s.path, err)
 		}
 		w.unlock()
+		// Or it died (after this Store was opened) and left its journal:
+		// the image may be half of that run. Undo it first.
+		if err := s.recover(); err != nil {
+			return nil, err
+		}
 	}
 	now, err := s.readState()
 	if err != nil {

@@ -373,3 +373,60 @@ func TestVerifyRefreshesHashCache(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNoSigningDuringRollback: a dosvob-hash that opened the image before
+// a patch began must not start signing while that patch, having failed,
+// rolls the image back: its signature would be of half-restored blocks,
+// and its record (of the old content, which the image is again afterwards)
+// would be trusted. Abort removes hashes.new before it rolls back, so the
+// signing is started in just that window.
+func TestNoSigningDuringRollback(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	dev := device(r, 256*1024)
+	syncTo(t, img, dev, PatchOptions{})
+	d, _ := makeDelta(t, img, mutate(r, dev, 20), testBS)
+	// Small batches: the cut run writes blocks in place before it fails.
+	defer func(b int) { batchBytes = b }(batchBytes)
+	batchBytes = 2 * testBS
+	// The signing side opens first, as dosvob-hash in a second pipeline.
+	s, err := Open(img, Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	hdr := format.SigHeader{Version: format.Version, BlockSize: testBS, Seed: 3, NextSeed: 4, Base: s.Base()}
+	var during error
+	called := false
+	beforeRollback = func() {
+		called = true
+		state := filepath.Join(img+".dosvob", "journal")
+		if !exists(state) {
+			t.Error("no journal while the failed run is rolled back")
+		}
+		if b, _ := os.ReadFile(img); bytes.Equal(b, dev) {
+			t.Error("the cut run wrote nothing in place: there is nothing to roll back")
+		}
+		var g *Signing
+		if g, during = s.BeginSigning(hdr); during == nil {
+			g.Abort()
+		}
+	}
+	defer func() { beforeRollback = func() {} }()
+	if _, err := patch(t, img, d[:len(d)-20], PatchOptions{}); err == nil {
+		t.Fatal("a cut delta was applied")
+	}
+	if !called {
+		t.Fatal("the cut run did not roll back")
+	}
+	if !errors.Is(during, ErrLocked) {
+		t.Fatalf("signing while a failed patch rolls back: %v, want ErrLocked", during)
+	}
+	mustEqual(t, img, dev)
+	// Once the rollback is done, signing goes ahead, of the old content.
+	g, err := s.BeginSigning(hdr)
+	if err != nil {
+		t.Fatalf("signing after the rollback: %v", err)
+	}
+	g.Abort()
+}

@@ -941,11 +941,16 @@ func (tx *Tx) Abort() error {
 	for _, name := range append(tx.files, s.join(newHashes), s.join(nextTmp)) {
 		s.fs.Remove(name)
 	}
+	beforeRollback()
 	if inPlace {
 		return s.rollbackNow()
 	}
 	return nil
 }
+
+// beforeRollback runs in Abort after the run's own files are gone and
+// before the image is rolled back: tests put another process's step there.
+var beforeRollback = func() {}
 
 // rollbackNow undoes the journaled run on the image (Abort).
 func (s *Store) rollbackNow() error {
