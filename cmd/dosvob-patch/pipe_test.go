@@ -816,3 +816,57 @@ func TestFailedFirstBackupRecord(t *testing.T) {
 	run(0, fullPipe)
 	mustEqualFile(t, img, dev0)
 }
+
+// TestDamagedManifestWithJournal: a run killed while it wrote the image
+// leaves its journal; if the manifest is then damaged, the journal cannot
+// be checked against it (nor undone). The hint must say to move the journal
+// aside with the manifest (moving only the manifest makes every open refuse
+// the journal, exit 4), and its way out must give an exact backup: the
+// --force run reads the whole image, half-written as it is, as its base.
+func TestDamagedManifestWithJournal(t *testing.T) {
+	bin, hash, img, dev, r, cur := pipeDevice(t, 85, 2<<20)
+	state := img + ".dosvob"
+	journal, manifest := filepath.Join(state, "journal"), filepath.Join(state, "manifest.json")
+	if out, code := runExit(t, hash, bin, img, dev, `"$1" "$3" | "$1" --delta "$4" | "$2" --keep 2 "$3"`); code != 0 {
+		t.Fatalf("first backup: exit %d\n%s", code, out)
+	}
+	// Kill dosvob-patch at a step after it has written blocks in place.
+	old := cur
+	cur = mutate(r, cur, 20)
+	os.WriteFile(dev, cur, 0o644)
+	for k := 1; ; k++ {
+		if k > 200 {
+			t.Fatal("no crash step left a journal and a half-written image")
+		}
+		out, code := runExit(t, hash, bin, img, dev, `"$1" "$3" | "$1" --delta "$4" | DOSVOB_TEST_CRASH_AT=`+strconv.Itoa(k)+` "$2" "$3"`)
+		if code == 0 {
+			t.Fatalf("crash step %d: the run completed\n%s", k, out)
+		}
+		got, _ := os.ReadFile(img)
+		if exists(journal) && !bytes.Equal(got, old) && !bytes.Equal(got, cur) {
+			break
+		}
+	}
+	if err := os.Truncate(manifest, 100); err != nil {
+		t.Fatal(err)
+	}
+	for _, script := range []string{fullPipe, `"$1" --verify "$3"`} {
+		out, code := runExit(t, hash, bin, img, dev, script)
+		if code != 5 || !strings.Contains(out, `: hint: move "`+manifest+`" and "`+journal+`" aside`) {
+			t.Fatalf("%s on a damaged manifest with a journal: exit %d, want 5 and a hint naming both files\n%s", script, code, out)
+		}
+	}
+	for _, f := range []string{manifest, journal} {
+		if err := os.Rename(f, filepath.Join(filepath.Dir(img), filepath.Base(f)+".damaged")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, code := runExit(t, hash, bin, img, dev, `"$1" "$3" | "$1" --delta "$4" | "$2" --force "$3"`)
+	if code != 0 {
+		t.Fatalf("pipe with --force after moving the manifest and the journal aside: exit %d\n%s", code, out)
+	}
+	mustEqualFile(t, img, cur)
+	if out, code := runExit(t, hash, bin, img, dev, `"$1" --verify "$3"`); code != 0 {
+		t.Fatalf("verify after the way out: exit %d\n%s", code, out)
+	}
+}

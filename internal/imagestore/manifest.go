@@ -257,9 +257,20 @@ func versionName(t time.Time) string { return t.UTC().Format("20060102T150405Z")
 // with --force takes it as the base of a backup without a manifest (only
 // what differs is sent; the kept versions, which no manifest lists any
 // more, are dropped), or a new first backup starts afresh.
+//
+// A journal beside it is of a run that was interrupted while it wrote the
+// image; without the manifest it can be neither checked nor undone, and
+// the next open would refuse it (exit 4). It goes aside too: the --force
+// run signs by reading the whole image, so whatever that run left is
+// compared block by block and the result is exact.
 func DamagedHint(image string) string {
+	manifest, journal := filepath.Join(StateDir(image), manifestName), filepath.Join(StateDir(image), journalName)
+	fresh := fmt.Sprintf("or move %q and %q aside for a new first backup", image, StateDir(image))
+	if exists(journal) {
+		return fmt.Sprintf("move %q and %q aside and run the pipe once with dosvob-patch --force "+
+			"(the journal is of an interrupted run that may have written part of the image; the --force run reads all of it "+
+			"as the base and sends only what differs, but drops the kept versions), %s", manifest, journal, fresh)
+	}
 	return fmt.Sprintf("move %q aside and run the pipe once with dosvob-patch --force "+
-		"(it keeps the image as the base and sends only what differs, but drops the kept versions), "+
-		"or move %q and %q aside for a new first backup",
-		filepath.Join(StateDir(image), manifestName), image, StateDir(image))
+		"(it keeps the image as the base and sends only what differs, but drops the kept versions), %s", manifest, fresh)
 }
