@@ -25,9 +25,11 @@ import (
 //	entry:   u8 kind | u64 block index | u32 length | payload | u64 xxhash64(kind..payload)
 //
 // kind 'B' carries the block's old bytes (length of them); kind 'Z' says the
-// old bytes were all zero (no payload; length is the old length). A header
-// that does not check out means no image byte was touched yet (the header is
-// fsynced before the first write); an entry that does not check out ends the
+// old bytes were all zero (no payload; length is the old length). After a
+// crash, a header that does not check out means no image byte was touched
+// yet (the header is fsynced before the first write), but later damage looks
+// the same: recovery deletes it only when the image has its manifest's
+// digest (Store.tornJournal). An entry that does not check out ends the
 // journal (entries are fsynced before the blocks they cover are written).
 
 const journalMagic = "DOSVOBJ1"
@@ -115,8 +117,8 @@ func (w *journalWriter) sync() error {
 
 func (w *journalWriter) close() error { return w.f.Close() }
 
-// errNoJournal: the journal's header is missing or torn, so the run it
-// belongs to never touched the image.
+// errNoJournal: the journal's header is missing or torn: after a crash, the
+// run it belongs to never touched the image (see tornJournal).
 var errNoJournal = errors.New("journal header incomplete")
 
 // journalReader reads a journal back.

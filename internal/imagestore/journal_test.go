@@ -2,10 +2,16 @@ package imagestore
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/dosvob/dosvob/internal/format"
 )
 
 // writeTestJournal makes a journal with a few entries and returns its bytes.
@@ -76,4 +82,97 @@ func FuzzJournal(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestJournalBadHeader: a journal whose header does not check out is
+// deleted as a run that never touched the image only when the image still
+// has its manifest's digest. When blocks were written in place before the
+// header was damaged, the image may hold part of a run: recovery reports
+// damage (ErrStateDamaged, exit 5) and leaves the image and the journal as
+// they are.
+func TestJournalBadHeader(t *testing.T) {
+	for _, wrote := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wrote=%v", wrote), func(t *testing.T) {
+			r := rand.New(rand.NewPCG(17, 18))
+			img := filepath.Join(t.TempDir(), "vol.img")
+			dev := device(r, 256*1024)
+			syncTo(t, img, dev, PatchOptions{})
+			next := mutate(r, dev, 20)
+			d, _ := makeDelta(t, img, next, testBS)
+			defer func(b int) { batchBytes = b }(batchBytes)
+			batchBytes = 2 * testBS
+			// A run that begins and, if wrote, writes blocks in place,
+			// and then dies: no Abort, its files and locks just closed.
+			s, err := Open(img, Options{Writer: true, Logf: t.Logf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dr, err := format.NewDeltaReader(bytes.NewReader(d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tx, err := s.Begin(dr.Header(), TxOptions{Keep: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for wrote {
+				rec, err := dr.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch rec.Type {
+				case format.RecordData:
+					err = tx.WriteBlock(rec.Index, rec.Bytes)
+				case format.RecordZero:
+					err = tx.ZeroBlock(rec.Index)
+				case format.RecordHashes:
+					err = tx.KeepHashes(rec.Index, rec.Hashes)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b, _ := os.ReadFile(img); !bytes.Equal(b, dev) {
+					break
+				}
+			}
+			tx.closeFiles()
+			s.Close()
+			half, _ := os.ReadFile(img)
+			// The header's JSON damaged.
+			journal := filepath.Join(img+".dosvob", "journal")
+			f, err := os.OpenFile(journal, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt([]byte{'#'}, 14)
+			f.Close()
+
+			s, err = Open(img, Options{Logf: t.Logf})
+			if !wrote {
+				if err != nil {
+					t.Fatalf("open after a torn header of a run that wrote nothing: %v", err)
+				}
+				s.Close()
+				mustEqual(t, img, dev)
+				if exists(journal) {
+					t.Fatal("the journal is left")
+				}
+				return
+			}
+			if err == nil {
+				s.Close()
+				t.Fatal("a half-written image under a journal with a bad header was taken as untouched")
+			}
+			if !errors.Is(err, ErrStateDamaged) || !strings.Contains(err.Error(), "journal") {
+				t.Fatalf("open: %v, want the journal reported damaged", err)
+			}
+			mustEqual(t, img, half)
+			if !exists(journal) {
+				t.Fatal("the damaged journal was deleted")
+			}
+			if h := DamagedHint(img); !strings.Contains(h, journal) || !strings.Contains(h, "--force") {
+				t.Fatalf("hint: %s", h)
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package imagestore
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -408,8 +409,7 @@ func (s *Store) recoverJournal(m *Manifest) error {
 	defer jf.Close()
 	jr, err := openJournal(jf)
 	if errors.Is(err, errNoJournal) {
-		s.logf("recovery: removed the incomplete journal of an interrupted run; %s was not touched", s.path)
-		return s.removeDurably(journalName)
+		return s.tornJournal(m)
 	}
 	if err != nil {
 		return err
@@ -442,6 +442,57 @@ func (s *Store) recoverJournal(m *Manifest) error {
 			s.path, h.OldID, h.OldGen, h.NewGen, curID, curGen, ErrUnknownVersion)
 	}
 	return s.removeDurably(journalName)
+}
+
+// tornJournal handles a journal whose header does not check out. The header
+// is fsynced before the first write to the image, so after a crash that is
+// a run that never touched it. But damage to the journal later (a disk
+// fault, a hand edit) looks the same, and then the image may hold part of
+// a run under the old manifest. So the journal goes only when the image
+// still has the manifest's size and digest, read in full (this happens
+// only after a crash within a few system calls, or after damage); else it
+// is damage (ErrStateDamaged) and stays, for the hint. With no manifest
+// nothing says what the image was: the journal goes with every signing
+// record, and the next signature reads the image. The caller holds the
+// writer lock.
+func (s *Store) tornJournal(m *Manifest) error {
+	if m == nil {
+		for key := range s.signings() {
+			s.removeSign(key)
+		}
+		s.logf("recovery: removed the incomplete journal of an interrupted run on %s, which has no manifest to check it against", s.path)
+		return s.removeDurably(journalName)
+	}
+	s.logf("recovery: the journal of an interrupted run on %s has a header that does not check out; reading the image to check it against its manifest", s.path)
+	same, err := s.matchesManifest(m)
+	if err != nil {
+		return fmt.Errorf("recovery: checking %s: %w", s.path, err)
+	}
+	if !same {
+		return &DamagedError{File: s.join(journalName), Err: fmt.Errorf(
+			"its header does not check out, and %s no longer has the size and digest of generation %d: it may hold part of the interrupted run", s.path, m.Generation)}
+	}
+	s.logf("recovery: removed the incomplete journal of an interrupted run; %s was not touched (it has its manifest's digest)", s.path)
+	return s.removeDurably(journalName)
+}
+
+// matchesManifest reads the image and reports whether it has m's size and
+// whole-image digest.
+func (s *Store) matchesManifest(m *Manifest) (bool, error) {
+	f, err := os.Open(s.path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if fi.Size() != m.DeviceSize || !format.ValidBlockSize(uint32(m.BlockSize)) {
+		return false, nil
+	}
+	d, err := digestFile(context.Background(), f, uint16(m.FormatVersion), uint32(m.BlockSize), nil)
+	return d == uint64(m.DeviceDigest), err
 }
 
 // recoverRename finishes a first backup whose manifest was committed but

@@ -961,7 +961,8 @@ func (s *Store) rollbackNow() error {
 	defer jf.Close()
 	jr, err := openJournal(jf)
 	if errors.Is(err, errNoJournal) {
-		return s.removeDurably(journalName)
+		// This run fsynced the header before its first write: damage since.
+		return s.tornJournal(s.manifest)
 	}
 	if err != nil {
 		return err
