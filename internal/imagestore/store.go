@@ -479,18 +479,14 @@ func (s *Store) tornJournal(m *Manifest) error {
 // matchesManifest reads the image and reports whether it has m's size and
 // whole-image digest.
 func (s *Store) matchesManifest(m *Manifest) (bool, error) {
+	if fi, err := os.Stat(s.path); err != nil || fi.Size() != m.DeviceSize || !format.ValidBlockSize(uint32(m.BlockSize)) {
+		return false, err
+	}
 	f, err := os.Open(s.path)
 	if err != nil {
 		return false, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	if fi.Size() != m.DeviceSize || !format.ValidBlockSize(uint32(m.BlockSize)) {
-		return false, nil
-	}
 	d, err := digestFile(context.Background(), f, uint16(m.FormatVersion), uint32(m.BlockSize), nil)
 	return d == uint64(m.DeviceDigest), err
 }
