@@ -32,7 +32,8 @@ against the image, the droplet writes it onto the volume with dosvob-patch
 and checks it; then this script compares a SHA-256 of the volume with one of
 the image, deletes the temporary droplet and key, and leaves the new volume
 detached, ready to attach. It never writes into an existing volume: a NAME
-that exists in REGION is refused.
+that exists in REGION is refused. It writes nothing beside the image: the
+backup disk may be mounted read-only.
 
 On success it prints the new volume as one JSON object on stdout:
   {"name":"...","id":"...","region":"...","size_gib":N,"sha256":"..."}
@@ -46,7 +47,8 @@ Options:
       --version TIME      restore the kept version TIME (as listed by
                           dosvob-patch versions IMAGE) instead of the newest
                           backup; it is first written to a temporary file
-                          beside the image, and the image is not touched
+                          in the work directory (see --tmp-dir), and the
+                          image is not touched
       --level N           zstd level of the stream sent up, 1 (fastest, the
                           default) to 4 (smallest): a higher level sends
                           fewer bytes over a slow uplink for more local CPU
@@ -59,16 +61,23 @@ Options:
                           the directory of dosvob-provision on PATH)
       --lock FILE         hold this lock while reading the image (default:
                           the backup directory's .dosvob-backup.lock when it
-                          exists), so a backup run cannot change it meanwhile
+                          exists), so a backup run cannot change it meanwhile;
+                          a FILE that exists is only read
+      --tmp-dir DIR       where the work directory goes (default: $TMPDIR,
+                          else /tmp); with --version it must have room for
+                          the version, up to the image's size (less where
+                          the version is zeros); no room exits 1
       --ssh PROGRAM       ssh client to run (default: ssh)
   -h, --help              show this help
 
 Exit codes:
   0    restored and verified; the new volume is detached and kept
   1    the restore failed (the new volume, if made, is kept: delete it or
-       run again with another name)
-  2    usage: bad options or arguments, or a config that dosvob-provision
-       refuses
+       run again with another name), also no room in --tmp-dir for the
+       version
+  2    usage: bad options or arguments (also a --tmp-dir that is not a
+       writable directory, a --lock FILE that cannot be opened), or a
+       config that dosvob-provision refuses
   4    refused: a volume NAME already exists in REGION
   6    a backup run holds the lock on the backup directory, or interrupted
        runs left resources that dosvob-provision will not start beside
@@ -94,6 +103,7 @@ version=""
 config=""
 bin_dir=""
 lock_file=""
+tmp_dir=${TMPDIR:-/tmp}
 ssh_prog=ssh
 sha_check=1
 delta_args=() # for the local dosvob-hash --delta
@@ -113,6 +123,7 @@ while [[ $# -gt 0 ]]; do
 	-c | --config) need_arg "$@"; config=$2; shift 2 ;;
 	--bin) need_arg "$@"; bin_dir=$2; shift 2 ;;
 	--lock) need_arg "$@"; lock_file=$2; shift 2 ;;
+	--tmp-dir) need_arg "$@"; tmp_dir=$2; shift 2 ;;
 	--ssh) need_arg "$@"; ssh_prog=$2; shift 2 ;;
 	--) shift; break ;;
 	-*) usage_error "unknown option \"$1\"" ;;
@@ -141,6 +152,9 @@ fi
 if [[ -n "$config" && ! -f "$config" ]]; then
 	usage_error "config \"$config\" not found"
 fi
+if [[ ! -d "$tmp_dir" || ! -w "$tmp_dir" || ! -x "$tmp_dir" ]]; then
+	usage_error "work directory base \"$tmp_dir\" is not a writable directory (give --tmp-dir DIR)"
+fi
 
 need_cmd jq jq
 need_cmd flock util-linux
@@ -160,8 +174,18 @@ image="$image_dir/$(basename "$image")"
 if [[ -z "$lock_file" && -e "$image_dir/../.dosvob-backup.lock" ]]; then
 	lock_file="$image_dir/../.dosvob-backup.lock"
 fi
+# A lock file that exists is opened read-only (flock needs no more), so a
+# restore works from a backup disk mounted read-only.
 if [[ -n "$lock_file" ]]; then
-	exec 9>>"$lock_file"
+	opened=0
+	if [[ -e "$lock_file" ]]; then
+		{ exec 9<"$lock_file"; } 2>/dev/null && opened=1
+	else
+		{ exec 9>>"$lock_file"; } 2>/dev/null && opened=1
+	fi
+	if [[ "$opened" -eq 0 ]]; then
+		die "$EXIT_USAGE" "cannot open the lock file \"$lock_file\"" "check its path and permissions, or give another --lock"
+	fi
 	if ! flock -n 9; then
 		die "$EXIT_LOCKED" "a backup run holds the lock $lock_file" "wait for it to finish, then restore"
 	fi
@@ -169,7 +193,7 @@ fi
 
 # ---- state and cleanup -----------------------------------------------------
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/dosvob-restore.XXXXXX")
+work=$(mktemp -d "$tmp_dir/dosvob-restore.XXXXXX")
 run_json="$work/run.json"
 run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
 # The run is alive while this script holds fd 9: the backup directory's
@@ -181,7 +205,6 @@ if [[ -z "$lock_file" ]]; then
 	exec 9>>"$work/owner.lock"
 fi
 source_file="$image"
-version_file=""
 provisioned=0
 torn_down=0
 teardown_failed=0
@@ -231,9 +254,6 @@ on_exit() {
 	trap '' INT TERM
 	set +e
 	do_teardown
-	if [[ -n "$version_file" ]]; then
-		rm -f -- "$version_file"
-	fi
 	rm -rf -- "$work"
 	if [[ "$teardown_failed" -eq 1 ]]; then
 		rc=$EXIT_TEARDOWN
@@ -259,11 +279,20 @@ run_bg() {
 
 # ---- a kept version --------------------------------------------------------
 
+# The version goes into the work directory, never beside the image (whose
+# disk may be read-only); it goes with the work directory.
 if [[ -n "$version" ]]; then
-	version_file="$image_dir/.restore-$(basename "$image")-$$.tmp"
-	log "writing version $version of $image to a temporary file"
+	version_file="$work/version.img"
+	log "writing version $version of $image to a temporary file in $work"
 	rc=0
-	run_bg "$patch" restore-version --version "$version" --output "$version_file" "$image" </dev/null || rc=$?
+	run_bg "$patch" restore-version --version "$version" --output "$version_file" "$image" </dev/null 2>"$work/version.err" || rc=$?
+	if [[ "$rc" -ne 0 ]] && grep -qi 'no space left on device' "$work/version.err"; then
+		die "$EXIT_FAILED" "no room for version $version in $tmp_dir: it needs up to $(human_bytes "$(stat -c %s -- "$image")") (the image's size), $(human_bytes "$(df -B1 --output=avail -- "$tmp_dir" | tail -n 1 | tr -d ' ')") is free" \
+			"give --tmp-dir DIR on a disk with that much room"
+	fi
+	while IFS= read -r line; do
+		log "[version] $line"
+	done <"$work/version.err"
 	if [[ "$rc" -ne 0 ]]; then
 		die "$EXIT_FAILED" "could not write version $version (dosvob-patch exit $rc)" "list the kept versions with: dosvob-patch versions $image"
 	fi

@@ -1,0 +1,141 @@
+package backup
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dosvob/dosvob/internal/testenv"
+)
+
+// checkNoTeardownAll asserts that no line of a run's log suggests
+// dosvob-teardown --all, which would delete other runs' resources too.
+func checkNoTeardownAll(t *testing.T, what, stderr string) {
+	t.Helper()
+	if strings.Contains(stderr, "--all") {
+		t.Errorf("%s suggests dosvob-teardown --all:\n%s", what, stderr)
+	}
+}
+
+// TestRestoreRobust runs restore.sh where users run it in a disaster: from
+// a backup disk mounted read-only, with too little room for a version,
+// and onto a name that exists.
+func TestRestoreRobust(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	e.mustBackup()
+	e.change("nyc1/web", 40)
+	e.mustBackup()
+	vs, err := exec.Command(e.bin+"/dosvob-patch", "versions", "--json", e.image("nyc1/web")).Output()
+	if err != nil {
+		t.Fatalf("dosvob-patch versions: %v", err)
+	}
+	var list []struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(vs, &list); err != nil || len(list) != 1 {
+		t.Fatalf("want one kept version of nyc1/web, got %s (%v)", vs, err)
+	}
+	version := list[0].Name
+	old := filepath.Join(t.TempDir(), "old.img")
+	if out, err := exec.Command(e.bin+"/dosvob-patch", "restore-version", "--version", version, "--output", old, e.image("nyc1/web")).CombinedOutput(); err != nil {
+		t.Fatalf("dosvob-patch restore-version: %v\n%s", err, out)
+	}
+	if digest(t, old) == digest(t, e.image("nyc1/web")) {
+		t.Fatalf("the kept version equals the newest backup: the test proves nothing")
+	}
+	// What a restore must not change: every name, mode, size and mtime.
+	listing := func(dir string) string {
+		var b strings.Builder
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			st, err := os.Lstat(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(&b, "%s %v %d %s\n", p, st.Mode(), st.Size(), st.ModTime().Format(time.RFC3339Nano))
+			return nil
+		})
+		return b.String()
+	}
+	before := listing(e.backups)
+
+	// The backup disk mounted read-only, as one restores after a disaster.
+	ro := testenv.ReadOnlyBind(t, e.backups)
+	img := filepath.Join(ro, "nyc1", "web.img")
+
+	t.Run("read-only", func(t *testing.T) {
+		r := e.restore("--volume-name", "web-ro", "--region", "nyc1", img)
+		if r.code != 0 {
+			t.Fatalf("restore.sh from a read-only disk exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+		}
+		v, ok := e.volumeNamed("nyc1", "web-ro")
+		if !ok {
+			t.Fatalf("no volume nyc1/web-ro after the restore")
+		}
+		if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), gib), digest(t, img); got != want {
+			t.Errorf("the restored volume differs from the image")
+		}
+
+		r = e.restore("--volume-name", "web-old", "--region", "nyc1", "--version", version, "--no-sha256", img)
+		if r.code != 0 {
+			t.Fatalf("restore.sh --version from a read-only disk exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+		}
+		v, ok = e.volumeNamed("nyc1", "web-old")
+		if !ok {
+			t.Fatalf("no volume nyc1/web-old after the restore")
+		}
+		if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), gib), digest(t, old); got != want {
+			t.Errorf("the volume restored from version %s differs from that version", version)
+		}
+		if after := listing(e.backups); after != before {
+			t.Errorf("the restores changed the backup directory:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		e.checkNothingLeft("nyc1/web-ro", "nyc1/web-old")
+	})
+
+	t.Run("no-room", func(t *testing.T) {
+		// The version holds 2 MiB of data: no room in 1 MiB.
+		small := testenv.SmallFS(t, 1<<20)
+		r := e.restore("--volume-name", "web-noroom", "--region", "nyc1", "--version", version, "--tmp-dir", small, img)
+		if r.code != 1 {
+			t.Fatalf("restore.sh --version with no room exited %d, want 1\nstderr:\n%s", r.code, r.stderr)
+		}
+		if !regexp.MustCompile(`(?m)^\S+ restore: no room for version \S+ in `+regexp.QuoteMeta(small)+`: it needs up to 1\.0 GiB \(the image's size\), \d`).MatchString(r.stderr) ||
+			!strings.Contains(r.stderr, "restore: hint: give --tmp-dir DIR on a disk with that much room") {
+			t.Errorf("no one-line error that names the room needed and --tmp-dir:\n%s", r.stderr)
+		}
+		if strings.Contains(r.stderr, "dosvob-patch:") {
+			t.Errorf("the error is not one line: dosvob-patch's own messages are shown:\n%s", r.stderr)
+		}
+		checkNoTeardownAll(t, "a restore with no room", r.stderr)
+		if _, ok := e.volumeNamed("nyc1", "web-noroom"); ok {
+			t.Errorf("a volume was created although the version could not be written")
+		}
+		if ents, _ := os.ReadDir(small); len(ents) != 0 {
+			t.Errorf("the run left %d entries in --tmp-dir", len(ents))
+		}
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		st := e.emu.State()
+		r := e.restore("--volume-name", "web", "--region", "nyc1", img)
+		if r.code != 4 {
+			t.Fatalf("restore.sh onto the existing volume web exited %d, want 4\nstderr:\n%s", r.code, r.stderr)
+		}
+		checkNoTeardownAll(t, "a refused restore", r.stderr)
+		if diff := stateDiff(st, e.emu.State()); diff != "" {
+			t.Errorf("a refused restore changed the account: %s", diff)
+		}
+	})
+
+}
