@@ -11,6 +11,9 @@
 # shellcheck disable=SC2317
 
 set -euo pipefail
+# The images hold the volumes' data: whatever this run creates is the
+# user's alone, whatever umask cron or a shell hands it.
+umask 077
 
 # shellcheck disable=SC2034 # read by lib/common.sh
 DOSVOB_PROG=backup-all
@@ -29,9 +32,10 @@ Usage: backup-all.sh [options] BACKUP_DIR
 
 Back up every volume that the config selects into BACKUP_DIR, as raw disk
 images BACKUP_DIR/REGION/VOLUME.img (each with its manifest and kept
-versions beside it). One run: clean up what earlier, killed runs left
-(never a run that is still going: see docs/OPERATIONS.md), snapshot and
-copy the volumes and start a temporary droplet per region
+versions beside it); what it creates is readable by its user only (umask
+077, BACKUP_DIR 0700 when it makes it). One run: clean up what earlier,
+killed runs left (never a run that is still going: see docs/OPERATIONS.md),
+snapshot and copy the volumes and start a temporary droplet per region
 (dosvob-provision), sync each volume over ssh with the droplet's pinned host
 key (dosvob-hash | ssh ... dosvob-hash --delta | dosvob-patch), then delete
 every temporary resource (dosvob-teardown), on every exit path.

@@ -11,6 +11,8 @@
 # shellcheck disable=SC2317
 
 set -euo pipefail
+# What this run writes (a kept version of an image) is the user's alone.
+umask 077
 
 # shellcheck disable=SC2034 # read by lib/common.sh
 DOSVOB_PROG=restore

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -14,6 +15,39 @@ import (
 
 	"github.com/dosvob/dosvob/internal/testenv"
 )
+
+// underUmask022 makes cmd (a script run from env.script) run under umask
+// 022, as cron hands it, whatever the test process's umask.
+func underUmask022(cmd *exec.Cmd) {
+	cmd.Args = append([]string{"bash", "-c", `umask 022 && exec "$@"`, "bash"}, cmd.Args...)
+}
+
+// checkPrivate asserts that nothing under root (root included) can be read,
+// written or searched by group or others.
+func checkPrivate(t *testing.T, root string) {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		n++
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v: group or others may read it", p, st.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 5 {
+		t.Fatalf("only %d entries under %s: the check proves nothing", n, root)
+	}
+}
 
 // checkNoTeardownAll asserts that no line of a run's log suggests
 // dosvob-teardown --all, which would delete other runs' resources too.
@@ -136,6 +170,33 @@ func TestRestoreRobust(t *testing.T) {
 		if diff := stateDiff(st, e.emu.State()); diff != "" {
 			t.Errorf("a refused restore changed the account: %s", diff)
 		}
+	})
+
+}
+
+// TestBackupRobust: backup-all.sh under cron's umask 022 makes nothing that
+// group or others can read.
+func TestBackupRobust(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	e.backups = filepath.Join(e.dir, "disk", "backups") // neither exists yet
+	run := func(cmd *exec.Cmd, stdout, stderr *bytes.Buffer) result {
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return wait(cmd, stdout, stderr, start)
+	}
+
+	t.Run("umask", func(t *testing.T) {
+		cmd, stdout, stderr := e.script("backup-all.sh", "--config", e.conf, "--keep", "3", e.backups)
+		underUmask022(cmd)
+		r := run(cmd, stdout, stderr)
+		if r.code != 0 {
+			t.Fatalf("backup-all.sh under umask 022 exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+		}
+		e.checkImages()
+		checkPrivate(t, filepath.Join(e.dir, "disk"))
 	})
 
 }

@@ -191,3 +191,52 @@ func TestSystemdVerifyCatchesMistakes(t *testing.T) {
 		t.Fatalf("systemd-analyze verify passed a timer with a misspelt key:\n%s", out)
 	}
 }
+
+// TestCronLine runs the command of the cron file's job line as cron would
+// (its SHELL, under cron's usual umask 022), pointed at this checkout and
+// a temporary log, with a config that does not exist: backup-all.sh
+// refuses it (exit 2), and the log that the line's shell made is its
+// user's alone, as whatever backup-all.sh would make.
+func TestCronLine(t *testing.T) {
+	root := repoRoot(t)
+	b, err := os.ReadFile(filepath.Join(root, "scripts", "deploy", "dosvob-backup.cron"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var job string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 6 && !strings.HasPrefix(line, "#") && !strings.Contains(f[0], "=") {
+			if job != "" {
+				t.Fatalf("more than one job line in the cron file")
+			}
+			// minute hour day month weekday user command
+			job = strings.Join(f[6:], " ")
+		}
+	}
+	const logPath = "/var/log/dosvob-backup.log"
+	if !strings.Contains(job, installedPath+"backup-all.sh ") || !strings.Contains(job, logPath) {
+		t.Fatalf("the cron job does not run %sbackup-all.sh into %s: %q", installedPath, logPath, job)
+	}
+	dir := t.TempDir()
+	log := filepath.Join(dir, "dosvob-backup.log")
+	job = strings.ReplaceAll(job, installedPath, filepath.Join(root, "scripts")+"/")
+	job = strings.ReplaceAll(job, "/etc/dosvob/conf.json", filepath.Join(dir, "missing.json"))
+	job = strings.ReplaceAll(job, logPath, log)
+	cmd := exec.Command("bash", "-c", "umask 022 && bash -c \"$1\"", "bash", job)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("the cron job with a missing config: %v, want exit 2\n%s", err, out)
+	}
+	st, err := os.Stat(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logText, _ := os.ReadFile(log)
+	if !bytes.Contains(logText, []byte("backup-all: config")) {
+		t.Errorf("the log lacks backup-all.sh's error:\n%s", logText)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("the cron job's log has mode %v under umask 022: group or others may read it", st.Mode().Perm())
+	}
+}
