@@ -77,7 +77,8 @@ Exit codes:
   0    every volume backed up, everything temporary deleted
   1    at least one volume failed (the others were backed up; each failed
        image is still exactly its previous backup)
-  2    usage: bad options or arguments
+  2    usage: bad options or arguments, or a BACKUP_DIR (or --lock FILE)
+       that cannot be made or written
   6    another backup-all.sh run holds the lock
   7    provisioning failed (nothing was synced)
   8    teardown left temporary resources behind (they cost money: run
@@ -199,7 +200,21 @@ if [[ "$dry_run" -eq 1 ]]; then
 	exit "$EXIT_OK"
 fi
 
-mkdir -p -- "$backup_dir"
+# The backup directory must exist, or be made, and be writable before
+# anything else: a read-only or missing disk is a set-up error (exit 2), not
+# a failed volume.
+if [[ -e "$backup_dir" && ! -d "$backup_dir" ]]; then
+	die 2 "backup directory \"$backup_dir\" exists and is not a directory" \
+		"name a directory, or a path where one can be made"
+fi
+if [[ ! -d "$backup_dir" ]] && ! err=$(mkdir -p -- "$backup_dir" 2>&1); then
+	die 2 "cannot create the backup directory \"$backup_dir\": ${err##*: }" \
+		"check that its disk is mounted and writable"
+fi
+if [[ ! -w "$backup_dir" || ! -x "$backup_dir" ]]; then
+	die 2 "backup directory \"$backup_dir\" is not writable" \
+		"check that its disk is mounted read-write and that it belongs to $(id -un)"
+fi
 backup_dir=$(cd "$backup_dir" && pwd)
 lock_file=${lock_file:-$backup_dir/.dosvob-backup.lock}
 
@@ -207,7 +222,10 @@ lock_file=${lock_file:-$backup_dir/.dosvob-backup.lock}
 # fd 9 holds the lock for the life of this shell. Every child gets 9>&- so
 # that a child outliving a killed run does not keep the next run out.
 
-exec 9>>"$lock_file"
+if ! { exec 9>>"$lock_file"; } 2>/dev/null; then
+	die 2 "cannot open the lock file \"$lock_file\" for writing" \
+		"check that its directory exists and is writable"
+fi
 if ! flock -n 9; then
 	die "$EXIT_LOCKED" "another backup run holds the lock $lock_file" \
 		"wait for it to finish; a run that was killed releases the lock when its processes are gone"

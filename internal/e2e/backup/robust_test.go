@@ -3,6 +3,7 @@ package backup
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -199,4 +200,49 @@ func TestBackupRobust(t *testing.T) {
 		checkPrivate(t, filepath.Join(e.dir, "disk"))
 	})
 
+}
+
+// TestBackupDirUnwritable: a backup directory that cannot be made or
+// written (a read-only disk), and a lock file that cannot be, are a set-up
+// error: exit 2 with one line that says so (and a hint), before anything is
+// provisioned.
+func TestBackupDirUnwritable(t *testing.T) {
+	requireEnv(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "conf.json")
+	writeFile(t, conf, "{}\n", 0o600)
+	disk := filepath.Join(dir, "disk")
+	if err := os.MkdirAll(filepath.Join(disk, "bk"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(disk, "file"), "x", 0o600)
+	ro := testenv.ReadOnlyBind(t, disk)
+	ok := filepath.Join(dir, "ok")
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{filepath.Join(ro, "new", "bk")}, `backup-all: cannot create the backup directory "` + filepath.Join(ro, "new", "bk") + `": Read-only file system`},
+		{[]string{filepath.Join(ro, "bk")}, `backup-all: backup directory "` + filepath.Join(ro, "bk") + `" is not writable`},
+		{[]string{filepath.Join(ro, "file")}, `backup-all: backup directory "` + filepath.Join(ro, "file") + `" exists and is not a directory`},
+		{[]string{"--lock", filepath.Join(ro, "bk.lock"), ok}, `backup-all: cannot open the lock file "` + filepath.Join(ro, "bk.lock") + `" for writing`},
+	} {
+		cmd := exec.Command("bash", append([]string{filepath.Join(repoRoot(t), "scripts", "backup-all.sh"), "--config", conf}, c.args...)...)
+		cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "TMPDIR="+dir, "XDG_STATE_HOME="+filepath.Join(dir, "state"))
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("backup-all.sh %q: %v, want exit 2\n%s", c.args, err, out)
+			continue
+		}
+		checkNoTeardownAll(t, "backup-all.sh "+strings.Join(c.args, " "), string(out))
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 2 || !strings.HasSuffix(lines[0], c.want) || !strings.Contains(lines[1], " backup-all: hint: ") {
+			t.Errorf("backup-all.sh %q: want the line %q and a hint, got\n%s", c.args, c.want, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+		t.Errorf("dosvob-provision ran")
+	}
 }
