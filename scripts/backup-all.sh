@@ -34,8 +34,9 @@ Back up every volume that the config selects into BACKUP_DIR, as raw disk
 images BACKUP_DIR/REGION/VOLUME.img (each with its manifest and kept
 versions beside it); what it creates is readable by its user only (umask
 077, BACKUP_DIR 0700 when it makes it). One run: clean up what earlier,
-killed runs left (never a run that is still going: see docs/OPERATIONS.md),
-snapshot and copy the volumes and start a temporary droplet per region
+killed runs left (never a run that is still going: see docs/OPERATIONS.md;
+their work directories in $TMPDIR too), snapshot and
+copy the volumes and start a temporary droplet per region
 (dosvob-provision), sync each volume over ssh with the droplet's pinned host
 key (dosvob-hash | ssh ... dosvob-hash --delta | dosvob-patch), then delete
 every temporary resource (dosvob-teardown), on every exit path.
@@ -233,7 +234,9 @@ fi
 
 # ---- state and cleanup -----------------------------------------------------
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/dosvob-backup.XXXXXX")
+clean_dead_work_dirs "${TMPDIR:-/tmp}"
+work=""
+make_work_dir work "${TMPDIR:-/tmp}" dosvob-backup
 run_json="$work/run.json"
 run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
 summary_file="$work/summary.txt"
@@ -254,7 +257,7 @@ ping() {
 	if [[ -n "$body" && -s "$body" ]]; then
 		args+=(--data-binary "@$body")
 	fi
-	if ! curl "${args[@]}" "$url" 9>&- 2>"$work/curl.err"; then
+	if ! curl "${args[@]}" "$url" 7<&- 9>&- 2>"$work/curl.err"; then
 		warn "ping failed: $(tr '\n' ' ' <"$work/curl.err")"
 	fi
 }
@@ -360,7 +363,7 @@ run_hook() {
 	# The hook never sees the API token (as the config's hooks do not).
 	env -u DIGITALOCEAN_ACCESS_TOKEN -u DIGITALOCEAN_TOKEN \
 		DOSVOB_RESULT="$result" DOSVOB_EXIT_CODE="$code" DOSVOB_SUMMARY_FILE="$summary_file" \
-		bash -c "$hook" 9>&- </dev/null >&2 || rc=$?
+		bash -c "$hook" 7<&- 9>&- </dev/null >&2 || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		warn "hook exited $rc"
 	fi

@@ -68,7 +68,9 @@ Options:
       --tmp-dir DIR       where the work directory goes (default: $TMPDIR,
                           else /tmp); with --version it must have room for
                           the version, up to the image's size (less where
-                          the version is zeros); no room exits 1
+                          the version is zeros); no room exits 1. Work
+                          directories that killed runs left there are
+                          removed
       --ssh PROGRAM       ssh client to run (default: ssh)
   -h, --help              show this help
 
@@ -195,7 +197,9 @@ fi
 
 # ---- state and cleanup -----------------------------------------------------
 
-work=$(mktemp -d "$tmp_dir/dosvob-restore.XXXXXX")
+clean_dead_work_dirs "$tmp_dir"
+work=""
+make_work_dir work "$tmp_dir" dosvob-restore
 run_json="$work/run.json"
 run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
 # The run is alive while this script holds fd 9: the backup directory's

@@ -163,12 +163,13 @@ remote_cmd() {
 
 # run_group VAR CMD...: start CMD in its own process group (so a terminal's
 # Ctrl-C reaches the calling script only, which then stops it in order) and
-# store its pid in VAR. CMD does not inherit fd 9, the lock.
+# store its pid in VAR. CMD inherits neither fd 9, the lock, nor fd 7, the
+# work directory's lock (make_work_dir).
 run_group() {
 	local -n pid_ref=$1
 	shift
 	set -m
-	"$@" 9>&- &
+	"$@" 7<&- 9>&- &
 	# shellcheck disable=SC2034 # a nameref: sets the caller's variable
 	pid_ref=$!
 	set +m
@@ -179,4 +180,38 @@ run_group() {
 stop_group() {
 	local pid=$1
 	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+}
+
+# make_work_dir VAR BASE NAME: make a work directory BASE/NAME.XXXXXX (mode
+# 0700; NAME is dosvob-backup or dosvob-restore, the names that
+# clean_dead_work_dirs looks for), store its path in VAR, and lock it on
+# fd 7 for the life of this shell: clean_dead_work_dirs removes it once no
+# process of the run holds it (children started with run_group do not).
+# The marker .locked, written once the lock is held, tells a dead run's
+# directory from one that is being made.
+make_work_dir() {
+	local -n dir_ref=$1
+	dir_ref=$(mktemp -d "$2/$3.XXXXXX")
+	exec 7<"$dir_ref"
+	flock -n 7
+	: >"$dir_ref/.locked"
+}
+
+# clean_dead_work_dirs BASE: remove the work directories (of backup-all.sh
+# and restore.sh) in BASE that runs left when they were killed (SIGKILL, a
+# crash): this user's, with the .locked marker, whose lock no process holds.
+# A live run's directory is locked and stays; so does one without the
+# marker (being made, or made by an older release). Says what it removed.
+clean_dead_work_dirs() {
+	local base=$1 d rc
+	for d in "$base"/dosvob-backup.?????? "$base"/dosvob-restore.??????; do
+		[[ -d "$d" && ! -L "$d" && -O "$d" && -f "$d/.locked" ]] || continue
+		rc=0
+		flock -n -E 75 "$d" rm -rf -- "$d" 2>/dev/null || rc=$?
+		if [[ "$rc" -eq 0 ]]; then
+			log "removed $d, the work directory of an earlier run that was killed"
+		elif [[ "$rc" -ne 75 && -e "$d" ]]; then
+			warn "could not remove $d, the work directory of an earlier run that was killed"
+		fi
+	done
 }

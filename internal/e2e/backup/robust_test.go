@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,6 +51,20 @@ func checkPrivate(t *testing.T, root string) {
 	}
 }
 
+// workDirs lists the scripts' work directories in dir (their TMPDIR).
+func workDirs(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, pat := range []string{"dosvob-backup.*", "dosvob-restore.*"} {
+		m, err := filepath.Glob(filepath.Join(dir, pat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m...)
+	}
+	return out
+}
+
 // checkNoTeardownAll asserts that no line of a run's log suggests
 // dosvob-teardown --all, which would delete other runs' resources too.
 func checkNoTeardownAll(t *testing.T, what, stderr string) {
@@ -59,9 +74,30 @@ func checkNoTeardownAll(t *testing.T, what, stderr string) {
 	}
 }
 
+// lockedDir makes a directory in dir that looks like a live run's work
+// directory: the marker a script writes, and a lock on it that this test
+// process holds until the test ends, as a running script holds its own.
+func lockedDir(t *testing.T, dir, prefix string) string {
+	t.Helper()
+	d := filepath.Join(dir, prefix+".live00") // as mktemp names them
+	if err := os.Mkdir(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(d, ".locked"), "", 0o600)
+	f, err := os.Open(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return d
+}
+
 // TestRestoreRobust runs restore.sh where users run it in a disaster: from
 // a backup disk mounted read-only, with too little room for a version,
-// and onto a name that exists.
+// onto a name that exists, and after a run that was SIGKILLed.
 func TestRestoreRobust(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
@@ -173,10 +209,86 @@ func TestRestoreRobust(t *testing.T) {
 		}
 	})
 
+	t.Run("killed", func(t *testing.T) {
+		// SIGKILL right after "writing version", on the writable disk: the
+		// version is being written (it may finish: dosvob-patch is not
+		// killed), and nothing removes it but the next run.
+		live := lockedDir(t, e.dir, "dosvob-restore")
+		cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", "web-killed",
+			"--region", "nyc1", "--version", version, e.image("nyc1/web"))
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan result, 1)
+		go func() { done <- wait(cmd, stdout, stderr, start) }()
+		// The version file appears (beside the image, or in the work
+		// directory): the run is writing it.
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			a, _ := filepath.Glob(filepath.Join(e.backups, "nyc1", ".restore-*"))
+			b, _ := filepath.Glob(filepath.Join(e.dir, "dosvob-restore.*", "version.img"))
+			if len(a)+len(b) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("restore.sh wrote no version file\nstderr:\n%s", (<-done).stderr)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		patches := descendants(cmd.Process.Pid, "dosvob-patch")
+		cmd.Process.Signal(syscall.SIGKILL)
+		r := <-done
+		if r.code != 128+9 {
+			t.Fatalf("restore.sh exited %d, want SIGKILLed\nstderr:\n%s", r.code, r.stderr)
+		}
+		// Its dosvob-patch finishes by itself.
+		for _, p := range patches {
+			for syscall.Kill(p, 0) == nil && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		var dead []string
+		for _, d := range workDirs(t, e.dir) {
+			if d != live {
+				dead = append(dead, d)
+			}
+		}
+		left, _ := filepath.Glob(filepath.Join(e.backups, "nyc1", ".restore-*"))
+		if len(dead) == 0 && len(left) == 0 {
+			t.Fatalf("the killed run left nothing: the test proves nothing\nstderr:\n%s", r.stderr)
+		}
+
+		// The next run (here refused: the name exists) removes what the
+		// killed one left, says so, and leaves the live run's directory.
+		r = e.restore("--volume-name", "web", "--region", "nyc1", e.image("nyc1/web"))
+		if r.code != 4 {
+			t.Fatalf("restore.sh onto the existing volume web exited %d, want 4\nstderr:\n%s", r.code, r.stderr)
+		}
+		for _, d := range dead {
+			if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the next run left %s, the work directory of the killed run", d)
+			}
+			if !strings.Contains(r.stderr, "restore: removed "+d+", the work directory of an earlier run that was killed") {
+				t.Errorf("the next run does not say that it removed %s:\n%s", d, r.stderr)
+			}
+		}
+		if left, _ := filepath.Glob(filepath.Join(e.backups, "nyc1", ".restore-*")); len(left) != 0 {
+			t.Errorf("temporary version files left beside the image: %v", left)
+		}
+		if _, err := os.Stat(live); err != nil {
+			t.Errorf("the next run removed a live run's work directory: %v", err)
+		}
+		if _, ok := e.volumeNamed("nyc1", "web-killed"); ok {
+			t.Errorf("the killed run created its volume")
+		}
+	})
 }
 
 // TestBackupRobust: backup-all.sh under cron's umask 022 makes nothing that
-// group or others can read.
+// group or others can read; a SIGKILLed run's work directory is removed by
+// the next run, which says so, and a live run's is not.
 func TestBackupRobust(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
@@ -200,6 +312,53 @@ func TestBackupRobust(t *testing.T) {
 		checkPrivate(t, filepath.Join(e.dir, "disk"))
 	})
 
+	t.Run("killed", func(t *testing.T) {
+		live := lockedDir(t, e.dir, "dosvob-backup")
+		e.change("fra1/db", 10)
+		e.change("nyc1/web", 10)
+		r := e.startBackup()
+		r.syncing()
+		// As a crash would: the script and every process of it.
+		ps := descendants(r.pid, "")
+		syscall.Kill(r.pid, syscall.SIGKILL)
+		for _, p := range ps {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		if res := <-r.done; res.code != 128+9 {
+			t.Fatalf("backup-all.sh exited %d, want SIGKILLed\nstderr:\n%s", res.code, res.stderr)
+		}
+		var dead []string
+		for _, d := range workDirs(t, e.dir) {
+			if d != live {
+				dead = append(dead, d)
+			}
+		}
+		if len(dead) == 0 {
+			out, _ := exec.Command("ls", "-la", e.dir).CombinedOutput()
+			t.Fatalf("the killed run left no work directory: the test proves nothing\n%s", out)
+		}
+
+		cmd, stdout, stderr := e.script("backup-all.sh", "--config", e.conf, "--keep", "3", e.backups)
+		underUmask022(cmd)
+		res := run(cmd, stdout, stderr)
+		if res.code != 0 {
+			t.Fatalf("backup-all.sh after a SIGKILLed run exited %d, want 0\nstderr:\n%s", res.code, res.stderr)
+		}
+		for _, d := range dead {
+			if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the next run left %s, the work directory of the killed run", d)
+			}
+			if !strings.Contains(res.stderr, "backup-all: removed "+d+", the work directory of an earlier run that was killed") {
+				t.Errorf("the next run does not say that it removed %s:\n%s", d, res.stderr)
+			}
+		}
+		if _, err := os.Stat(live); err != nil {
+			t.Errorf("the next run removed a live run's work directory: %v", err)
+		}
+		e.checkImages()
+		e.checkNothingLeft()
+		checkPrivate(t, filepath.Join(e.dir, "disk"))
+	})
 }
 
 // TestBackupDirUnwritable: a backup directory that cannot be made or
