@@ -285,6 +285,18 @@ func wait(cmd *exec.Cmd, stdout, stderr *bytes.Buffer, start time.Time) result {
 	return r
 }
 
+// start starts a command from script; its result arrives on the channel
+// when it ends.
+func (e *env) start(cmd *exec.Cmd, stdout, stderr *bytes.Buffer) <-chan result {
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan result, 1)
+	go func() { done <- wait(cmd, stdout, stderr, start) }()
+	return done
+}
+
 // backup runs backup-all.sh to completion with extra options.
 func (e *env) backup(opts ...string) result {
 	args := append([]string{"--config", e.conf, "--keep", "3"}, opts...)

@@ -68,6 +68,39 @@ func sha256File(t *testing.T, name string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// keptVersion returns the name of the one version that img keeps, and a
+// file that dosvob-patch restore-version wrote it into.
+func (e *env) keptVersion(img string) (string, string) {
+	t := e.t
+	b, err := exec.Command(e.bin+"/dosvob-patch", "versions", "--json", img).Output()
+	if err != nil {
+		t.Fatalf("dosvob-patch versions: %v", err)
+	}
+	var list []struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil || len(list) != 1 {
+		t.Fatalf("want one kept version of %s, got %s (%v)", img, b, err)
+	}
+	old := filepath.Join(t.TempDir(), "old.img")
+	if out, err := exec.Command(e.bin+"/dosvob-patch", "restore-version", "--version", list[0].Name, "--output", old, img).CombinedOutput(); err != nil {
+		t.Fatalf("dosvob-patch restore-version: %v\n%s", err, out)
+	}
+	return list[0].Name, old
+}
+
+// checkRestored asserts that a restore made the volume region/name and
+// that its first size bytes are those of the file want.
+func (e *env) checkRestored(region, name string, size int64, want string) {
+	v, ok := e.volumeNamed(region, name)
+	if !ok {
+		e.t.Fatalf("no volume %s/%s after the restore", region, name)
+	}
+	if prefixDigest(e.t, e.emu.VolumeFile(v.ID), size) != digest(e.t, want) {
+		e.t.Errorf("the restored volume %s/%s differs from %s", region, name, want)
+	}
+}
+
 // checkRestore: restore.sh fills a new volume from an image, and from a
 // kept version, byte for byte; it refuses a name that exists; each time
 // nothing temporary is left and the restored volumes stay, detached. The
@@ -114,34 +147,14 @@ func checkRestore(t *testing.T, e *env) {
 	e.checkNothingLeft("fra1/db-restored")
 
 	// A kept version into another new volume.
-	vs := exec.Command(e.bin+"/dosvob-patch", "versions", "--json", img)
-	b, err := vs.Output()
-	if err != nil {
-		t.Fatalf("dosvob-patch versions: %v", err)
-	}
-	var list []struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(b, &list); err != nil || len(list) != 1 {
-		t.Fatalf("want one kept version, got %s (%v)", b, err)
-	}
-	old := filepath.Join(t.TempDir(), "old.img")
-	if out, err := exec.Command(e.bin+"/dosvob-patch", "restore-version", "--version", list[0].Name, "--output", old, img).CombinedOutput(); err != nil {
-		t.Fatalf("dosvob-patch restore-version: %v\n%s", err, out)
-	}
+	version, old := e.keptVersion(img)
 	// (--no-sha256: the first restore covered that check; the volume is
 	// compared with the version below anyway.)
-	r = e.restore("--volume-name", "db-previous", "--region", "fra1", "--version", list[0].Name, "--no-sha256", img)
+	r = e.restore("--volume-name", "db-previous", "--region", "fra1", "--version", version, "--no-sha256", img)
 	if r.code != 0 {
 		t.Fatalf("restore.sh --version exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
 	}
-	v, ok = e.volumeNamed("fra1", "db-previous")
-	if !ok {
-		t.Fatalf("no volume fra1/db-previous after the restore")
-	}
-	if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), size), digest(t, old); got != want {
-		t.Errorf("the volume restored from version %s differs from that version", list[0].Name)
-	}
+	e.checkRestored("fra1", "db-previous", size, old)
 	if digest(t, old) == digest(t, img) {
 		t.Errorf("the kept version equals the newest backup: the test proves nothing")
 	}
@@ -179,12 +192,7 @@ func TestRestoreInterruptedWhileProvisioning(t *testing.T) {
 	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
 	e.emu.InjectFault(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/actions`, Hang: true})
 	cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", "halfway", "--region", "fra1", img)
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan result, 1)
-	go func() { done <- wait(cmd, stdout, stderr, start) }()
+	done := e.start(cmd, stdout, stderr)
 	deadline := time.Now().Add(60 * time.Second)
 	for e.emu.PendingFaults() != 0 {
 		if time.Now().After(deadline) {

@@ -2,7 +2,6 @@ package backup
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -65,6 +64,33 @@ func workDirs(t *testing.T, dir string) []string {
 	return out
 }
 
+// deadDirs lists the work directories in dir (the scripts' TMPDIR) but
+// live.
+func deadDirs(t *testing.T, dir, live string) []string {
+	t.Helper()
+	var dead []string
+	for _, d := range workDirs(t, dir) {
+		if d != live {
+			dead = append(dead, d)
+		}
+	}
+	return dead
+}
+
+// checkRemoved asserts that a script's run removed each of dead, the work
+// directories of killed runs, and said so in its log.
+func checkRemoved(t *testing.T, prog, stderr string, dead []string) {
+	t.Helper()
+	for _, d := range dead {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the next run left %s, the work directory of the killed run", d)
+		}
+		if !strings.Contains(stderr, prog+": removed "+d+", the work directory of an earlier run that was killed") {
+			t.Errorf("the next run does not say that it removed %s:\n%s", d, stderr)
+		}
+	}
+}
+
 // checkNoTeardownAll asserts that no line of a run's log suggests
 // dosvob-teardown --all, which would delete other runs' resources too.
 func checkNoTeardownAll(t *testing.T, what, stderr string) {
@@ -104,21 +130,7 @@ func TestRestoreRobust(t *testing.T) {
 	e.mustBackup()
 	e.change("nyc1/web", 40)
 	e.mustBackup()
-	vs, err := exec.Command(e.bin+"/dosvob-patch", "versions", "--json", e.image("nyc1/web")).Output()
-	if err != nil {
-		t.Fatalf("dosvob-patch versions: %v", err)
-	}
-	var list []struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(vs, &list); err != nil || len(list) != 1 {
-		t.Fatalf("want one kept version of nyc1/web, got %s (%v)", vs, err)
-	}
-	version := list[0].Name
-	old := filepath.Join(t.TempDir(), "old.img")
-	if out, err := exec.Command(e.bin+"/dosvob-patch", "restore-version", "--version", version, "--output", old, e.image("nyc1/web")).CombinedOutput(); err != nil {
-		t.Fatalf("dosvob-patch restore-version: %v\n%s", err, out)
-	}
+	version, old := e.keptVersion(e.image("nyc1/web"))
 	if digest(t, old) == digest(t, e.image("nyc1/web")) {
 		t.Fatalf("the kept version equals the newest backup: the test proves nothing")
 	}
@@ -149,25 +161,13 @@ func TestRestoreRobust(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("restore.sh from a read-only disk exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
 		}
-		v, ok := e.volumeNamed("nyc1", "web-ro")
-		if !ok {
-			t.Fatalf("no volume nyc1/web-ro after the restore")
-		}
-		if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), gib), digest(t, img); got != want {
-			t.Errorf("the restored volume differs from the image")
-		}
+		e.checkRestored("nyc1", "web-ro", gib, img)
 
 		r = e.restore("--volume-name", "web-old", "--region", "nyc1", "--version", version, "--no-sha256", img)
 		if r.code != 0 {
 			t.Fatalf("restore.sh --version from a read-only disk exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
 		}
-		v, ok = e.volumeNamed("nyc1", "web-old")
-		if !ok {
-			t.Fatalf("no volume nyc1/web-old after the restore")
-		}
-		if got, want := prefixDigest(t, e.emu.VolumeFile(v.ID), gib), digest(t, old); got != want {
-			t.Errorf("the volume restored from version %s differs from that version", version)
-		}
+		e.checkRestored("nyc1", "web-old", gib, old)
 		if after := listing(e.backups); after != before {
 			t.Errorf("the restores changed the backup directory:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
@@ -216,12 +216,7 @@ func TestRestoreRobust(t *testing.T) {
 		live := lockedDir(t, e.dir, "dosvob-restore")
 		cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", "web-killed",
 			"--region", "nyc1", "--version", version, e.image("nyc1/web"))
-		start := time.Now()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan result, 1)
-		go func() { done <- wait(cmd, stdout, stderr, start) }()
+		done := e.start(cmd, stdout, stderr)
 		// The version file appears (beside the image, or in the work
 		// directory): the run is writing it.
 		deadline := time.Now().Add(60 * time.Second)
@@ -249,12 +244,7 @@ func TestRestoreRobust(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
-		var dead []string
-		for _, d := range workDirs(t, e.dir) {
-			if d != live {
-				dead = append(dead, d)
-			}
-		}
+		dead := deadDirs(t, e.dir, live)
 		left, _ := filepath.Glob(filepath.Join(e.backups, "nyc1", ".restore-*"))
 		if len(dead) == 0 && len(left) == 0 {
 			t.Fatalf("the killed run left nothing: the test proves nothing\nstderr:\n%s", r.stderr)
@@ -266,14 +256,7 @@ func TestRestoreRobust(t *testing.T) {
 		if r.code != 4 {
 			t.Fatalf("restore.sh onto the existing volume web exited %d, want 4\nstderr:\n%s", r.code, r.stderr)
 		}
-		for _, d := range dead {
-			if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("the next run left %s, the work directory of the killed run", d)
-			}
-			if !strings.Contains(r.stderr, "restore: removed "+d+", the work directory of an earlier run that was killed") {
-				t.Errorf("the next run does not say that it removed %s:\n%s", d, r.stderr)
-			}
-		}
+		checkRemoved(t, "restore", r.stderr, dead)
 		if left, _ := filepath.Glob(filepath.Join(e.backups, "nyc1", ".restore-*")); len(left) != 0 {
 			t.Errorf("temporary version files left beside the image: %v", left)
 		}
@@ -294,11 +277,7 @@ func TestBackupRobust(t *testing.T) {
 	e := newEnv(t, false)
 	e.backups = filepath.Join(e.dir, "disk", "backups") // neither exists yet
 	run := func(cmd *exec.Cmd, stdout, stderr *bytes.Buffer) result {
-		start := time.Now()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return wait(cmd, stdout, stderr, start)
+		return <-e.start(cmd, stdout, stderr)
 	}
 
 	t.Run("umask", func(t *testing.T) {
@@ -327,12 +306,7 @@ func TestBackupRobust(t *testing.T) {
 		if res := <-r.done; res.code != 128+9 {
 			t.Fatalf("backup-all.sh exited %d, want SIGKILLed\nstderr:\n%s", res.code, res.stderr)
 		}
-		var dead []string
-		for _, d := range workDirs(t, e.dir) {
-			if d != live {
-				dead = append(dead, d)
-			}
-		}
+		dead := deadDirs(t, e.dir, live)
 		if len(dead) == 0 {
 			out, _ := exec.Command("ls", "-la", e.dir).CombinedOutput()
 			t.Fatalf("the killed run left no work directory: the test proves nothing\n%s", out)
@@ -344,14 +318,7 @@ func TestBackupRobust(t *testing.T) {
 		if res.code != 0 {
 			t.Fatalf("backup-all.sh after a SIGKILLed run exited %d, want 0\nstderr:\n%s", res.code, res.stderr)
 		}
-		for _, d := range dead {
-			if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("the next run left %s, the work directory of the killed run", d)
-			}
-			if !strings.Contains(res.stderr, "backup-all: removed "+d+", the work directory of an earlier run that was killed") {
-				t.Errorf("the next run does not say that it removed %s:\n%s", d, res.stderr)
-			}
-		}
+		checkRemoved(t, "backup-all", res.stderr, dead)
 		if _, err := os.Stat(live); err != nil {
 			t.Errorf("the next run removed a live run's work directory: %v", err)
 		}
