@@ -227,7 +227,9 @@ if ! { exec 9>>"$lock_file"; } 2>/dev/null; then
 	die 2 "cannot open the lock file \"$lock_file\" for writing" \
 		"check that its directory exists and is writable"
 fi
-if ! flock -n 9; then
+# -w 5, not -n: dosvob-provision tests whether a dead run's lock is free by
+# taking it shared for an instant, which must not turn this run away.
+if ! flock -w 5 9; then
 	die "$EXIT_LOCKED" "another backup run holds the lock $lock_file" \
 		"wait for it to finish; a run that was killed releases the lock when its processes are gone"
 fi

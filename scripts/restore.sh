@@ -190,7 +190,9 @@ if [[ -n "$lock_file" ]]; then
 	if [[ "$opened" -eq 0 ]]; then
 		die "$EXIT_USAGE" "cannot open the lock file \"$lock_file\"" "check its path and permissions, or give another --lock"
 	fi
-	if ! flock -n 9; then
+	# -w 5, as in backup-all.sh: a liveness test of dosvob-provision holds
+	# the lock shared for an instant.
+	if ! flock -w 5 9; then
 		die "$EXIT_LOCKED" "a backup run holds the lock $lock_file" "wait for it to finish, then restore"
 	fi
 fi

@@ -484,7 +484,7 @@ func (p *Provisioner) begin(ctx context.Context) (*Plan, error) {
 		p.logf("leaving %s", r)
 	}
 	if n := len(sv.Orphans); n > 0 {
-		p.logf("leaving %d dosvob resource(s) that name no run (dosvob-teardown --all deletes them)", n)
+		p.logf("leaving %d dosvob resource(s) that name no run (dosvob-teardown --all deletes them, and every run still going: use it when none is)", n)
 	}
 	if stale := sv.Stale(); len(stale) > 0 {
 		if !p.CleanupStale {

@@ -141,3 +141,42 @@ func TestProvisionRefusedNoTeardown(t *testing.T) {
 		t.Fatalf("backup-all.sh tore down after a provision that created nothing:\n%s", out)
 	}
 }
+
+// TestLockProbeNoRefusal: dosvob-provision tells whether a dead run's
+// owner lock is free by taking it shared for an instant. A backup-all.sh
+// starting in that instant must wait for it, not exit 6 as if another
+// backup were running. The probe is stood in for by a real shared flock
+// held for a second and a half; the run then goes on to provision (which refuses
+// the bad config: exit 7).
+func TestLockProbeNoRefusal(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "conf.json")
+	if err := os.WriteFile(conf, []byte(`{"do_token": "x", "regoin": "fra1"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backups := filepath.Join(dir, "backups")
+	if err := os.Mkdir(backups, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// Built first: the build takes longer than the probe holds the lock.
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "backup-all.sh"), "--config", conf, backups)
+	cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "XDG_STATE_HOME="+filepath.Join(dir, "state"))
+	lock := filepath.Join(backups, ".dosvob-backup.lock")
+	probe := exec.Command("flock", "-s", lock, "sh", "-c", "echo held; sleep 1.5")
+	stdout, err := probe.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probe.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Wait()
+	if _, err := stdout.Read(make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "dosvob-provision exit 2") {
+		t.Fatalf("backup-all.sh while the lock was held shared for an instant: %v, want it to wait and reach provision (exit 7)\n%s", err, out)
+	}
+}
