@@ -78,14 +78,17 @@ Exit codes:
   0    every volume backed up, everything temporary deleted
   1    at least one volume failed (the others were backed up; each failed
        image is still exactly its previous backup)
-  2    usage: bad options or arguments, or a BACKUP_DIR (or --lock FILE)
-       that cannot be made or written
-  6    another backup-all.sh run holds the lock
-  7    provisioning failed (nothing was synced)
+  2    usage or set-up: bad options or arguments, a BACKUP_DIR (or --lock
+       FILE) that cannot be made or written, a missing tool or dosvob
+       binary, or a config that dosvob-provision refuses (nothing was done)
+  6    another backup-all.sh run, a restore.sh or a scrub holds the lock
+       (after waiting 1 s), or dosvob-provision would not start (its exit
+       6: its message says which lock, or which earlier run's leftovers)
+  7    provisioning failed (nothing was synced; what it made is deleted)
   8    teardown left temporary resources behind (they cost money: run
        the dosvob-teardown --run ID that the log names)
   130  interrupted by SIGINT or SIGTERM
-When several apply, the first of 8, 130, 7, 1 wins.
+When several apply, the first of 8, 130, 7 (or 2, 6), 1 wins.
 
 Examples:
   backup-all.sh /srv/backups
@@ -227,9 +230,9 @@ if ! { exec 9>>"$lock_file"; } 2>/dev/null; then
 	die 2 "cannot open the lock file \"$lock_file\" for writing" \
 		"check that its directory exists and is writable"
 fi
-# -w 5, not -n: dosvob-provision tests whether a dead run's lock is free by
+# -w 1, not -n: dosvob-provision tests whether a dead run's lock is free by
 # taking it shared for an instant, which must not turn this run away.
-if ! flock -w 5 9; then
+if ! flock -w 1 9; then
 	die "$EXIT_LOCKED" "another backup run holds the lock $lock_file" \
 		"wait for it to finish; a run that was killed releases the lock when its processes are gone"
 fi
@@ -247,6 +250,7 @@ provisioned=0      # 1 once dosvob-provision has started: teardown is owed
 torn_down=0
 interrupted=0
 provision_failed=0
+provision_code=$EXIT_PROVISION # the exit when provision_failed
 teardown_failed=0
 volumes_failed=0
 declare -a worker_pids=()
@@ -325,7 +329,7 @@ final_code() {
 	elif [[ "$interrupted" -eq 1 ]]; then
 		echo "$EXIT_INTERRUPTED"
 	elif [[ "$provision_failed" -eq 1 ]]; then
-		echo "$EXIT_PROVISION"
+		echo "$provision_code"
 	elif [[ "$volumes_failed" -gt 0 ]]; then
 		echo "$EXIT_FAILED"
 	else
@@ -402,7 +406,12 @@ if [[ "$rc" -ne 0 ]]; then
 	provision_failed=1
 	log "provisioning failed (dosvob-provision exit $rc)"
 	printf 'provisioning failed (dosvob-provision exit %s): no volume was synced\n' "$rc" >"$summary_file"
-	exit "$EXIT_PROVISION"
+	# A config it refused (2) and a lock (6) keep their meaning, as in
+	# restore.sh; any other failure is 7.
+	if [[ "$provisioned" -eq 0 ]]; then
+		provision_code=$rc
+	fi
+	exit "$provision_code"
 fi
 if ! jq -e '.run_id and (.volumes | type == "array") and (.droplets | type == "array")' "$run_json" >/dev/null 2>&1; then
 	provision_failed=1

@@ -79,12 +79,14 @@ Exit codes:
   1    the restore failed (the new volume, if made, is kept: delete it or
        run again with another name), also no room in --tmp-dir for the
        version
-  2    usage: bad options or arguments (also a --tmp-dir that is not a
-       writable directory, a --lock FILE that cannot be opened), or a
-       config that dosvob-provision refuses
+  2    usage or set-up: bad options or arguments (also a --tmp-dir that is
+       not a writable directory, a --lock FILE that cannot be opened), a
+       missing tool or dosvob binary, or a config that dosvob-provision
+       refuses
   4    refused: a volume NAME already exists in REGION
-  6    a backup run holds the lock on the backup directory, or interrupted
-       runs left resources that dosvob-provision will not start beside
+  6    a backup run (or a scrub) holds the lock on the backup directory
+       (after waiting a second), or dosvob-provision would not start (its
+       exit 6: a lock, or interrupted runs' leftovers; its message says)
   7    provisioning failed (what it created was deleted again; the new
        volume, if made, is kept)
   8    teardown left temporary resources behind (run the dosvob-teardown
@@ -190,9 +192,9 @@ if [[ -n "$lock_file" ]]; then
 	if [[ "$opened" -eq 0 ]]; then
 		die "$EXIT_USAGE" "cannot open the lock file \"$lock_file\"" "check its path and permissions, or give another --lock"
 	fi
-	# -w 5, as in backup-all.sh: a liveness test of dosvob-provision holds
+	# -w 1, as in backup-all.sh: a liveness test of dosvob-provision holds
 	# the lock shared for an instant.
-	if ! flock -w 5 9; then
+	if ! flock -w 1 9; then
 		die "$EXIT_LOCKED" "a backup run holds the lock $lock_file" "wait for it to finish, then restore"
 	fi
 fi
@@ -337,8 +339,8 @@ case "$rc" in
 		"a restore always makes a new volume: choose a name that does not exist in $region"
 	;;
 "$EXIT_LOCKED")
-	die "$EXIT_LOCKED" "dosvob-provision would not start (exit $rc): interrupted runs left resources" \
-		"delete them with the dosvob-teardown --run ID that its message names"
+	die "$EXIT_LOCKED" "dosvob-provision would not start (exit $rc): a lock is held, or interrupted runs left resources" \
+		"its message above says which; leftovers go with the dosvob-teardown --run ID it names"
 	;;
 *) die "$EXIT_PROVISION" "provisioning failed (dosvob-provision exit $rc)" ;;
 esac

@@ -36,7 +36,8 @@ EXAMPLES:
    # a run by its id, as a failed dosvob-provision's hint names it:
    dosvob-teardown --run 20260102-150405-a1b2c3
 
-   # after a crash: list what is left of every run, then delete it (until it exits 0):
+   # when no run is going (--all deletes the resources of runs still going too):
+   # list what is left of every run, then delete it (until it exits 0):
    dosvob-teardown --all --dry-run
    dosvob-teardown --all
 `

@@ -53,7 +53,7 @@ func ExitError(err error, token string) error {
 	case errors.As(err, &inc):
 		code = cliutil.ExitIncomplete
 		if hint == "" {
-			hint = "run dosvob-teardown again; what is left costs money"
+			hint = "run dosvob-teardown --run ID for the run the message names until it exits 0; what is left costs money"
 		}
 	case errors.Is(err, ErrSnapshotRateLimited):
 		code = cliutil.ExitAPI

@@ -49,7 +49,7 @@ need_arg() {
 need_cmd() {
 	local cmd=$1 pkg=$2
 	if ! command -v "$cmd" >/dev/null 2>&1; then
-		die 1 "$cmd not found" "install it, e.g. apt-get install $pkg"
+		die 2 "$cmd not found" "install it, e.g. apt-get install $pkg"
 	fi
 }
 
@@ -58,7 +58,7 @@ need_cmd() {
 # hash and patch to their paths.
 use_bins() {
 	if [[ -z "${bin_dir:-}" ]] && ! bin_dir=$(find_bin_dir "$1"); then
-		die 1 "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
+		die 2 "dosvob binaries not found" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
 	fi
 	check_bins "$bin_dir" dosvob-provision dosvob-teardown dosvob-hash dosvob-patch
 	# shellcheck disable=SC2034 # used by the sourcing script
@@ -93,7 +93,7 @@ check_bins() {
 	shift
 	for b in "$@"; do
 		if [[ ! -x "$dir/$b" ]]; then
-			die 1 "$b not found in $dir" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
+			die 2 "$b not found in $dir" "build them: CGO_ENABLED=0 go build -o bin/ ./cmd/... (or pass --bin DIR)"
 		fi
 	done
 }

@@ -123,7 +123,8 @@ func TestUsage(t *testing.T) {
 // TestProvisionRefusedNoTeardown: when dosvob-provision refuses to start
 // (a bad config here; another run's lock is the other case), it created
 // nothing, so backup-all.sh must not tear down "everything dosvob's": that
-// could only hit another run's resources. It exits 7, not 8.
+// could only hit another run's resources. It exits 2 as provision did
+// (a config error), not 8.
 func TestProvisionRefusedNoTeardown(t *testing.T) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "conf.json")
@@ -134,8 +135,8 @@ func TestProvisionRefusedNoTeardown(t *testing.T) {
 	cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "XDG_STATE_HOME="+filepath.Join(dir, "state"))
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "dosvob-provision exit 2") {
-		t.Fatalf("backup-all.sh with a bad config: %v, want exit 7 after provision's exit 2\n%s", err, out)
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "dosvob-provision exit 2") {
+		t.Fatalf("backup-all.sh with a bad config: %v, want exit 2 after provision's exit 2\n%s", err, out)
 	}
 	if strings.Contains(string(out), "tearing down") {
 		t.Fatalf("backup-all.sh tore down after a provision that created nothing:\n%s", out)
@@ -146,8 +147,8 @@ func TestProvisionRefusedNoTeardown(t *testing.T) {
 // owner lock is free by taking it shared for an instant. A backup-all.sh
 // starting in that instant must wait for it, not exit 6 as if another
 // backup were running. The probe is stood in for by a real shared flock
-// held for a second and a half; the run then goes on to provision (which refuses
-// the bad config: exit 7).
+// held for half a second; the run then goes on to provision (which refuses
+// the bad config: exit 2).
 func TestLockProbeNoRefusal(t *testing.T) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "conf.json")
@@ -162,7 +163,7 @@ func TestLockProbeNoRefusal(t *testing.T) {
 	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "backup-all.sh"), "--config", conf, backups)
 	cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "XDG_STATE_HOME="+filepath.Join(dir, "state"))
 	lock := filepath.Join(backups, ".dosvob-backup.lock")
-	probe := exec.Command("flock", "-s", lock, "sh", "-c", "echo held; sleep 1.5")
+	probe := exec.Command("flock", "-s", lock, "sh", "-c", "echo held; sleep 0.5")
 	stdout, err := probe.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func TestLockProbeNoRefusal(t *testing.T) {
 	}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "dosvob-provision exit 2") {
-		t.Fatalf("backup-all.sh while the lock was held shared for an instant: %v, want it to wait and reach provision (exit 7)\n%s", err, out)
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "dosvob-provision exit 2") {
+		t.Fatalf("backup-all.sh while the lock was held shared for an instant: %v, want it to wait and reach provision (exit 2)\n%s", err, out)
 	}
 }
