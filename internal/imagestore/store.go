@@ -282,13 +282,6 @@ func (s *Store) readState() (state, error) {
 	return st, nil
 }
 
-// currentBase is the base of the content as it is now, which may be newer
-// than Base() if another run committed since Open.
-func (s *Store) currentBase() (format.Base, error) {
-	st, err := s.readState()
-	return st.base, err
-}
-
 // Path is the image's path.
 func (s *Store) Path() string { return s.path }
 
@@ -526,17 +519,16 @@ func (s *Store) removeDurably(name string) error {
 // files: the versions are old backups, and nothing says they are stale. The
 // caller holds the writer lock and the state lock.
 func (s *Store) sweep() {
-	m, err := readManifest(s.dir)
+	st, err := s.readState()
 	if err != nil {
 		return
 	}
+	m := st.manifest
 	s.removeTemps()
 	if exists(s.path) && !exists(s.join(partialName)) {
 		os.Remove(s.join(partialMeta)) // its first backup was moved into place
 	}
-	if cur, err := s.currentBase(); err == nil {
-		s.sweepSigns(cur, maxSignings)
-	}
+	s.sweepSigns(st.base, maxSignings)
 	if m == nil {
 		return
 	}
