@@ -229,7 +229,7 @@ func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdo
 	defer s.Close()
 	src, size, err := s.Content()
 	if err != nil {
-		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
+		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, cliutil.PathCause(err)))
 	}
 	base := s.Base()
 	if uint64(size) != base.Size {
@@ -321,7 +321,7 @@ func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdo
 func signRaw(ctx context.Context, path string, blockSize uint32, stdout io.Writer, o output, opts blocksync.Options) error {
 	f, err := blocksync.OpenSource(path)
 	if err != nil {
-		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
+		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, cliutil.PathCause(err)))
 	}
 	defer f.Close()
 	size, err := blocksync.Size(f.File())
@@ -387,7 +387,7 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 	}
 	f, err := blocksync.OpenSource(path)
 	if err != nil {
-		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, unwrapPath(err)))
+		return cliutil.Exit(cliutil.ExitFailure, fmt.Errorf("open %q: %w", path, cliutil.PathCause(err)))
 	}
 	defer f.Close()
 	size, err := blocksync.Size(f.File())
@@ -473,7 +473,7 @@ func storeErr(err error, path string) error {
 	case errors.Is(err, imagestore.ErrNotOurs):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "only images written by dosvob-patch have a manifest to verify against")
 	case errors.Is(err, fs.ErrNotExist):
-		return cliutil.Exit(cliutil.ExitFailure, unwrapPath(err))
+		return cliutil.Exit(cliutil.ExitFailure, cliutil.PathCause(err))
 	}
 	return err
 }
@@ -484,16 +484,6 @@ func deviceErr(err error, path string) error {
 		return err
 	}
 	return fmt.Errorf("%q: %w", path, err)
-}
-
-// unwrapPath turns "open /x: no such file or directory" into the bare cause
-// when the caller names the path itself.
-func unwrapPath(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 func isTerminal(f any) bool {
