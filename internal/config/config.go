@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -280,12 +281,12 @@ func decodeError(data []byte, err error) error {
 // "regions"), unless last is set: then the last token is a member's name.
 func fieldName(p jsontext.Pointer, last bool) string {
 	var names []string
-	toks := strings.Split(strings.TrimPrefix(string(p), "/"), "/")
+	toks := slices.Collect(p.Tokens())
 	for i, t := range toks {
 		if t == "" || (!(last && i == len(toks)-1) && strings.Trim(t, "0123456789") == "") {
 			continue
 		}
-		names = append(names, strings.NewReplacer("~1", "/", "~0", "~").Replace(t))
+		names = append(names, t)
 	}
 	return strings.Join(names, ".")
 }
