@@ -24,11 +24,16 @@ const (
 // (a typo in the config would otherwise select nothing, or silently less).
 func knownRegions(sizes []godo.Size, regions []string) error {
 	for _, r := range regions {
-		if !slices.ContainsFunc(sizes, func(s godo.Size) bool { return slices.Contains(s.Regions, r) }) {
+		if !knownRegion(sizes, r) {
 			return &InputError{fmt.Errorf("unknown region %q in the config: DigitalOcean offers no droplet there", r)}
 		}
 	}
 	return nil
+}
+
+// knownRegion reports whether some size, available or not, lists region.
+func knownRegion(sizes []godo.Size, region string) bool {
+	return slices.ContainsFunc(sizes, func(s godo.Size) bool { return slices.Contains(s.Regions, region) })
 }
 
 // Filter selects volumes.
@@ -126,11 +131,12 @@ func (e *InputError) Unwrap() error { return e.Err }
 // want that is not offered, or a region that no size lists (not a
 // DigitalOcean region), is an *InputError.
 func ChooseSize(sizes []godo.Size, region, want string) (godo.Size, error) {
+	if !knownRegion(sizes, region) {
+		return godo.Size{}, &InputError{fmt.Errorf("unknown region %q: DigitalOcean offers no droplet there", region)}
+	}
 	var best *godo.Size
-	known := false
 	for i := range sizes {
 		s := &sizes[i]
-		known = known || slices.Contains(s.Regions, region)
 		if !s.Available || !slices.Contains(s.Regions, region) {
 			continue
 		}
@@ -143,9 +149,6 @@ func ChooseSize(sizes []godo.Size, region, want string) (godo.Size, error) {
 		if best == nil || s.PriceHourly < best.PriceHourly || (s.PriceHourly == best.PriceHourly && s.Slug < best.Slug) {
 			best = s
 		}
-	}
-	if !known {
-		return godo.Size{}, &InputError{fmt.Errorf("unknown region %q: DigitalOcean offers no droplet there", region)}
 	}
 	if want != "" {
 		return godo.Size{}, &InputError{fmt.Errorf("droplet size %q is not available in region %q", want, region)}
