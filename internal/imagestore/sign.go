@@ -258,7 +258,7 @@ func (s *Store) signings() map[string]*signRecord {
 			continue
 		}
 		key := strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(n, signPrefix), ".json"), ".hashes")
-		if strings.HasSuffix(n, ".tmp") || key == strings.TrimPrefix(n, signPrefix) {
+		if key == strings.TrimPrefix(n, signPrefix) { // neither a record nor hashes (a .tmp)
 			continue
 		}
 		if _, seen := recs[key]; !seen {
