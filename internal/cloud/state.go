@@ -230,11 +230,11 @@ func (s *Store) LockWait(ctx context.Context, timeout time.Duration, logf func(s
 	deadline := time.Now().Add(timeout)
 	said := false
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := lockFile(f)
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
+		if !errors.Is(err, ErrLocked) {
 			f.Close()
 			return err
 		}
