@@ -397,9 +397,9 @@ rc=0
 wait "$provision_pid" || rc=$?
 provision_pid=""
 if [[ "$rc" -eq 2 || "$rc" -eq "$EXIT_LOCKED" ]]; then
-	# A bad config, or another run holds the lock: dosvob-provision
-	# created nothing, and a teardown of "everything" here could only hit
-	# the resources of that other run.
+	# A bad config, or a lock held: dosvob-provision created nothing (no
+	# run id either), so there is nothing to tear down, and the exit keeps
+	# provision's meaning.
 	provisioned=0
 fi
 if [[ "$rc" -ne 0 ]]; then
