@@ -275,28 +275,11 @@ do_teardown() {
 	# here on this script ignores SIGINT and SIGTERM (SIGKILL still works,
 	# and the next run cleans up).
 	trap '' INT TERM
-	local args=("${config_args[@]}" "${teardown_args[@]}") rc=0 pid="" run_id=""
-	run_id=$(jq -r '.run_id // empty' "$run_json" 2>/dev/null || true)
-	if [[ -n "$run_id" ]]; then
-		log "tearing down run $run_id: deleting its droplets, volume copies, snapshots and key"
-		run_group pid "$teardown" "${args[@]}" "$run_json" </dev/null
-	elif run_id=$(head -n 1 "$run_id_file" 2>/dev/null) && [[ -n "$run_id" ]]; then
-		# Provisioning did not finish: this run's resources, never those
-		# of another run that may be going on beside it.
-		log "tearing down run $run_id (provisioning did not finish): deleting what it created"
-		run_group pid "$teardown" "${args[@]}" --run "$run_id" </dev/null
-	else
-		log "provisioning started no run: nothing to tear down"
-		return 0
-	fi
-	wait "$pid" || rc=$?
-	if [[ "$rc" -ne 0 ]]; then
-		teardown_failed=1
-		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
-		log "hint: run dosvob-teardown --run $run_id${config:+ --config $config} until it exits 0"
-	else
-		log "teardown complete: nothing temporary is left"
-	fi
+	teardown_run "$run_json" "$run_id_file" \
+		"tearing down run RUN_ID: deleting its droplets, volume copies, snapshots and key" \
+		"tearing down run RUN_ID (provisioning did not finish): deleting what it created" \
+		"teardown complete: nothing temporary is left" \
+		"${config_args[@]}" "${teardown_args[@]}" || teardown_failed=1
 }
 
 stop_children() {

@@ -225,27 +225,12 @@ do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	torn_down=1
 	trap '' INT TERM
-	local rc=0 pid="" run_id=""
-	run_id=$(jq -r '.run_id // empty' "$run_json" 2>/dev/null || true)
-	if [[ -n "$run_id" ]]; then
-		log "deleting the temporary droplet and key of run $run_id (the new volume is kept)"
-		run_group pid "$teardown" "${config_args[@]}" "$run_json" </dev/null
-	elif run_id=$(head -n 1 "$run_id_file" 2>/dev/null) && [[ -n "$run_id" ]]; then
-		# Provisioning did not finish (it failed, or was interrupted): what
-		# this run made, by its run id (never --all, which could hit a
-		# backup run in progress). Its state names the new volume: kept.
-		log "deleting what run $run_id created (provisioning did not finish; the new volume, if made, is kept)"
-		run_group pid "$teardown" "${config_args[@]}" --run "$run_id" </dev/null
-	else
-		log "provisioning started no run: nothing to tear down"
-		return 0
-	fi
-	wait "$pid" || rc=$?
-	if [[ "$rc" -ne 0 ]]; then
-		teardown_failed=1
-		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
-		log "hint: run dosvob-teardown --run $run_id${config:+ --config $config} until it exits 0"
-	fi
+	# Provisioning that did not finish is torn down by its run id; its
+	# state names the new volume, which is kept.
+	teardown_run "$run_json" "$run_id_file" \
+		"deleting the temporary droplet and key of run RUN_ID (the new volume is kept)" \
+		"deleting what run RUN_ID created (provisioning did not finish; the new volume, if made, is kept)" \
+		"" "${config_args[@]}" || teardown_failed=1
 }
 
 on_signal() {

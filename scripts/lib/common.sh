@@ -182,6 +182,39 @@ stop_group() {
 	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
 }
 
+# teardown_run JSON ID_FILE DONE PARTIAL OK [ARG...]: tear down this
+# script's run and nothing else: by its run JSON, or, when provisioning did
+# not finish, by the run id that dosvob-provision wrote to ID_FILE before it
+# created anything (never --all, which would take runs going beside it).
+# DONE and PARTIAL are the log lines of the two cases, RUN_ID standing for
+# the run id; OK, unless empty, is logged when the teardown succeeds. ARGs
+# go to dosvob-teardown ($teardown). Returns 1 when the teardown failed,
+# logged with the command that finishes the job.
+teardown_run() {
+	local json=$1 id_file=$2 done_msg=$3 partial_msg=$4 ok_msg=$5 rc=0 pid="" run_id=""
+	shift 5
+	run_id=$(jq -r '.run_id // empty' "$json" 2>/dev/null || true)
+	if [[ -n "$run_id" ]]; then
+		log "${done_msg//RUN_ID/$run_id}"
+		run_group pid "$teardown" "$@" "$json" </dev/null
+	elif run_id=$(head -n 1 "$id_file" 2>/dev/null) && [[ -n "$run_id" ]]; then
+		log "${partial_msg//RUN_ID/$run_id}"
+		run_group pid "$teardown" "$@" --run "$run_id" </dev/null
+	else
+		log "provisioning started no run: nothing to tear down"
+		return 0
+	fi
+	wait "$pid" || rc=$?
+	if [[ "$rc" -ne 0 ]]; then
+		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
+		log "hint: run dosvob-teardown --run $run_id${config:+ --config $config} until it exits 0"
+		return 1
+	fi
+	if [[ -n "$ok_msg" ]]; then
+		log "$ok_msg"
+	fi
+}
+
 # make_work_dir VAR BASE NAME: make a work directory BASE/NAME.XXXXXX (mode
 # 0700; NAME is dosvob-backup or dosvob-restore, the names that
 # clean_dead_work_dirs looks for), store its path in VAR, and lock it on
