@@ -276,17 +276,20 @@ func (p *Provisioner) ownerGone(st *State) (gone, known bool, why string) {
 	if o == nil || o.Lock == "" {
 		return false, false, "its state names no owner"
 	}
+	unchecked := func(cause any) (bool, bool, string) {
+		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", cause)
+	}
 	f, err := os.Open(o.Lock)
 	if err != nil {
-		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+		return unchecked(err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+		return unchecked(err)
 	}
 	if !o.isLock(fi) {
-		return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%s is not the file the run's owner locked: it was removed and made again)", o.Lock)
+		return unchecked(o.Lock + " is not the file the run's owner locked: it was removed and made again")
 	}
 	sameOwner := false
 	if p.OwnerLock != nil && o.Caller {
@@ -300,7 +303,7 @@ func (p *Provisioner) ownerGone(st *State) (gone, known bool, why string) {
 		held, err := lockHeld(f)
 		switch {
 		case err != nil:
-			return false, false, fmt.Sprintf("its owner's lock cannot be checked here (%v)", err)
+			return unchecked(err)
 		case held:
 			return false, true, fmt.Sprintf("alive: its owner holds the lock %s", o.Lock)
 		case !o.Caller && st.Status == "ready":

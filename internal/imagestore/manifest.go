@@ -264,8 +264,9 @@ func versionName(t time.Time) string { return t.UTC().Format("20060102T150405Z")
 // run signs by reading the whole image, so whatever that run left is
 // compared block by block and the result is exact.
 func DamagedHint(image string) string {
-	manifest, journal := filepath.Join(StateDir(image), manifestName), filepath.Join(StateDir(image), journalName)
-	fresh := fmt.Sprintf("or move %q and %q aside for a new first backup", image, StateDir(image))
+	dir := StateDir(image)
+	manifest, journal := filepath.Join(dir, manifestName), filepath.Join(dir, journalName)
+	fresh := fmt.Sprintf("or move %q and %q aside for a new first backup", image, dir)
 	if exists(journal) {
 		return fmt.Sprintf("move %q and %q aside and run the pipe once with dosvob-patch --force "+
 			"(the journal is of an interrupted run that may have written part of the image; the --force run reads all of it "+
