@@ -228,6 +228,25 @@ func TestVersionFlag(t *testing.T) {
 	}
 }
 
+// Each app's --version goes to its own stdout, also when another app was
+// set up since (urfave/cli's version printer is one for the process).
+func TestVersionFlagOwnStdout(t *testing.T) {
+	var out1, out2, stderr bytes.Buffer
+	a1 := app(func(*cli.Context) error { return nil })
+	a1.Name = "dosvob-one"
+	a2 := app(func(*cli.Context) error { return nil })
+	a2.Name = "dosvob-two"
+	a1.ErrWriter, a2.ErrWriter = &stderr, &stderr
+	versionFlag(a1, &out1)
+	versionFlag(a2, &out2)
+	if err := a1.Run([]string{"dosvob-one", "--version"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "dosvob-one version " + Version() + "\n"; out1.String() != want || out2.Len() != 0 {
+		t.Errorf("app one's stdout %q, app two's %q; want %q and nothing", out1.String(), out2.String(), want)
+	}
+}
+
 // What go build embeds is what --version prints: a real binary, built from
 // this checkout with VCS stamping on, names the commit git has checked out.
 func TestVersionOfABuiltBinary(t *testing.T) {

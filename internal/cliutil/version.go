@@ -3,7 +3,9 @@ package cliutil
 import (
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 )
@@ -42,15 +44,34 @@ func versionOf(bi *debug.BuildInfo) string {
 	return fmt.Sprintf("%s, revision %s, %s", version, revision, goVersion)
 }
 
+// stdoutKey is the key of app.Metadata under which versionFlag leaves the
+// writer the version goes to.
+const stdoutKey = "dosvob/cliutil.stdout"
+
+// setVersionFlag sets urfave/cli's --version flag and printer, which are
+// package variables of cli, once for the process.
+var setVersionFlag sync.Once
+
 // versionFlag is urfave/cli's --version, without its -v alias (which reads
 // as "verbose"); it prints to stdout, also in the commands whose help goes
-// to stderr, and exits 0.
+// to stderr, and exits 0. The writer is the app's own (in its Metadata), as
+// urfave/cli's flag and printer are shared by every app of the process.
 func versionFlag(app *cli.App, stdout io.Writer) {
 	if app.Version == "" {
 		app.Version = Version()
 	}
-	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and the revision it was built from"}
-	cli.VersionPrinter = func(c *cli.Context) {
-		fmt.Fprintf(stdout, "%s version %s\n", c.App.Name, c.App.Version)
+	if app.Metadata == nil {
+		app.Metadata = map[string]any{}
 	}
+	app.Metadata[stdoutKey] = stdout
+	setVersionFlag.Do(func() {
+		cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and the revision it was built from"}
+		cli.VersionPrinter = func(c *cli.Context) {
+			w, ok := c.App.Metadata[stdoutKey].(io.Writer)
+			if !ok {
+				w = os.Stdout
+			}
+			fmt.Fprintf(w, "%s version %s\n", c.App.Name, c.App.Version)
+		}
+	})
 }
