@@ -344,12 +344,7 @@ func (a *API) waitAction(ctx context.Context, op string, timeout time.Duration, 
 	defer cancel()
 	for {
 		var act *godo.Action
-		err := a.do(ctx, op, func(ctx context.Context) (*godo.Response, error) {
-			var resp *godo.Response
-			var err error
-			act, resp, err = get(ctx)
-			return resp, err
-		})
+		err := a.do(ctx, op, one(&act, "action", get))
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 				return &APIError{Op: op, Err: fmt.Errorf("action did not finish within %v", timeout)}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +96,11 @@ func TestProvisionFaults(t *testing.T) {
 		{"droplet poll 500", doemu.Fault{Method: "GET", Path: dropID, Status: 500, Times: 2}, true},
 		{"volume list 500", doemu.Fault{Method: "GET", Path: vol, Status: 500, Nth: 2}, true},
 		{"sizes 503", doemu.Fault{Method: "GET", Path: `/v2/sizes`, Status: 503}, true},
+		{"droplet poll answers null", doemu.Fault{Method: "GET", Path: dropID, Body: `{"droplet": null}`}, false},
+		{"action poll answers null", doemu.Fault{Method: "GET", Path: volActID, Body: `{"action": null}`}, false},
+		{"key create answers no key", doemu.Fault{Method: "POST", Path: keys, Body: `{}`}, false},
+		{"snapshot answers null", doemu.Fault{Method: "POST", Path: snapOf, Body: `{"snapshot": null}`}, false},
+		{"attach answers null", doemu.Fault{Method: "POST", Path: volAct, Body: `{"action": null}`}, true},
 		{"every call 500 (gives up)", doemu.Fault{Path: `/v2/.*`, Status: 500, Nth: 12, Times: 1000}, false},
 	}
 	for _, c := range cases {
@@ -128,6 +134,9 @@ func TestProvisionFaults(t *testing.T) {
 				}
 				if c.name == "snapshot rate limit" && !errors.Is(err, ErrSnapshotRateLimited) {
 					t.Errorf("rate limit not reported clearly: %v", err)
+				}
+				if c.fault.Body != "" && (!strings.Contains(err.Error(), "malformed answer") || re == nil || !re.TornDown) {
+					t.Errorf("a malformed answer is not a clean failure (torn down: %v): %v", re != nil && re.TornDown, err)
 				}
 				if re != nil && re.TornDown {
 					assertUserStateUnchanged(t, before, v.emu.State())

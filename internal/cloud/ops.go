@@ -30,12 +30,9 @@ func (a *API) volumesNamed(ctx context.Context, region, name string) ([]godo.Vol
 
 func (a *API) GetVolume(ctx context.Context, id string) (*godo.Volume, error) {
 	var v *godo.Volume
-	err := a.do(ctx, "get volume "+id, func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		v, resp, err = a.godo.Storage.GetVolume(ctx, id)
-		return resp, err
-	})
+	err := a.do(ctx, "get volume "+id, one(&v, "volume", func(ctx context.Context) (*godo.Volume, *godo.Response, error) {
+		return a.godo.Storage.GetVolume(ctx, id)
+	}))
 	return v, err
 }
 
@@ -128,12 +125,9 @@ func (a *API) CreateSnapshot(ctx context.Context, volumeID, name string, tags []
 		}
 		return nil
 	}
-	err := a.call(ctx, "snapshot volume "+volumeID, callOpts{exists: find, stop: stop}, func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		s, resp, err = a.godo.Storage.CreateSnapshot(ctx, &godo.SnapshotCreateRequest{VolumeID: volumeID, Name: name, Tags: tags})
-		return resp, err
-	})
+	err := a.call(ctx, "snapshot volume "+volumeID, callOpts{exists: find, stop: stop}, one(&s, "snapshot", func(ctx context.Context) (*godo.Snapshot, *godo.Response, error) {
+		return a.godo.Storage.CreateSnapshot(ctx, &godo.SnapshotCreateRequest{VolumeID: volumeID, Name: name, Tags: tags})
+	}))
 	if errors.Is(err, errFound) {
 		err = nil
 	}
@@ -148,12 +142,9 @@ func (a *API) ListVolumeSnapshots(ctx context.Context) ([]godo.Snapshot, error) 
 
 func (a *API) GetSnapshot(ctx context.Context, id string) (*godo.Snapshot, error) {
 	var s *godo.Snapshot
-	err := a.do(ctx, "get snapshot "+id, func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		s, resp, err = a.godo.Snapshots.Get(ctx, id)
-		return resp, err
-	})
+	err := a.do(ctx, "get snapshot "+id, one(&s, "snapshot", func(ctx context.Context) (*godo.Snapshot, *godo.Response, error) {
+		return a.godo.Snapshots.Get(ctx, id)
+	}))
 	return s, err
 }
 
@@ -180,12 +171,9 @@ func (a *API) CreateKey(ctx context.Context, name, public, fingerprint string) (
 		}
 		return false, nil
 	}
-	err := a.call(ctx, "create ssh key "+name, callOpts{exists: find}, func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		k, resp, err = a.godo.Keys.Create(ctx, &godo.KeyCreateRequest{Name: name, PublicKey: public})
-		return resp, err
-	})
+	err := a.call(ctx, "create ssh key "+name, callOpts{exists: find}, one(&k, "ssh key", func(ctx context.Context) (*godo.Key, *godo.Response, error) {
+		return a.godo.Keys.Create(ctx, &godo.KeyCreateRequest{Name: name, PublicKey: public})
+	}))
 	if errors.Is(err, errFound) {
 		err = nil
 	}
@@ -223,10 +211,8 @@ func (a *API) CreateDroplet(ctx context.Context, req *godo.DropletCreateRequest,
 		}
 		return false, nil
 	}
-	err := a.call(ctx, "create droplet "+req.Name, callOpts{exists: find}, func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		d, resp, err = a.godo.Droplets.Create(ctx, req)
+	err := a.call(ctx, "create droplet "+req.Name, callOpts{exists: find}, one(&d, "droplet", func(ctx context.Context) (*godo.Droplet, *godo.Response, error) {
+		d, resp, err := a.godo.Droplets.Create(ctx, req)
 		if err == nil && resp != nil && resp.Links != nil {
 			for _, la := range resp.Links.Actions {
 				if la.Rel == "create" || actionID == 0 {
@@ -234,8 +220,8 @@ func (a *API) CreateDroplet(ctx context.Context, req *godo.DropletCreateRequest,
 				}
 			}
 		}
-		return resp, err
-	})
+		return d, resp, err
+	}))
 	if errors.Is(err, errFound) {
 		err = nil
 	}
@@ -250,12 +236,9 @@ func (a *API) ListDropletsByTag(ctx context.Context, tag string) ([]godo.Droplet
 
 func (a *API) GetDroplet(ctx context.Context, id int) (*godo.Droplet, error) {
 	var d *godo.Droplet
-	err := a.do(ctx, fmt.Sprintf("get droplet %d", id), func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		d, resp, err = a.godo.Droplets.Get(ctx, id)
-		return resp, err
-	})
+	err := a.do(ctx, fmt.Sprintf("get droplet %d", id), one(&d, "droplet", func(ctx context.Context) (*godo.Droplet, *godo.Response, error) {
+		return a.godo.Droplets.Get(ctx, id)
+	}))
 	return d, err
 }
 
@@ -274,12 +257,9 @@ func (a *API) WaitDropletActive(ctx context.Context, id, actionID int, timeout t
 	for {
 		if actionID != 0 {
 			var act *godo.Action
-			err := a.do(ctx, fmt.Sprintf("get action %d", actionID), func(ctx context.Context) (*godo.Response, error) {
-				var resp *godo.Response
-				var err error
-				act, resp, err = a.godo.Actions.Get(ctx, actionID)
-				return resp, err
-			})
+			err := a.do(ctx, fmt.Sprintf("get action %d", actionID), one(&act, "action", func(ctx context.Context) (*godo.Action, *godo.Response, error) {
+				return a.godo.Actions.Get(ctx, actionID)
+			}))
 			if err == nil && act.Status == "errored" {
 				return nil, &APIError{Op: fmt.Sprintf("droplet %d", id), Err: fmt.Errorf("create action %d: %w", actionID, ErrActionErrored)}
 			}
@@ -323,12 +303,9 @@ func (a *API) Attach(ctx context.Context, volumeID string, dropletID int, timeou
 	var last error
 	for try := 0; try < 3; try++ {
 		var act *godo.Action
-		err := a.call(ctx, op, callOpts{exists: attached}, func(ctx context.Context) (*godo.Response, error) {
-			var resp *godo.Response
-			var err error
-			act, resp, err = a.godo.StorageActions.Attach(ctx, volumeID, dropletID)
-			return resp, err
-		})
+		err := a.call(ctx, op, callOpts{exists: attached}, one(&act, "action", func(ctx context.Context) (*godo.Action, *godo.Response, error) {
+			return a.godo.StorageActions.Attach(ctx, volumeID, dropletID)
+		}))
 		if errors.Is(err, errFound) {
 			return nil
 		}
@@ -362,12 +339,9 @@ func (a *API) Attach(ctx context.Context, volumeID string, dropletID int, timeou
 func (a *API) Detach(ctx context.Context, volumeID string, dropletID int, timeout time.Duration) error {
 	op := fmt.Sprintf("detach volume %s from droplet %d", volumeID, dropletID)
 	var act *godo.Action
-	err := a.do(ctx, op, func(ctx context.Context) (*godo.Response, error) {
-		var resp *godo.Response
-		var err error
-		act, resp, err = a.godo.StorageActions.DetachByDropletID(ctx, volumeID, dropletID)
-		return resp, err
-	})
+	err := a.do(ctx, op, one(&act, "action", func(ctx context.Context) (*godo.Action, *godo.Response, error) {
+		return a.godo.StorageActions.DetachByDropletID(ctx, volumeID, dropletID)
+	}))
 	if err != nil {
 		return err
 	}
@@ -411,4 +385,19 @@ func (a *API) deleteIgnoringNotFound(ctx context.Context, op string, fn func(ctx
 
 func containsFold(s, sub string) bool {
 	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
+// one adapts a call that answers one object for call and do: it stores
+// the object in *out and makes an answer without it (a success whose body
+// lacks it, or holds null) a failure, named after what, so that no caller
+// ever dereferences a nil.
+func one[T any](out **T, what string, fn func(ctx context.Context) (*T, *godo.Response, error)) func(ctx context.Context) (*godo.Response, error) {
+	return func(ctx context.Context) (*godo.Response, error) {
+		v, resp, err := fn(ctx)
+		if err == nil && v == nil {
+			err = fmt.Errorf("malformed answer: no %s in it", what)
+		}
+		*out = v
+		return resp, err
+	}
 }

@@ -390,12 +390,9 @@ func (a *API) deleteRunTags(ctx context.Context, scope Scope, logf func(string, 
 	}
 	for _, name := range names {
 		var t *godo.Tag
-		err := a.do(ctx, "get tag "+name, func(ctx context.Context) (*godo.Response, error) {
-			var resp *godo.Response
-			var err error
-			t, resp, err = a.godo.Tags.Get(ctx, name)
-			return resp, err
-		})
+		err := a.do(ctx, "get tag "+name, one(&t, "tag", func(ctx context.Context) (*godo.Tag, *godo.Response, error) {
+			return a.godo.Tags.Get(ctx, name)
+		}))
 		if IsNotFound(err) {
 			continue
 		}

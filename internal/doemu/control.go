@@ -31,6 +31,7 @@ type FaultSpec struct {
 	Hang          bool   `json:"hang"`
 	ActionErrored bool   `json:"action_errored"`
 	LingerDetach  string `json:"linger_detach"`
+	Body          string `json:"body"`
 }
 
 // Fault converts the spec, checking its durations and pattern.
@@ -38,7 +39,7 @@ func (s FaultSpec) Fault() (Fault, error) {
 	f := Fault{
 		Method: s.Method, Path: s.Path, Nth: s.Nth, Times: s.Times, Status: s.Status,
 		RetryAfter: s.RetryAfter, Message: s.Message, AfterCommit: s.AfterCommit,
-		Hang: s.Hang, ActionErrored: s.ActionErrored,
+		Hang: s.Hang, ActionErrored: s.ActionErrored, Body: s.Body,
 	}
 	var err error
 	if s.Delay != "" {

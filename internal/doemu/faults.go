@@ -30,6 +30,9 @@ import (
 //     their change does not happen.
 //   - LingerDetach: for a droplet delete, its volumes stay attached this long
 //     after the droplet is gone.
+//   - Body: the call is carried out, and its answer keeps its status but has
+//     this body instead (`{"droplet": null}`, `{}`, a cut-off JSON): a
+//     malformed answer, as a broken proxy or API release might send.
 type Fault struct {
 	Method        string
 	Path          string
@@ -43,6 +46,7 @@ type Fault struct {
 	Hang          bool
 	ActionErrored bool
 	LingerDetach  time.Duration
+	Body          string
 }
 
 type faultState struct {

@@ -271,6 +271,11 @@ func (e *Emulator) ServeHTTP(rw http.ResponseWriter, hr *http.Request) {
 		writeError(w, reqID, ae)
 		return
 	}
+	if f != nil && f.Body != "" {
+		w.WriteHeader(rep.status)
+		io.WriteString(w, f.Body)
+		return
+	}
 	if rep.body == nil {
 		w.Header().Del("Content-Type")
 		w.WriteHeader(rep.status)
