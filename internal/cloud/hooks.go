@@ -13,8 +13,9 @@ import (
 
 // Hooks are the user's commands run locally, through /bin/sh, just before
 // and just after each volume's snapshot (e.g. to fsfreeze its filesystem).
-// A post-snapshot hook runs whenever the pre-snapshot hook ran, even if the
-// snapshot failed, so a frozen filesystem is always thawed.
+// A post-snapshot hook runs whenever the pre-snapshot hook was started,
+// also when it failed, timed out or was interrupted, and when the snapshot
+// failed: so a frozen filesystem is always thawed.
 type Hooks struct {
 	PreSnapshot  string
 	PostSnapshot string
@@ -29,7 +30,7 @@ type HookEnv struct {
 	Volume   string // the source volume's name
 	VolumeID string
 	Region   string
-	Result   string // post_snapshot only: "ok" or "failed"
+	Result   string // post_snapshot only: "ok", "failed", or "skipped" (the pre hook did not succeed)
 }
 
 // RunHook runs one hook command. Its output goes to stderr, and the

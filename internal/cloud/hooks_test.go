@@ -47,27 +47,30 @@ func TestHooks(t *testing.T) {
 		t.Fatalf("hook log:\n%s", got)
 	}
 
-	// A failing pre hook: no snapshot is taken, the run is torn down.
+	// A pre hook that fails after freezing: no snapshot is taken, the post
+	// hook still thaws (told the snapshot was skipped), the run is torn down.
+	thaw := `echo "thawed $DOSVOB_SNAPSHOT_RESULT" >> ` + logFile
 	os.Remove(logFile)
 	before := v.emu.State()
 	p = v.provisioner(func(p *Provisioner) {
 		p.Filter = Filter{Include: []string{"data-*"}}
-		p.Hooks = Hooks{PreSnapshot: "echo frozen >> " + logFile + "; exit 3", PostSnapshot: "echo thawed >> " + logFile}
+		p.Hooks = Hooks{PreSnapshot: "echo frozen >> " + logFile + "; exit 3", PostSnapshot: thaw}
 	})
 	_, err = p.Provision(context.Background())
 	var re *RunError
 	if !errors.As(err, &re) || !re.TornDown || !strings.Contains(err.Error(), "pre_snapshot hook") {
 		t.Fatalf("err = %v", err)
 	}
-	if got, _ := os.ReadFile(logFile); string(got) != "frozen\n" {
+	if got, _ := os.ReadFile(logFile); string(got) != "frozen\nthawed skipped\n" {
 		t.Errorf("hook log %q", got)
 	}
 	assertUserStateUnchanged(t, before, v.emu.State())
 
-	// A hook that hangs is stopped at its timeout.
+	// A pre hook that hangs is stopped at its timeout, and the post hook runs.
+	os.Remove(logFile)
 	p = v.provisioner(func(p *Provisioner) {
 		p.Filter = Filter{Include: []string{"data-*"}}
-		p.Hooks = Hooks{PreSnapshot: "sleep 60", Timeout: 300 * time.Millisecond}
+		p.Hooks = Hooks{PreSnapshot: "echo frozen >> " + logFile + "; sleep 60", PostSnapshot: thaw, Timeout: 300 * time.Millisecond}
 	})
 	start := time.Now()
 	if _, err = p.Provision(context.Background()); err == nil || !strings.Contains(err.Error(), "did not finish within") {
@@ -76,6 +79,38 @@ func TestHooks(t *testing.T) {
 	if time.Since(start) > 10*time.Second {
 		t.Errorf("hanging hook took %v", time.Since(start))
 	}
+	if got, _ := os.ReadFile(logFile); string(got) != "frozen\nthawed skipped\n" {
+		t.Errorf("hook log after a timeout %q", got)
+	}
+
+	// A run interrupted while the pre hook runs (SIGTERM to dosvob-provision)
+	// still thaws.
+	os.Remove(logFile)
+	ctx, cancel := context.WithCancel(context.Background())
+	p = v.provisioner(func(p *Provisioner) {
+		p.Filter = Filter{Include: []string{"data-*"}}
+		p.Hooks = Hooks{PreSnapshot: "echo frozen >> " + logFile + "; sleep 60", PostSnapshot: thaw, Timeout: 30 * time.Second}
+	})
+	go func() {
+		for !strings.Contains(readString(logFile), "frozen") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err = p.Provision(ctx); err == nil {
+		t.Fatal("an interrupted run succeeded")
+	}
+	if got := readString(logFile); got != "frozen\nthawed skipped\n" {
+		t.Errorf("hook log after an interruption %q", got)
+	}
+	teardownUntilClean(t, v)
+	assertUserStateUnchanged(t, before, v.emu.State())
+}
+
+// readString is the content of a file, or "" if it cannot be read.
+func readString(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }
 
 // DigitalOcean's real limit of one snapshot per volume every 10 minutes is

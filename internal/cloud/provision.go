@@ -745,27 +745,40 @@ func (p *Provisioner) copyVolume(ctx context.Context, v *VolumeState, tags []str
 	}
 
 	env := HookEnv{RunID: p.st.RunID, Volume: v.SourceName, VolumeID: v.SourceID, Region: v.Region}
+	// The post hook runs whenever the pre hook was started, whatever became
+	// of it (failed, timed out, interrupted): it may have frozen something
+	// before it stopped.
+	var snap *godo.Snapshot
+	var serr error
+	preOK := true
 	if p.Hooks.PreSnapshot != "" {
 		env.Hook = "pre_snapshot"
 		p.logf("running the pre_snapshot hook for %s", v.SourceName)
-		if err := RunHook(ctx, p.Hooks.PreSnapshot, env, p.Hooks.Timeout, p.HookStderr); err != nil {
-			return err
+		if serr = RunHook(ctx, p.Hooks.PreSnapshot, env, p.Hooks.Timeout, p.HookStderr); serr != nil {
+			preOK = false
 		}
 	}
-	p.logf("snapshotting volume %s", v.SourceName)
-	snap, serr := p.API.CreateSnapshot(ctx, v.SourceID, v.SnapshotName, tags)
-	if p.Hooks.PreSnapshot != "" || p.Hooks.PostSnapshot != "" {
-		if p.Hooks.PostSnapshot != "" {
-			env.Hook, env.Result = "post_snapshot", "ok"
-			if serr != nil {
-				env.Result = "failed"
-			}
-			p.logf("running the post_snapshot hook for %s", v.SourceName)
-			// Thaw even when interrupted: run it on a context of its own.
-			herr := RunHook(context.WithoutCancel(ctx), p.Hooks.PostSnapshot, env, p.Hooks.Timeout, p.HookStderr)
-			if serr == nil && herr != nil {
-				serr = herr
-			}
+	if preOK {
+		p.logf("snapshotting volume %s", v.SourceName)
+		snap, serr = p.API.CreateSnapshot(ctx, v.SourceID, v.SnapshotName, tags)
+	}
+	if p.Hooks.PostSnapshot != "" {
+		env.Hook, env.Result = "post_snapshot", "ok"
+		switch {
+		case !preOK:
+			env.Result = "skipped"
+		case serr != nil:
+			env.Result = "failed"
+		}
+		p.logf("running the post_snapshot hook for %s", v.SourceName)
+		// Thaw even when interrupted: run it on a context of its own.
+		herr := RunHook(context.WithoutCancel(ctx), p.Hooks.PostSnapshot, env, p.Hooks.Timeout, p.HookStderr)
+		switch {
+		case herr == nil:
+		case serr == nil:
+			serr = herr
+		default:
+			serr = fmt.Errorf("%w; then the %v", serr, herr)
 		}
 	}
 	if snap != nil {
