@@ -101,6 +101,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			&cli.DurationFlag{Name: "snapshot-interval", Value: doemu.DefaultSnapshotInterval, Usage: "minimum time between two snapshots of a volume (negative: none)"},
 			&cli.IntFlag{Name: "rate-limit", Value: doemu.DefaultRequestLimit, Usage: "requests allowed per --rate-window"},
 			&cli.DurationFlag{Name: "rate-window", Value: doemu.DefaultRateWindow, Usage: "rate limit window"},
+			&cli.IntFlag{Name: "burst-limit", Value: doemu.DefaultBurstLimit, Usage: "requests allowed per minute (0: no limit)"},
+			&cli.IntFlag{Name: "key-list-limit", Value: doemu.DefaultKeyListLimit, Usage: "GET /v2/account/keys allowed per minute (0: no limit)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "log only start, stop and errors, not every request"},
 		},
 		Action: func(c *cli.Context) error {
@@ -143,6 +145,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				SnapshotInterval: nonZero(c.Duration("snapshot-interval")),
 				RequestLimit:     c.Int("rate-limit"),
 				RateWindow:       c.Duration("rate-window"),
+				BurstLimit:       noLimitIfZero(c.Int("burst-limit")),
+				KeyListLimit:     noLimitIfZero(c.Int("key-list-limit")),
 				SSH:              c.Bool("ssh"),
 				SSHPort:          c.Int("ssh-port"),
 				NoLoopDevices:    c.Bool("no-loop"),
@@ -176,6 +180,14 @@ func nonZero(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// noLimitIfZero maps a flag's 0 ("no limit") to the Options' -1.
+func noLimitIfZero(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 func isRequestLog(msg string) bool {

@@ -86,6 +86,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		SSH:              o.ssh,
 		NoLoopDevices:    !o.loop,
 		SnapshotInterval: -1,
+		KeyListLimit:     -1, // tests list the account's keys more than 10 times a minute
 		Logf:             func(string, ...any) {},
 	})
 	if err != nil {

@@ -242,8 +242,9 @@ func TestScrub(t *testing.T) {
 	}
 }
 
-// An account past DigitalOcean's request limit answers 429 with
-// retry-after; calls wait and go on instead of failing.
+// An account past DigitalOcean's hourly request limit answers 429 with no
+// retry-after, only ratelimit-reset (when the oldest request expires);
+// calls wait for it and go on instead of failing.
 func TestRateLimitedAccount(t *testing.T) {
 	lb := &logBuf{t: t}
 	e, err := doemu.New(doemu.Options{Token: testToken, ActionDelay: 10 * time.Millisecond, Account: userAccount(3, 2),

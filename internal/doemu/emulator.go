@@ -40,6 +40,8 @@ const (
 	DefaultSnapshotInterval = 10 * time.Minute
 	DefaultRequestLimit     = 5000
 	DefaultRateWindow       = time.Hour
+	DefaultBurstLimit       = 250
+	DefaultKeyListLimit     = 10
 	DefaultSSHPort          = 22
 	MaxVolumesPerDroplet    = 15
 	MaxSnapshotsPerVolume   = 25
@@ -71,9 +73,19 @@ type Options struct {
 	// volume (DigitalOcean: 10 minutes, the default). Negative disables it.
 	SnapshotInterval time.Duration
 	// RequestLimit requests are allowed per RateWindow (defaults 5000 per
-	// hour, as DigitalOcean); past it every request gets 429 with retry-after.
+	// hour, as DigitalOcean). Each request counts for one RateWindow after
+	// it was made; past the limit a request gets 429 without retry-after,
+	// and ratelimit-reset says when the oldest one counted expires.
 	RequestLimit int
 	RateWindow   time.Duration
+	// BurstLimit requests are allowed per minute (default 250, as
+	// DigitalOcean; negative: no burst limit); past it a request gets 429
+	// with retry-after.
+	BurstLimit int
+	// KeyListLimit GET /v2/account/keys are allowed per minute (default 10,
+	// as DigitalOcean; negative: no such limit); past it one gets 429 with
+	// retry-after.
+	KeyListLimit int
 	// SSH starts a real sshd for every active droplet (needs root and
 	// /usr/sbin/sshd), on 127.0.0.2, 127.0.0.3, ... port SSHPort (default 22).
 	SSH     bool
@@ -150,6 +162,12 @@ func New(opts Options) (*Emulator, error) {
 	if opts.RateWindow <= 0 {
 		opts.RateWindow = DefaultRateWindow
 	}
+	if opts.BurstLimit == 0 {
+		opts.BurstLimit = DefaultBurstLimit
+	}
+	if opts.KeyListLimit == 0 {
+		opts.KeyListLimit = DefaultKeyListLimit
+	}
 	if opts.SSHPort == 0 {
 		opts.SSHPort = DefaultSSHPort
 	}
@@ -178,7 +196,6 @@ func New(opts Options) (*Emulator, error) {
 		nextID:       1,
 		lastSnapshot: map[string]time.Time{},
 	}
-	e.rate.start = time.Now()
 	e.rts = e.routes()
 
 	if opts.DataDir == "" {

@@ -181,12 +181,12 @@ func (e *Emulator) ServeHTTP(rw http.ResponseWriter, hr *http.Request) {
 
 	control := strings.HasPrefix(hr.URL.Path, "/emulator/")
 	var over bool
-	var resetSecs int64
+	var retryAfter time.Duration
 	if !control {
 		var limit, remaining int
 		var reset time.Time
-		limit, remaining, reset, over = e.countRequest()
-		resetSecs = reset.Unix() // whole seconds, rounded up: never before the reset
+		limit, remaining, reset, retryAfter, over = e.countRequest(hr.Method, hr.URL.Path)
+		resetSecs := reset.Unix() // whole seconds, rounded up: never before the reset
 		if reset.After(time.Unix(resetSecs, 0)) {
 			resetSecs++
 		}
@@ -200,8 +200,9 @@ func (e *Emulator) ServeHTTP(rw http.ResponseWriter, hr *http.Request) {
 		return
 	}
 	if over {
-		secs := int(time.Until(time.Unix(resetSecs, 0)).Seconds() + 0.999)
-		w.Header().Set("retry-after", strconv.Itoa(secs))
+		if retryAfter > 0 {
+			w.Header().Set("retry-after", strconv.Itoa(int(retryAfter.Seconds()+0.999)))
+		}
 		writeError(w, reqID, errTooMany("API Rate limit exceeded."))
 		return
 	}
@@ -361,24 +362,57 @@ func writeError(w http.ResponseWriter, reqID string, ae *apiError) {
 }
 
 // countRequest counts one request against the rate budget.
-func (e *Emulator) countRequest() (limit, remaining int, reset time.Time, over bool) {
+// countRequest counts an API request against DigitalOcean's limits, as its
+// API documents them: each request counts against the hourly budget for one
+// RateWindow after it was made (ratelimit-reset is when the oldest counted
+// one expires), and against the per-minute burst limit for a minute; listing
+// the account's SSH keys has a per-minute limit of its own. A refused
+// request counts against nothing. retryAfter is set when a per-minute limit
+// refused it (DigitalOcean sends retry-after only then).
+func (e *Emulator) countRequest(method, path string) (limit, remaining int, reset time.Time, retryAfter time.Duration, over bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := time.Now()
-	if now.Sub(e.rate.start) >= e.opts.RateWindow {
-		e.rate.start, e.rate.used = now, 0
-	}
+	r := &e.rate
+	r.hour = expire(r.hour, now, e.opts.RateWindow)
+	r.burst = expire(r.burst, now, time.Minute)
+	r.keys = expire(r.keys, now, time.Minute)
+	keyList := method == http.MethodGet && path == "/v2/account/keys"
 	e.requests++
-	e.rate.used++
 	limit = e.opts.RequestLimit
-	remaining = limit - e.rate.used
-	if remaining < 0 {
+	switch {
+	case len(r.hour) >= limit:
+		over = true
+	case e.opts.BurstLimit > 0 && len(r.burst) >= e.opts.BurstLimit:
+		over, retryAfter = true, r.burst[0].Add(time.Minute).Sub(now)
+	case keyList && e.opts.KeyListLimit > 0 && len(r.keys) >= e.opts.KeyListLimit:
+		over, retryAfter = true, r.keys[0].Add(time.Minute).Sub(now)
+	default:
+		r.hour = append(r.hour, now)
+		r.burst = append(r.burst, now)
+		if keyList {
+			r.keys = append(r.keys, now)
+		}
+	}
+	remaining = limit - len(r.hour)
+	if over {
 		remaining = 0
 	}
-	return limit, remaining, e.rate.start.Add(e.opts.RateWindow), e.rate.used > limit
+	return limit, remaining, r.hour[0].Add(e.opts.RateWindow), retryAfter, over
 }
 
+// expire drops the times of q (oldest first) that are window or more
+// before now.
+func expire(q []time.Time, now time.Time, window time.Duration) []time.Time {
+	n := 0
+	for n < len(q) && now.Sub(q[n]) >= window {
+		n++
+	}
+	return q[n:]
+}
+
+// rateState is what countRequest counts: the times of the requests that
+// still count, oldest first.
 type rateState struct {
-	start time.Time
-	used  int
+	hour, burst, keys []time.Time
 }

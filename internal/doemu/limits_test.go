@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,29 +108,71 @@ func TestPagination(t *testing.T) {
 	}
 }
 
+// The hourly budget, as DigitalOcean documents it: each request counts for
+// one window after it was made, a request past the budget gets 429 with no
+// retry-after, and ratelimit-reset says when the oldest request expires,
+// freeing one request (not the whole budget).
 func TestRateLimit(t *testing.T) {
-	e := newEmu(t, Options{RequestLimit: 5, RateWindow: 400 * time.Millisecond})
+	// ratelimit-reset is in whole seconds, rounded up: the window leaves room.
+	const window = 3 * time.Second
+	e := newEmu(t, Options{RequestLimit: 5, RateWindow: window})
 	c := client(t, e, testToken)
-	for i := 0; i < 5; i++ {
+	get := func() (*godo.Response, error) {
 		_, resp, err := c.Account.Get(ctx(t))
+		return resp, err
+	}
+	for i := range 5 {
+		resp, err := get()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if resp.Rate.Limit != 5 || resp.Rate.Remaining != 4-i {
 			t.Fatalf("request %d: rate %+v", i, resp.Rate)
 		}
+		if i == 0 {
+			time.Sleep(window / 2) // the first request expires well before the others
+		}
 	}
-	_, resp, err := c.Account.Get(ctx(t))
+	resp, err := get()
 	apiErr(t, err, http.StatusTooManyRequests, "API Rate limit exceeded")
-	if resp.Header.Get("retry-after") == "" || resp.Rate.Remaining != 0 {
+	if resp.Header.Get("retry-after") != "" || resp.Rate.Remaining != 0 {
 		t.Fatalf("429 headers %v", resp.Header)
 	}
-	if until := time.Until(resp.Rate.Reset.Time); until < 0 || until > 2*time.Second {
+	until := time.Until(resp.Rate.Reset.Time)
+	if until < 0 || until > window {
 		t.Fatalf("ratelimit-reset %v is %v away", resp.Rate.Reset, until)
 	}
-	time.Sleep(time.Until(resp.Rate.Reset.Time) + 50*time.Millisecond)
-	if _, _, err := c.Account.Get(ctx(t)); err != nil {
-		t.Fatalf("after the window: %v", err)
+	time.Sleep(until + 50*time.Millisecond)
+	if _, err := get(); err != nil {
+		t.Fatalf("after the oldest request expired: %v", err)
+	}
+	if _, err := get(); err == nil {
+		t.Fatal("one expired request freed more than one")
+	}
+}
+
+// The per-minute burst limit and the limit on listing SSH keys answer 429
+// with retry-after.
+func TestBurstAndKeyListLimits(t *testing.T) {
+	e := newEmu(t, Options{BurstLimit: 3, KeyListLimit: 1})
+	c := client(t, e, testToken)
+	if _, _, err := c.Keys.List(ctx(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, resp, err := c.Keys.List(ctx(t), nil)
+	apiErr(t, err, http.StatusTooManyRequests, "API Rate limit exceeded")
+	if ra, _ := strconv.Atoi(resp.Header.Get("retry-after")); ra < 1 || ra > 60 {
+		t.Fatalf("key list limit: retry-after %q", resp.Header.Get("retry-after"))
+	}
+	for range 2 {
+		if _, _, err := c.Account.Get(ctx(t)); err != nil {
+			t.Fatalf("other calls within the burst limit: %v", err)
+		}
+	}
+	_, resp, err = c.Account.Get(ctx(t))
+	apiErr(t, err, http.StatusTooManyRequests, "API Rate limit exceeded")
+	if ra, _ := strconv.Atoi(resp.Header.Get("retry-after")); ra < 1 || ra > 60 || resp.Rate.Remaining != 0 {
+		t.Fatalf("burst limit: retry-after %q, remaining %d", resp.Header.Get("retry-after"), resp.Rate.Remaining)
 	}
 }
 

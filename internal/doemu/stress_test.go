@@ -97,7 +97,7 @@ func TestConcurrentClients(t *testing.T) {
 }
 
 func concurrentClients(t *testing.T, noLoop bool) {
-	e := newEmu(t, Options{ActionDelay: 2 * time.Millisecond, DetachDelay: 5 * time.Millisecond, SnapshotInterval: -1, NoLoopDevices: noLoop, Logf: func(string, ...any) {}})
+	e := newEmu(t, Options{ActionDelay: 2 * time.Millisecond, DetachDelay: 5 * time.Millisecond, SnapshotInterval: -1, BurstLimit: -1, NoLoopDevices: noLoop, Logf: func(string, ...any) {}})
 	c := client(t, e, testToken)
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)

@@ -149,6 +149,7 @@ func newEnv(t *testing.T, loop bool) *env {
 		ActionDelay:      20 * time.Millisecond,
 		DetachDelay:      20 * time.Millisecond,
 		SnapshotInterval: -1, // the runs follow each other within seconds
+		KeyListLimit:     -1, // and list the account's keys more than 10 times a minute
 		Account:          seedAccount(),
 		DataDir:          filepath.Join(e.dir, "emulator"),
 		SSH:              true,
