@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/dosvob/dosvob/internal/format"
 )
@@ -110,4 +111,25 @@ func (c *HashCache) Next() (uint64, error) {
 func ofGeneration(name string, gen uint64) bool {
 	p := fmt.Sprintf("hashes-%d", gen)
 	return name == p || strings.HasPrefix(name, p+"-")
+}
+
+// mtimeTick is the coarsest timestamp granularity dosvob allows for: two
+// seconds (FAT's; a second on ext4 with 128-byte inodes and on ext3).
+const mtimeTick = 2 * time.Second
+
+// stampMtime gives img, just written and synced, a modification time that
+// no later write can give it, and returns it as the file system stored it
+// (0 if it cannot be read): a whole second at least mtimeTick before now.
+// A write stamps a file with the current time at the file system's
+// granularity, so one that came within the same tick as the commit would
+// leave the mtime the commit recorded, and the hash cache would be trusted
+// for content it does not describe. Where the file system does not let
+// the time be set, the mtime is recorded as it is.
+func stampMtime(img file, now time.Time) int64 {
+	_ = img.SetModTime(now.Truncate(time.Second).Add(-mtimeTick))
+	fi, err := img.Stat()
+	if err != nil {
+		return 0
+	}
+	return fi.ModTime().UnixNano()
 }

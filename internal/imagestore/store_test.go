@@ -430,3 +430,62 @@ func TestNoSigningDuringRollback(t *testing.T) {
 	}
 	g.Abort()
 }
+
+// A write to the image while a scrub reads it (a loop mount, say) makes
+// the scrub fail, and no hash of what it read is trusted afterwards.
+func TestVerifySeesWriteDuringRead(t *testing.T) {
+	r := rand.New(rand.NewPCG(19, 20))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	syncTo(t, img, device(r, 1<<20), PatchOptions{})
+	s, err := Open(img, Options{Writer: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := false
+	_, err = s.verify(context.Background(), func(done, total int64) {
+		if !wrote && done >= total/2 {
+			wrote = true
+			f, err := os.OpenFile(img, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Into a block the scrub has read already.
+			if _, err := f.WriteAt([]byte("written outside dosvob"), 0); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		}
+	})
+	s.Close()
+	if !wrote || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "written to while the scrub read it") {
+		t.Fatalf("scrub with a write during its read (wrote %v): %v", wrote, err)
+	}
+	s, _ = Open(img, Options{})
+	defer s.Close()
+	if c, _ := s.HashCache(); c != nil {
+		t.Fatal("hash cache trusted for an image written during the scrub")
+	}
+}
+
+// A commit leaves the image an mtime that no later write can give it: a
+// whole second, before the commit. Otherwise a write within the same tick
+// of a coarse file system clock (a second on ext4 with small inodes) would
+// leave the mtime the commit recorded, and the cache would be trusted.
+func TestCommitStampsMtime(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	img := filepath.Join(t.TempDir(), "vol.img")
+	syncTo(t, img, device(r, 256*1024), PatchOptions{})
+	now := time.Now()
+	fi, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mt := fi.ModTime(); mt.Nanosecond() != 0 || !mt.Before(now.Truncate(time.Second)) {
+		t.Fatalf("image mtime %v after a commit that ended by %v", mt, now)
+	}
+	s, _ := Open(img, Options{})
+	defer s.Close()
+	if c, why := s.HashCache(); c == nil {
+		t.Fatalf("the stamped image's cache is not trusted: %s", why)
+	}
+}

@@ -656,10 +656,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	if err := tx.img.Sync(); err != nil {
 		return nil, err
 	}
-	var mtime int64
-	if fi, err := tx.img.Stat(); err == nil {
-		mtime = fi.ModTime().UnixNano()
-	}
+	mtime := stampMtime(tx.img, time.Now())
 	if err := fs.Rename(cacheTmp, s.join(cacheName)); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/dosvob/dosvob/internal/format"
 )
@@ -62,6 +63,7 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	if err != nil {
 		return nil, err
 	}
+	statTime := time.Now()
 	rep := &Report{Want: m.DeviceDigest, FirstBad: -1}
 	bs := m.BlockSize
 	if !format.ValidBlockSize(uint32(bs)) {
@@ -147,6 +149,14 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 		}
 	}
 	rep.Digest = Digest(d.Sum64())
+	// Something else wrote to the image while it was read (a loop mount,
+	// say): what was read is neither what the manifest describes nor
+	// what the image holds now, and no hash of it may be trusted.
+	if after, err := f.Stat(); err != nil {
+		return nil, err
+	} else if after.Size() != fi.Size() || !after.ModTime().Equal(fi.ModTime()) {
+		return rep, fmt.Errorf("%q was written to while the scrub read it, by something other than dosvob: it no longer holds the backup its manifest describes: %w", s.path, ErrCorrupt)
+	}
 	if rep.Size != m.DeviceSize && rep.FirstBad < 0 {
 		rep.FirstBad = min(rep.Size, m.DeviceSize)
 	}
@@ -168,8 +178,16 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	}
 	// Intact: refresh the hash cache under the new seed and tie it to the
 	// image as it is now.
+	// The hashes are tied to the image's mtime from before the read (the
+	// same after it). One less than a tick before that could be given again
+	// by a write to come within the same tick, which would then go
+	// unnoticed: such an image keeps the cache it has. (One in the future,
+	// after the clock was set back, cannot be given by a write to come.)
+	if age := statTime.Sub(fi.ModTime()); cacheErr == nil && age >= 0 && age < mtimeTick {
+		cacheErr = fmt.Errorf("it was written %v ago; scrub it again later", age.Round(time.Millisecond))
+	}
 	if cacheErr == nil {
-		cacheErr = s.refreshHashes(f, cw, tmp, tmpName, newName, newSeed, nd.Sum64())
+		cacheErr = s.refreshHashes(fi, cw, tmp, tmpName, newName, newSeed, nd.Sum64())
 		tmp = nil
 	}
 	if cacheErr != nil {
@@ -183,9 +201,10 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 
 // refreshHashes makes the per-block hashes written to tmp (through cw,
 // under seed, with that digest) the image's hash cache, under the name
-// newName, and records them in the manifest with the image's mtime. On an
+// newName, and records them in the manifest with the image's mtime (fi,
+// taken before the scrub read it). On an
 // error before the manifest names them, the old cache stays as it was.
-func (s *Store) refreshHashes(img *os.File, cw *bufio.Writer, tmp file, tmpName, newName string, seed, digest uint64) error {
+func (s *Store) refreshHashes(fi os.FileInfo, cw *bufio.Writer, tmp file, tmpName, newName string, seed, digest uint64) error {
 	defer tmp.Close()
 	renamed := false
 	defer func() {
@@ -193,10 +212,6 @@ func (s *Store) refreshHashes(img *os.File, cw *bufio.Writer, tmp file, tmpName,
 			s.fs.Remove(tmpName)
 		}
 	}()
-	fi, err := img.Stat()
-	if err != nil {
-		return err
-	}
 	if err := cw.Flush(); err != nil {
 		return err
 	}
