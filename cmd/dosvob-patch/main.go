@@ -55,7 +55,8 @@ delta directly, without state directory, journal or versions: the restore
 direction, "dosvob-hash --raw DEV | dosvob-hash --delta IMAGE | dosvob-patch
 --raw DEV", onto a new volume. The delta must have been made against a raw
 signature of DEV; a device is never resized; afterwards DEV is read back and
-checked against the stream's digests.
+checked against the stream's digests. A dosvob backup image is never written
+raw, also not through a symbolic link or a second hard link (exit 4).
 
 With --keep N, the N previous backups are kept as reverse deltas (only the
 blocks each run overwrote); "dosvob-patch versions IMAGE" lists them and

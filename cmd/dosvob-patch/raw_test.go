@@ -91,6 +91,23 @@ func TestRawOntoFile(t *testing.T) {
 	}
 	t.Logf("%s", out)
 	mustEqualFile(t, target, src)
+
+	// Nor through a symbolic link to it, nor through a hard link of it.
+	for _, link := range []func(string, string) error{os.Symlink, os.Link} {
+		alias := filepath.Join(dir, "restore-target")
+		if err := link(target, alias); err != nil {
+			t.Fatal(err)
+		}
+		cmd = exec.Command(bin, "--raw", alias)
+		cmd.Stdin = bytes.NewReader(rawDelta(t, src, old))
+		out, err = cmd.CombinedOutput()
+		if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(out), "backup image") {
+			t.Fatalf("raw delta onto a backup image through a link: %v\n%s", err, out)
+		}
+		t.Logf("%s", out)
+		mustEqualFile(t, target, src)
+		os.Remove(alias)
+	}
 }
 
 // TestRawOntoLoopDevice restores onto a real block device larger than the

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"syscall"
 
 	"github.com/dosvob/dosvob/internal/format"
 )
@@ -45,11 +47,17 @@ func PatchRaw(ctx context.Context, target string, r io.Reader, progress func(don
 	if !isDev && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%q is neither a block device nor a regular file", target)
 	}
+	// A backup: writing it with no journal would break its crash safety,
+	// and leave its manifest and versions describing other content. It may
+	// be reached through a symbolic link, or be a hard link of one.
 	if HasState(target) {
-		// A backup: writing it with no journal would break its crash
-		// safety, and leave its manifest and versions describing other
-		// content.
 		return nil, fmt.Errorf("%q has a dosvob state directory: it is a backup image, not a new volume: %w", target, ErrIsImage)
+	}
+	if real, err := filepath.EvalSymlinks(target); err == nil && HasState(real) {
+		return nil, fmt.Errorf("%q leads to %q, which has a dosvob state directory: it is a backup image, not a new volume: %w", target, real, ErrIsImage)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !isDev && st.Nlink > 1 {
+		return nil, fmt.Errorf("%q has %d hard links, and one of them may be a backup image: --raw writes only to a file with a single name: %w", target, st.Nlink, ErrIsImage)
 	}
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
