@@ -99,7 +99,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "keep", Value: -1, DefaultText: "as the last run, 0 for a new image",
 				Usage: "keep the `N` previous versions as reverse deltas; older ones are deleted"},
-			&cli.BoolFlag{Name: "force", Usage: "write into IMAGE even if it has no dosvob manifest or belongs to another volume"},
+			&cli.BoolFlag{Name: "force", Usage: "write into IMAGE even if it has no dosvob manifest or belongs to another volume (the given --volume-name and --volume-id then replace both recorded ones)"},
 			&cli.StringFlag{Name: "volume-name", Usage: "source volume `NAME`, recorded in the manifest and checked against it"},
 			&cli.StringFlag{Name: "volume-id", Usage: "source volume `ID`, recorded in the manifest and checked against it"},
 			&cli.StringFlag{Name: "snapshot-time", Usage: "`TIME` (RFC 3339) of the snapshot the delta was read from; names the backup"},

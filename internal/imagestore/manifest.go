@@ -71,6 +71,18 @@ type Source struct {
 	SnapshotTime time.Time `json:"snapshot_time,omitzero"`
 }
 
+// describe names the volume as far as s knows it: "name", id "id", or
+// "name" (id "id").
+func (s Source) describe() string {
+	switch {
+	case s.VolumeID == "":
+		return fmt.Sprintf("%q", s.VolumeName)
+	case s.VolumeName == "":
+		return fmt.Sprintf("id %q", s.VolumeID)
+	}
+	return fmt.Sprintf("%q (id %q)", s.VolumeName, s.VolumeID)
+}
+
 // RunStats describes the run that made the current image.
 type RunStats struct {
 	Time         time.Time `json:"time"`

@@ -196,6 +196,22 @@ func TestNoClobber(t *testing.T) {
 		t.Fatalf("other volume: got %v, want ErrOtherVolume", err)
 	}
 	mustEqual(t, img, dev)
+
+	// --force with only an id: the old name does not stay beside it, and a
+	// run that names only a volume cannot be checked against it.
+	if _, err := patch(t, img, d, PatchOptions{TxOptions: TxOptions{Force: true, Source: Source{VolumeID: "2"}}}); err != nil {
+		t.Fatalf("--force with an id only: %v", err)
+	}
+	s, _ := Open(img, Options{})
+	if got := s.Manifest().Source; got.VolumeName != "" || got.VolumeID != "2" {
+		t.Fatalf("after --force with id 2 only, the manifest names %+v", got)
+	}
+	s.Close()
+	d, _ = makeDelta(t, img, dev, testBS)
+	if _, err := patch(t, img, d, PatchOptions{TxOptions: TxOptions{Source: Source{VolumeName: "a"}}}); !errors.Is(err, ErrOtherVolume) {
+		t.Fatalf("a name only, against an id only: got %v, want ErrOtherVolume", err)
+	}
+	mustEqual(t, img, next)
 }
 
 func TestLocked(t *testing.T) {

@@ -25,7 +25,8 @@ type TxOptions struct {
 	// Force writes over a file that has no dosvob manifest, or whose
 	// manifest names another volume.
 	Force bool
-	// Source names the volume; empty fields keep what the manifest says.
+	// Source names the volume; empty fields keep what the manifest says,
+	// except with Force, where the given name and id replace both.
 	Source Source
 	// Now returns the time of the run (default time.Now).
 	Now func() time.Time
@@ -107,6 +108,14 @@ func (s *Store) CheckOwner(src Source, force bool) error {
 		}
 		if src.VolumeName != "" && m.Source.VolumeName != "" && src.VolumeName != m.Source.VolumeName {
 			return fmt.Errorf("%q is a backup of volume %q, not %q: %w", s.path, m.Source.VolumeName, src.VolumeName, ErrOtherVolume)
+		}
+		// Both name a volume, but by different fields: nothing tells
+		// whether it is the same one.
+		byID := src.VolumeID != "" && m.Source.VolumeID != ""
+		byName := src.VolumeName != "" && m.Source.VolumeName != ""
+		if src.VolumeID+src.VolumeName != "" && m.Source.VolumeID+m.Source.VolumeName != "" && !byID && !byName {
+			return fmt.Errorf("%q is a backup of volume %s, and this run names only volume %s: cannot tell whether they are the same: %w",
+				s.path, m.Source.describe(), src.describe(), ErrOtherVolume)
 		}
 	}
 	return nil
@@ -693,11 +702,17 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	m.ImageID = tx.newID
 	m.Generation = tx.newGen
 	m.Keep = keep
-	if tx.opts.Source.VolumeName != "" {
-		m.Source.VolumeName = tx.opts.Source.VolumeName
-	}
-	if tx.opts.Source.VolumeID != "" {
-		m.Source.VolumeID = tx.opts.Source.VolumeID
+	switch src := tx.opts.Source; {
+	case tx.opts.Force && (src.VolumeName != "" || src.VolumeID != ""):
+		// A new owner: none of the old identity stays.
+		m.Source.VolumeName, m.Source.VolumeID = src.VolumeName, src.VolumeID
+	default:
+		if src.VolumeName != "" {
+			m.Source.VolumeName = src.VolumeName
+		}
+		if src.VolumeID != "" {
+			m.Source.VolumeID = src.VolumeID
+		}
 	}
 	m.Source.SnapshotTime = tx.opts.Source.SnapshotTime
 	m.DeviceSize = tx.newSize
