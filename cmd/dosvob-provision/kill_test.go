@@ -46,7 +46,7 @@ func buildBinaries(t *testing.T) (provision, teardown string) {
 // when the test ends.
 func sshEmulator(t *testing.T, acct *doemu.Account) *doemu.Emulator {
 	t.Helper()
-	e, err := doemu.New(doemu.Options{KeyListLimit: -1, Token: killToken, ActionDelay: 10 * time.Millisecond, Account: acct,
+	e, err := doemu.New(doemu.Options{KeyListLimit: -1, BurstLimit: -1, Token: killToken, ActionDelay: 10 * time.Millisecond, Account: acct,
 		DataDir: t.TempDir(), SSH: true, NoLoopDevices: true, SnapshotInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +201,7 @@ func TestInterrupt(t *testing.T) {
 	acct := &doemu.Account{Volumes: []doemu.SeedVolume{{Name: "pgdata", Region: "fra1", SizeGigabytes: 1}}}
 	// No sshd: the droplet never answers, so provision is sure to be
 	// waiting when the signal comes.
-	e, err := doemu.New(doemu.Options{KeyListLimit: -1, Token: killToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: t.TempDir(), SnapshotInterval: -1})
+	e, err := doemu.New(doemu.Options{KeyListLimit: -1, BurstLimit: -1, Token: killToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: t.TempDir(), SnapshotInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

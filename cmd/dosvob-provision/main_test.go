@@ -34,7 +34,7 @@ func TestScripts(t *testing.T) {
 				{Name: "media", Region: "ams3", SizeGigabytes: 100, Tags: []string{"bulk"}},
 				{Name: "dosvob-ephemeral-data", Region: "fra1", SizeGigabytes: 1},
 			}}
-			e, err := doemu.New(doemu.Options{KeyListLimit: -1, Token: scriptToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: env.WorkDir + "/.emu"})
+			e, err := doemu.New(doemu.Options{KeyListLimit: -1, BurstLimit: -1, Token: scriptToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: env.WorkDir + "/.emu"})
 			if err != nil {
 				return err
 			}

@@ -66,7 +66,7 @@ func TestScripts(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			e, err := doemu.New(doemu.Options{KeyListLimit: -1, Token: scriptToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: env.WorkDir + "/.emu"})
+			e, err := doemu.New(doemu.Options{KeyListLimit: -1, BurstLimit: -1, Token: scriptToken, ActionDelay: 10 * time.Millisecond, Account: acct, DataDir: env.WorkDir + "/.emu"})
 			if err != nil {
 				return err
 			}

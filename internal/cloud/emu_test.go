@@ -86,8 +86,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 		SSH:              o.ssh,
 		NoLoopDevices:    !o.loop,
 		SnapshotInterval: -1,
-		KeyListLimit:     -1, // tests list the account's keys more than 10 times a minute
-		Logf:             func(string, ...any) {},
+		// Tests poll every 10 ms (a real run: 2 s) and list the account's keys
+		// more than 10 times a minute.
+		BurstLimit:   -1,
+		KeyListLimit: -1,
+		Logf:         func(string, ...any) {},
 	})
 	if err != nil {
 		t.Fatal(err)

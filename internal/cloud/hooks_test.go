@@ -117,7 +117,7 @@ func readString(path string) string {
 // reported clearly, not retried blindly.
 func TestSnapshotRateLimit(t *testing.T) {
 	lb := &logBuf{t: t}
-	e, err := doemu.New(doemu.Options{KeyListLimit: -1, Token: testToken, ActionDelay: 10 * time.Millisecond, Account: userAccount(1, 0), DataDir: t.TempDir()})
+	e, err := doemu.New(doemu.Options{KeyListLimit: -1, BurstLimit: -1, Token: testToken, ActionDelay: 10 * time.Millisecond, Account: userAccount(1, 0), DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -150,6 +150,7 @@ func newEnv(t *testing.T, loop bool) *env {
 		DetachDelay:      20 * time.Millisecond,
 		SnapshotInterval: -1, // the runs follow each other within seconds
 		KeyListLimit:     -1, // and list the account's keys more than 10 times a minute
+		BurstLimit:       -1, // and poll faster than a real run
 		Account:          seedAccount(),
 		DataDir:          filepath.Join(e.dir, "emulator"),
 		SSH:              true,
