@@ -94,6 +94,12 @@ func commonFlags() []cli.Flag {
 	}
 }
 
+// teardownFlags are the flags that a dosvob-teardown in a hint needs to
+// find what this command found.
+func teardownFlags(c *cli.Context) []string {
+	return cloud.TeardownFlags(cliutil.FromArgs(c, "config", "DOSVOB_CONFIG"), cliutil.FromArgs(c, "state-dir", "DOSVOB_STATE_DIR"), cliutil.FromArgs(c, "api-url", "DOSVOB_API_URL"))
+}
+
 func defaultConfigText() string {
 	return "$XDG_CONFIG_HOME/dosvob/conf.json or ~/.config/dosvob/conf.json"
 }
@@ -123,13 +129,14 @@ func setup(c *cli.Context, logf func(string, ...any)) (*config.Config, string, *
 	api, err := cloud.NewAPI(cloud.APIOptions{
 		BaseURL:        cfg.API(),
 		Token:          token,
+		TokenSource:    cfg.TokenSource(os.Getenv),
 		RequestTimeout: c.Duration("request-timeout"),
 		Backoff:        c.Duration("retry-backoff"),
 		Poll:           c.Duration("poll-interval"),
 		Logf:           logf,
 	})
 	if err != nil {
-		return nil, "", nil, nil, cloud.ExitError(err, token)
+		return nil, "", nil, nil, cloud.ExitError(err, token, teardownFlags(c)...)
 	}
 	dir := cfg.State()
 	if c.IsSet("state-dir") {
@@ -270,14 +277,14 @@ func run(c *cli.Context) error {
 
 	r, err := p.Provision(c.Context)
 	if err != nil {
-		return cloud.ExitError(err, token)
+		return cloud.ExitError(err, token, teardownFlags(c)...)
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(r); err != nil {
 		return err
 	}
-	lg.logf("run %s is ready: %d volume(s) on %d droplet(s); delete it with: dosvob-teardown --run %s", r.RunID, len(r.Volumes), len(r.Droplets), r.RunID)
+	lg.logf("run %s is ready: %d volume(s) on %d droplet(s); delete it with: %s --run %s", r.RunID, len(r.Volumes), len(r.Droplets), cloud.TeardownCommand(teardownFlags(c)), r.RunID)
 	return nil
 }
 
@@ -288,11 +295,11 @@ func dryRun(c *cli.Context, p *cloud.Provisioner, token string) error {
 	}
 	sv, err := p.Survey(c.Context)
 	if err != nil {
-		return cloud.ExitError(err, token)
+		return cloud.ExitError(err, token, teardownFlags(c)...)
 	}
 	plan, err := p.Plan(c.Context, hours)
 	if err != nil {
-		return cloud.ExitError(err, token)
+		return cloud.ExitError(err, token, teardownFlags(c)...)
 	}
 	plan.Print(os.Stdout)
 	if stale := sv.Stale(); len(stale) > 0 {

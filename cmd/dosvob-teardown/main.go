@@ -120,6 +120,8 @@ func run(c *cli.Context) error {
 	}
 	var token string
 	lg := logger{token: &token}
+	// The flags of the dosvob-teardown that a hint tells to run again.
+	flags := cloud.TeardownFlags(cliutil.FromArgs(c, "config", "DOSVOB_CONFIG"), cliutil.FromArgs(c, "state-dir", "DOSVOB_STATE_DIR"), cliutil.FromArgs(c, "api-url", "DOSVOB_API_URL"))
 
 	// Which run?
 	var runID string
@@ -197,11 +199,11 @@ func run(c *cli.Context) error {
 	}
 	token = tok.Reveal()
 	api, err := cloud.NewAPI(cloud.APIOptions{
-		BaseURL: cfg.API(), Token: token, Logf: lg.logf,
+		BaseURL: cfg.API(), Token: token, TokenSource: cfg.TokenSource(os.Getenv), Logf: lg.logf,
 		RequestTimeout: c.Duration("request-timeout"), Backoff: c.Duration("retry-backoff"), Poll: c.Duration("poll-interval"),
 	})
 	if err != nil {
-		return cloud.ExitError(err, token)
+		return cloud.ExitError(err, token, flags...)
 	}
 	dir := cfg.State()
 	if c.IsSet("state-dir") {
@@ -237,7 +239,7 @@ func run(c *cli.Context) error {
 	if c.Bool("dry-run") {
 		inv, err := api.Discover(c.Context, scope)
 		if err != nil {
-			return cloud.ExitError(err, token)
+			return cloud.ExitError(err, token, flags...)
 		}
 		for _, r := range inv.All() {
 			if r.Kept {
@@ -265,18 +267,11 @@ func run(c *cli.Context) error {
 		done = "nothing of " + what + " is left"
 		again = "--run " + runID
 	}
-	// The flags that chose the account and state (not from the
-	// environment, which the next command sees too).
-	for _, f := range [][2]string{{"state-dir", "DOSVOB_STATE_DIR"}, {"api-url", "DOSVOB_API_URL"}, {"config", "DOSVOB_CONFIG"}} {
-		if v := c.String(f[0]); c.IsSet(f[0]) && v != os.Getenv(f[1]) {
-			again = fmt.Sprintf("--%s %s %s", f[0], v, again)
-		}
-	}
 	interrupted := func(err error) error {
 		if c.Context.Err() == nil {
-			return cloud.ExitError(err, token)
+			return cloud.ExitError(err, token, flags...)
 		}
-		return cliutil.Exitf(cliutil.ExitInterrupted, "interrupted: droplets, volumes, snapshots or the SSH key of %s may be left, and cost money; finish with: dosvob-teardown %s", what, again)
+		return cliutil.Exitf(cliutil.ExitInterrupted, "interrupted: droplets, volumes, snapshots or the SSH key of %s may be left, and cost money; finish with: %s %s", what, cloud.TeardownCommand(flags), again)
 	}
 	if err := store.LockWait(c.Context, cloud.DefaultLockWait, lg.logf); err != nil {
 		return interrupted(err)

@@ -191,3 +191,13 @@ func PathCause(err error) error {
 	}
 	return err
 }
+
+// FromArgs is the value of the string flag name when it was given on the
+// command line, "" when not given or given only through its environment
+// variable env (which a next command in the same environment sees too).
+func FromArgs(c *cli.Context, name, env string) string {
+	if v := c.String(name); c.IsSet(name) && v != os.Getenv(env) {
+		return v
+	}
+	return ""
+}

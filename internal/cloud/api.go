@@ -18,6 +18,9 @@ import (
 type APIOptions struct {
 	BaseURL string // API base URL; "" is DigitalOcean's
 	Token   string // bearer token; never logged, never put in an error
+	// TokenSource says where the token came from (config.Config.TokenSource),
+	// for the error of a call the API refuses it for (401).
+	TokenSource string
 
 	// RequestTimeout bounds one HTTP attempt (default 60s). A request that
 	// hangs past it is retried like a 5xx.
@@ -283,6 +286,9 @@ func (a *API) call(ctx context.Context, op string, co callOpts, fn func(ctx cont
 			}
 		}
 		kind, wait, status := a.classify(resp, err, attempt)
+		if status == http.StatusUnauthorized && a.opts.TokenSource != "" {
+			err = fmt.Errorf("the API refused the token from %s: %w", a.opts.TokenSource, err)
+		}
 		if kind == permanent {
 			return &APIError{Op: op, Status: status, Err: err}
 		}

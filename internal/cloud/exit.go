@@ -13,7 +13,10 @@ import (
 // ExitError gives err the exit code and hint that dosvob-provision and
 // dosvob-teardown report (docs/EXIT-CODES.md), and scrubs token from its
 // text. It is the one place where cloud errors meet exit codes.
-func ExitError(err error, token string) error {
+//
+// teardown are the flags that a dosvob-teardown command in a hint needs to
+// find what the failed command used (TeardownFlags).
+func ExitError(err error, token string, teardown ...string) error {
 	if err == nil {
 		return nil
 	}
@@ -28,7 +31,7 @@ func ExitError(err error, token string) error {
 	)
 	hint := ""
 	if errors.As(err, &run) && !run.TornDown {
-		hint = fmt.Sprintf("delete what the run left with: dosvob-teardown --run %s", run.RunID)
+		hint = fmt.Sprintf("delete what the run left with: %s --run %s", TeardownCommand(teardown), run.RunID)
 		if run.Teardown != nil {
 			err = fmt.Errorf("%w; tearing it down failed too: %v", err, Scrub(run.Teardown, token))
 		}
@@ -47,13 +50,13 @@ func ExitError(err error, token string) error {
 		hint = "wait for the other dosvob process to finish, or find it with ps"
 	case errors.As(err, &stale):
 		code = cliutil.ExitLocked
-		hint = fmt.Sprintf("delete what they left with dosvob-teardown --run ID (%s), or start with --cleanup-stale", strings.Join(stale.Runs(), ", "))
+		hint = fmt.Sprintf("delete what they left with %s --run ID (%s), or start with --cleanup-stale", TeardownCommand(teardown), strings.Join(stale.Runs(), ", "))
 	case errors.Is(err, ErrRefused):
 		code = cliutil.ExitRefused
 	case errors.As(err, &inc):
 		code = cliutil.ExitIncomplete
 		if hint == "" {
-			hint = "run dosvob-teardown --run ID for the run the message names until it exits 0; what is left costs money"
+			hint = fmt.Sprintf("run %s --run ID for the run the message names until it exits 0; what is left costs money", TeardownCommand(teardown))
 		}
 	case errors.Is(err, ErrSnapshotRateLimited):
 		code = cliutil.ExitAPI
@@ -62,10 +65,41 @@ func ExitError(err error, token string) error {
 		}
 	case errors.As(err, &api):
 		code = cliutil.ExitAPI
+		if api.Status == 401 && hint == "" {
+			hint = "check that token; DIGITALOCEAN_ACCESS_TOKEN or DIGITALOCEAN_TOKEN, when set, comes before the config's token_file and do_token"
+		}
 	}
 	out := cliutil.Exit(code, err)
 	if hint != "" {
 		out = cliutil.WithHint(out, hint)
 	}
 	return out
+}
+
+// TeardownFlags are the flags of a dosvob-teardown command that finds what
+// a dosvob-provision or dosvob-teardown given these found: --config,
+// --state-dir and --api-url, each only when given (empty: not given).
+func TeardownFlags(config, stateDir, apiURL string) []string {
+	var flags []string
+	for _, f := range [][2]string{{"--config", config}, {"--state-dir", stateDir}, {"--api-url", apiURL}} {
+		if f[1] != "" {
+			flags = append(flags, f[0], f[1])
+		}
+	}
+	return flags
+}
+
+// TeardownCommand is "dosvob-teardown" with flags, each quoted for a shell
+// where it needs it.
+func TeardownCommand(flags []string) string {
+	words := []string{"dosvob-teardown"}
+	for _, f := range flags {
+		if f == "" || strings.ContainsFunc(f, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-:=@+,", r))
+		}) {
+			f = "'" + strings.ReplaceAll(f, "'", `'\''`) + "'"
+		}
+		words = append(words, f)
+	}
+	return strings.Join(words, " ")
 }

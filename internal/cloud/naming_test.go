@@ -3,6 +3,7 @@ package cloud
 import (
 	"context"
 	"errors"
+	"github.com/dosvob/dosvob/internal/cliutil"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -274,4 +275,18 @@ func TestRateLimitedAccount(t *testing.T) {
 		t.Errorf("did not wait for the window (%v)", time.Since(start))
 	}
 	noToken(t, lb.String())
+}
+
+// The dosvob-teardown a hint names finds what the failed command used: its
+// --config, --state-dir and --api-url, quoted for a shell where needed.
+func TestTeardownHintFlags(t *testing.T) {
+	flags := TeardownFlags("/etc/dosvob/my conf.json", "", "http://127.0.0.1:8080/")
+	err := ExitError(&RunError{RunID: "20260101-000000-abcdef", Err: errors.New("boom")}, "", flags...)
+	want := "delete what the run left with: dosvob-teardown --config '/etc/dosvob/my conf.json' --api-url http://127.0.0.1:8080/ --run 20260101-000000-abcdef"
+	if got := cliutil.HintOf(err); got != want {
+		t.Errorf("hint %q\nwant %q", got, want)
+	}
+	if got := TeardownCommand(TeardownFlags("", "it's", "")); got != `dosvob-teardown --state-dir 'it'\''s'` {
+		t.Errorf("quoting: %s", got)
+	}
 }

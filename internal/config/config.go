@@ -508,6 +508,24 @@ func (c *Config) HookTimeout() time.Duration {
 	return DefaultHookTimeout
 }
 
+// TokenSource says where Token takes the token from, for a message: the
+// environment variable, the token_file or the config's do_token ("" when
+// there is none).
+func (c *Config) TokenSource(getenv func(string) string) string {
+	for _, k := range TokenEnv {
+		if strings.TrimSpace(getenv(k)) != "" {
+			return "the environment variable " + k
+		}
+	}
+	switch {
+	case c.TokenFile != "":
+		return fmt.Sprintf("token_file %q", expandHome(c.TokenFile))
+	case c.DoToken != "":
+		return fmt.Sprintf("do_token in %q", c.Path)
+	}
+	return ""
+}
+
 // Token returns the API token from, in order: DIGITALOCEAN_ACCESS_TOKEN,
 // DIGITALOCEAN_TOKEN, the token_file, do_token. getenv is os.Getenv in
 // production.
