@@ -270,11 +270,12 @@ ping() {
 
 do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
-	torn_down=1
 	# Interrupting a teardown would leave resources that cost money: from
 	# here on this script ignores SIGINT and SIGTERM (SIGKILL still works,
-	# and the next run cleans up).
+	# and the next run cleans up). First, so that no signal lands between
+	# marking the teardown done and starting it.
 	trap '' INT TERM
+	torn_down=1
 	teardown_run "$run_json" "$run_id_file" \
 		"tearing down run RUN_ID: deleting its droplets, volume copies, snapshots and key" \
 		"tearing down run RUN_ID (provisioning did not finish): deleting what it created" \

@@ -223,8 +223,10 @@ child_pid=""
 
 do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
-	torn_down=1
+	# Signals ignored first, as in backup-all.sh: none may land between
+	# marking the teardown done and starting it.
 	trap '' INT TERM
+	torn_down=1
 	# Provisioning that did not finish is torn down by its run id; its
 	# state names the new volume, which is kept.
 	teardown_run "$run_json" "$run_id_file" \
