@@ -84,7 +84,8 @@ Exit codes:
   6    another backup-all.sh run, a restore.sh or a scrub holds the lock
        (after waiting 1 s), or dosvob-provision would not start (its exit
        6: its message says which lock, or which earlier run's leftovers)
-  7    provisioning failed (nothing was synced; what it made is deleted)
+  7    provisioning failed (nothing was synced; what it made is deleted),
+       also when dosvob-provision exited 2 or 6 after its run had begun
   8    teardown left temporary resources behind (they cost money: run
        the dosvob-teardown --run ID that the log names)
   130  interrupted by SIGINT or SIGTERM
@@ -380,21 +381,23 @@ run_group provision_pid "$provision" "${config_args[@]}" --cleanup-stale \
 rc=0
 wait "$provision_pid" || rc=$?
 provision_pid=""
-if [[ "$rc" -eq 2 || "$rc" -eq "$EXIT_LOCKED" ]]; then
-	# A bad config, or a lock held: dosvob-provision created nothing (no
-	# run id either), so there is nothing to tear down, and the exit keeps
-	# provision's meaning.
-	provisioned=0
-fi
 if [[ "$rc" -ne 0 ]]; then
 	provision_failed=1
-	log "provisioning failed (dosvob-provision exit $rc)"
-	printf 'provisioning failed (dosvob-provision exit %s): no volume was synced\n' "$rc" >"$summary_file"
-	# A config it refused (2) and a lock (6) keep their meaning, as in
-	# restore.sh; any other failure is 7.
-	if [[ "$provisioned" -eq 0 ]]; then
-		provision_code=$rc
+	# Whether it created anything is told by the run id it writes first,
+	# never by its exit code. With a run, whatever the code (a crash may
+	# exit 2), it failed (7) and the run is torn down on exit. Without one,
+	# it created nothing: a config it refused (2) and a lock (6) keep their
+	# meaning, as in restore.sh, and there is nothing to tear down.
+	if run_id=$(started_run_id "$run_id_file"); then
+		log "provisioning failed (dosvob-provision exit $rc) after it had started run $run_id"
+	else
+		log "provisioning failed (dosvob-provision exit $rc)"
+		if [[ "$rc" -eq 2 || "$rc" -eq "$EXIT_LOCKED" ]]; then
+			provisioned=0
+			provision_code=$rc
+		fi
 	fi
+	printf 'provisioning failed (dosvob-provision exit %s): no volume was synced\n' "$rc" >"$summary_file"
 	exit "$provision_code"
 fi
 if ! jq -e '.run_id and (.volumes | type == "array") and (.droplets | type == "array")' "$run_json" >/dev/null 2>&1; then

@@ -88,7 +88,8 @@ Exit codes:
        (after waiting a second), or dosvob-provision would not start (its
        exit 6: a lock, or interrupted runs' leftovers; its message says)
   7    provisioning failed (what it created was deleted again; the new
-       volume, if made, is kept)
+       volume, if made, is kept), also when dosvob-provision exited 2, 4
+       or 6 after its run had begun
   8    teardown left temporary resources behind (run the dosvob-teardown
        --run ID that the log names)
   130  interrupted by SIGINT or SIGTERM
@@ -315,6 +316,12 @@ rc=0
 run_bg "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
 	--region "$region" --size-gib "$size_gib" --owner-lock-fd 8 --run-id-file "$run_id_file" \
 	>"$run_json" </dev/null 8>&9 || rc=$?
+# Whether it created anything is told by the run id it writes first, never
+# by its exit code (a crash may exit 2): with a run, any failure is 7, and
+# on_exit tears the run down.
+if [[ "$rc" -ne 0 ]] && run_id=$(started_run_id "$run_id_file"); then
+	die "$EXIT_PROVISION" "provisioning failed (dosvob-provision exit $rc) after it had started run $run_id"
+fi
 case "$rc" in
 0) ;;
 "$EXIT_USAGE")

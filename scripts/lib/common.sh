@@ -182,6 +182,18 @@ stop_group() {
 	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
 }
 
+# started_run_id ID_FILE: print the run id that dosvob-provision wrote to
+# ID_FILE (its --run-id-file) before it created anything; false when there
+# is none. Only this tells whether a provision created anything: its exit
+# code does not (a crash after the run began may exit 2, as a refused config
+# does).
+started_run_id() {
+	local id=""
+	id=$(head -n 1 -- "$1" 2>/dev/null) || true
+	[[ -n "$id" ]] || return 1
+	printf '%s\n' "$id"
+}
+
 # teardown_run JSON ID_FILE DONE PARTIAL OK [ARG...]: tear down this
 # script's run and nothing else: by its run JSON, or, when provisioning did
 # not finish, by the run id that dosvob-provision wrote to ID_FILE before it
@@ -197,7 +209,7 @@ teardown_run() {
 	if [[ -n "$run_id" ]]; then
 		log "${done_msg//RUN_ID/$run_id}"
 		run_group pid "$teardown" "$@" "$json" </dev/null
-	elif run_id=$(head -n 1 "$id_file" 2>/dev/null) && [[ -n "$run_id" ]]; then
+	elif run_id=$(started_run_id "$id_file"); then
 		log "${partial_msg//RUN_ID/$run_id}"
 		run_group pid "$teardown" "$@" --run "$run_id" </dev/null
 	else
