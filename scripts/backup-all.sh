@@ -20,6 +20,7 @@ DOSVOB_PROG=backup-all
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$script_dir/lib/common.sh"
+hide_token
 
 # Exit codes of this script (documented in --help and docs/OPERATIONS.md);
 # usage errors exit 2 through usage_error in lib/common.sh.
@@ -198,7 +199,7 @@ done
 if [[ "$dry_run" -eq 1 ]]; then
 	log "dry run: what a run would create and cost; nothing is created, no image is touched"
 	rc=0
-	"$provision" "${config_args[@]}" --dry-run "${provision_args[@]}" </dev/null >&2 || rc=$?
+	(with_token "$provision" "${config_args[@]}" --dry-run "${provision_args[@]}") </dev/null >&2 || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		die "$EXIT_PROVISION" "dosvob-provision --dry-run failed (exit $rc)"
 	fi
@@ -351,9 +352,9 @@ on_exit() {
 run_hook() {
 	[[ -n "$hook" ]] || return 0
 	local result=$1 code=$2 rc=0
-	# The hook never sees the API token (as the config's hooks do not).
-	env -u DIGITALOCEAN_ACCESS_TOKEN -u DIGITALOCEAN_TOKEN \
-		DOSVOB_RESULT="$result" DOSVOB_EXIT_CODE="$code" DOSVOB_SUMMARY_FILE="$summary_file" \
+	# The hook never sees the API token (hide_token; as the config's hooks
+	# do not).
+	DOSVOB_RESULT="$result" DOSVOB_EXIT_CODE="$code" DOSVOB_SUMMARY_FILE="$summary_file" \
 		bash -c "$hook" 7<&- 9>&- </dev/null >&2 || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		warn "hook exited $rc"
@@ -376,7 +377,7 @@ log "provisioning (first removing what earlier, killed runs left behind)"
 # it as fd 8 (a copy of fd 9) and records it, so that no other run's
 # --cleanup-stale touches this run until the lock goes, with the processes
 # of this run.
-run_group provision_pid "$provision" "${config_args[@]}" --cleanup-stale \
+run_group provision_pid with_token "$provision" "${config_args[@]}" --cleanup-stale \
 	--owner-lock-fd 8 --run-id-file "$run_id_file" "${provision_args[@]}" >"$run_json" </dev/null 8>&9
 rc=0
 wait "$provision_pid" || rc=$?

@@ -19,6 +19,7 @@ DOSVOB_PROG=restore
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$script_dir/lib/common.sh"
+hide_token
 
 readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_REFUSED=4 EXIT_LOCKED=6 \
 	EXIT_PROVISION=7 EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
@@ -313,7 +314,7 @@ fi
 log "creating the new volume $volume_name ($size_gib GiB) in $region and a temporary droplet to fill it"
 provisioned=1
 rc=0
-run_bg "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
+run_bg with_token "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
 	--region "$region" --size-gib "$size_gib" --owner-lock-fd 8 --run-id-file "$run_id_file" \
 	>"$run_json" </dev/null 8>&9 || rc=$?
 # Whether it created anything is told by the run id it writes first, never

@@ -10,6 +10,31 @@
 # DOSVOB_PROG is the name that prefixes every message; scripts set it.
 DOSVOB_PROG=${DOSVOB_PROG:-dosvob}
 
+# The environment variables that dosvob-provision and dosvob-teardown read
+# the API token from (internal/config's TokenEnv).
+DOSVOB_TOKEN_VARS=(DIGITALOCEAN_ACCESS_TOKEN DIGITALOCEAN_TOKEN)
+
+# hide_token: take the token variables out of this shell's environment, at
+# a script's start: they stay shell variables, which with_token hands to
+# dosvob-provision and dosvob-teardown only. No other child (ssh, dosvob-hash,
+# dosvob-patch, jq, curl, the hook) sees the token.
+hide_token() {
+	export -n "${DOSVOB_TOKEN_VARS[@]}"
+}
+
+# with_token CMD...: exec CMD with the token variables that are set in its
+# environment. It replaces the shell it runs in: call it in a subshell, as
+# run_group's background job or in ( ).
+with_token() {
+	local v
+	for v in "${DOSVOB_TOKEN_VARS[@]}"; do
+		if [[ -n "${!v+set}" ]]; then
+			export "${v?}"
+		fi
+	done
+	exec "$@"
+}
+
 # log MESSAGE...: one timestamped line on stderr.
 log() {
 	printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$DOSVOB_PROG" "$*" >&2
@@ -208,10 +233,10 @@ teardown_run() {
 	run_id=$(jq -r '.run_id // empty' "$json" 2>/dev/null || true)
 	if [[ -n "$run_id" ]]; then
 		log "${done_msg//RUN_ID/$run_id}"
-		run_group pid "$teardown" "$@" "$json" </dev/null
+		run_group pid with_token "$teardown" "$@" "$json" </dev/null
 	elif run_id=$(started_run_id "$id_file"); then
 		log "${partial_msg//RUN_ID/$run_id}"
-		run_group pid "$teardown" "$@" --run "$run_id" </dev/null
+		run_group pid with_token "$teardown" "$@" --run "$run_id" </dev/null
 	else
 		log "provisioning started no run: nothing to tear down"
 		return 0

@@ -8,16 +8,16 @@ import (
 )
 
 // binWith makes a directory with the built binaries (symlinks), in which
-// name is a bash script instead: body, with $REAL the real binary. The
-// scripts take it with --bin.
-func (e *env) binWith(name, body string) string {
+// each binary named in bodies is a bash script instead: its body, with
+// $REAL the real binary. The scripts take it with --bin.
+func (e *env) binWith(bodies map[string]string) string {
 	dir, err := os.MkdirTemp(e.dir, "bin-")
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	for _, b := range []string{"dosvob-hash", "dosvob-patch", "dosvob-provision", "dosvob-teardown"} {
 		real := filepath.Join(e.bin, b)
-		if b == name {
+		if body, ok := bodies[b]; ok {
 			writeFile(e.t, filepath.Join(dir, b), "#!/bin/bash\nREAL="+real+"\n"+body+"\n", 0o755)
 		} else if err := os.Symlink(real, filepath.Join(dir, b)); err != nil {
 			e.t.Fatal(err)
@@ -44,7 +44,7 @@ func TestProvisionCrash(t *testing.T) {
 	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
 	var kept []string // the restores' new volumes
 	for _, code := range []string{"2", "6"} {
-		bin := e.binWith("dosvob-provision", `"$REAL" "$@" >/dev/null; exit `+code)
+		bin := e.binWith(map[string]string{"dosvob-provision": `"$REAL" "$@" >/dev/null; exit ` + code})
 		check := func(t *testing.T, prog string, r result) {
 			if !strings.Contains(r.stderr, "is ready") {
 				t.Fatalf("dosvob-provision made no run: the test proves nothing\nstderr:\n%s", r.stderr)
