@@ -89,7 +89,9 @@ Exit codes:
        also when dosvob-provision exited 2 or 6 after its run had begun
   8    teardown left temporary resources behind (they cost money: run
        the dosvob-teardown --run ID that the log names)
-  130  interrupted by SIGINT or SIGTERM
+  130  interrupted by SIGINT, SIGTERM, SIGHUP (a terminal that hung up) or
+       SIGPIPE (a reader of its output that quit): the syncs were stopped,
+       teardown ran, the hook and the failure ping were told
 When several apply, the first of 8, 130, 7 (or 2, 6), 1 wins.
 
 Examples:
@@ -251,6 +253,8 @@ provision_pid=""
 provisioned=0      # 1 once dosvob-provision has started: teardown is owed
 torn_down=0
 interrupted=0
+completed=0     # 1 once the run reached its end: only then can it succeed
+script_failed=0 # 1 after an error of this script, or a signal it does not trap
 provision_failed=0
 provision_code=$EXIT_PROVISION # the exit when provision_failed
 teardown_failed=0
@@ -273,10 +277,10 @@ ping() {
 do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	# Interrupting a teardown would leave resources that cost money: from
-	# here on this script ignores SIGINT and SIGTERM (SIGKILL still works,
-	# and the next run cleans up). First, so that no signal lands between
-	# marking the teardown done and starting it.
-	trap '' INT TERM
+	# here on this script ignores the signals it traps (SIGKILL still
+	# works, and the next run cleans up). First, so that no signal lands
+	# between marking the teardown done and starting it.
+	trap '' INT TERM HUP PIPE
 	torn_down=1
 	teardown_run "$run_json" "$run_id_file" \
 		"tearing down run RUN_ID: deleting its droplets, volume copies, snapshots and key" \
@@ -301,8 +305,11 @@ stop_children() {
 	done
 }
 
+# on_signal NAME: SIGINT, SIGTERM, SIGHUP (the terminal hung up) and
+# SIGPIPE (the reader of stderr quit; log then writes to /dev/null) all
+# stop the run, which reports itself interrupted.
 on_signal() {
-	trap '' INT TERM
+	trap '' INT TERM HUP PIPE
 	interrupted=1
 	log "received SIG$1: stopping the syncs (each image stays exactly its previous backup), then tearing down"
 	stop_children
@@ -316,7 +323,7 @@ final_code() {
 		echo "$EXIT_INTERRUPTED"
 	elif [[ "$provision_failed" -eq 1 ]]; then
 		echo "$provision_code"
-	elif [[ "$volumes_failed" -gt 0 ]]; then
+	elif [[ "$volumes_failed" -gt 0 || "$script_failed" -eq 1 ]]; then
 		echo "$EXIT_FAILED"
 	else
 		echo "$EXIT_OK"
@@ -325,12 +332,15 @@ final_code() {
 
 on_exit() {
 	local rc=$?
-	trap '' INT TERM
+	trap '' INT TERM HUP PIPE
 	set +e
-	if [[ "$rc" -ne 0 && "$rc" -ne "$EXIT_INTERRUPTED" && "$provision_failed" -eq 0 && "$volumes_failed" -eq 0 ]]; then
-		# An unexpected error in this script itself.
-		volumes_failed=1
-		log "stopping after an unexpected error (exit $rc)"
+	# Only a run that reached its end may succeed. Here before it, and not
+	# by a signal or failed provisioning that was counted, is an error of
+	# this script, or a signal that it does not trap (bash runs this trap
+	# then, with $? 0): a failure.
+	if [[ "$completed" -eq 0 && "$interrupted" -eq 0 && "$provision_failed" -eq 0 ]]; then
+		script_failed=1
+		log "stopping before the end of the run (an unexpected error or signal, exit $rc): the run failed"
 		stop_children
 	fi
 	do_teardown
@@ -364,6 +374,8 @@ run_hook() {
 trap on_exit EXIT
 trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
+trap 'on_signal HUP' HUP
+trap 'on_signal PIPE' PIPE
 
 # ---- provision -------------------------------------------------------------
 
@@ -541,4 +553,5 @@ if [[ "$volumes_failed" -gt 0 ]]; then
 fi
 
 do_teardown
+completed=1
 exit "$(final_code)"

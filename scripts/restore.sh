@@ -93,7 +93,8 @@ Exit codes:
        or 6 after its run had begun
   8    teardown left temporary resources behind (run the dosvob-teardown
        --run ID that the log names)
-  130  interrupted by SIGINT or SIGTERM
+  130  interrupted by SIGINT, SIGTERM, SIGHUP (a terminal that hung up) or
+       SIGPIPE (a reader of its output that quit)
 
 Examples:
   restore.sh --volume-name data-restored --region fra1 /srv/backups/fra1/data.img
@@ -221,13 +222,14 @@ provisioned=0
 torn_down=0
 teardown_failed=0
 interrupted=0
+completed=0 # 1 once the run reached its end: only then can it exit 0
 child_pid=""
 
 do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	# Signals ignored first, as in backup-all.sh: none may land between
 	# marking the teardown done and starting it.
-	trap '' INT TERM
+	trap '' INT TERM HUP PIPE
 	torn_down=1
 	# Provisioning that did not finish is torn down by its run id; its
 	# state names the new volume, which is kept.
@@ -237,8 +239,9 @@ do_teardown() {
 		"" "${config_args[@]}" || teardown_failed=1
 }
 
+# on_signal NAME: SIGINT, SIGTERM, SIGHUP and SIGPIPE, as in backup-all.sh.
 on_signal() {
-	trap '' INT TERM
+	trap '' INT TERM HUP PIPE
 	interrupted=1
 	log "received SIG$1: stopping, then deleting the temporary droplet"
 	if [[ -n "$child_pid" ]]; then
@@ -250,7 +253,7 @@ on_signal() {
 
 on_exit() {
 	local rc=$?
-	trap '' INT TERM
+	trap '' INT TERM HUP PIPE
 	set +e
 	do_teardown
 	rm -rf -- "$work"
@@ -258,6 +261,11 @@ on_exit() {
 		rc=$EXIT_TEARDOWN
 	elif [[ "$interrupted" -eq 1 ]]; then
 		rc=$EXIT_INTERRUPTED
+	elif [[ "$rc" -eq 0 && "$completed" -eq 0 ]]; then
+		# A signal this script does not trap (bash runs this trap with $?
+		# 0): never a success.
+		log "stopped before the end of the restore (an untrapped signal): it failed"
+		rc=$EXIT_FAILED
 	fi
 	exit "$rc"
 }
@@ -265,6 +273,8 @@ on_exit() {
 trap on_exit EXIT
 trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
+trap 'on_signal HUP' HUP
+trap 'on_signal PIPE' PIPE
 
 # run_bg CMD...: run CMD in its own process group and wait for it, so a
 # signal reaches this script first; returns CMD's exit code.
@@ -410,3 +420,4 @@ log "done: $volume_name ($new_id) in $region holds the image and is detached, re
 jq -cn --arg name "$volume_name" --arg id "$new_id" --arg region "$region" \
 	--argjson size "$size_gib" --arg sum "$local_sum" \
 	'{name: $name, id: $id, region: $region, size_gib: $size, sha256: (if $sum == "" then null else $sum end)}'
+completed=1

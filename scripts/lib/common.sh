@@ -35,9 +35,15 @@ with_token() {
 	exec "$@"
 }
 
-# log MESSAGE...: one timestamped line on stderr.
+# log MESSAGE...: one timestamped line on stderr. It never fails: when
+# stderr cannot be written any more (a terminal that hung up, a reader that
+# quit), this shell and what it starts from then on write to /dev/null
+# instead, where a write can neither fail nor kill (a Go program dies of a
+# broken pipe on stderr even with SIGPIPE ignored: dosvob-teardown must not).
 log() {
-	printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$DOSVOB_PROG" "$*" >&2
+	if ! printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$DOSVOB_PROG" "$*" >&2 2>/dev/null; then
+		exec 2>/dev/null
+	fi
 }
 
 # warn MESSAGE...: like log, marked as a warning.
