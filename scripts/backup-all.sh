@@ -245,7 +245,7 @@ fi
 
 clean_dead_work_dirs "${TMPDIR:-/tmp}"
 work=""
-make_work_dir work "${TMPDIR:-/tmp}" dosvob-backup
+make_work_dir work "${TMPDIR:-/tmp}" dosvob-backup "${config_args[@]}" "${teardown_args[@]}"
 run_json="$work/run.json"
 run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
 summary_file="$work/summary.txt"
@@ -388,9 +388,11 @@ log "provisioning (first removing what earlier, killed runs left behind)"
 # The run is alive while this script holds the lock: dosvob-provision gets
 # it as fd 8 (a copy of fd 9) and records it, so that no other run's
 # --cleanup-stale touches this run until the lock goes, with the processes
-# of this run.
+# of this run. It holds the work directory's lock too (fd 6, a copy of
+# fd 7), so that no next run's clean_dead_work_dirs tears this run down
+# while provisioning goes on after this script was killed.
 run_group provision_pid with_token "$provision" "${config_args[@]}" --cleanup-stale \
-	--owner-lock-fd 8 --run-id-file "$run_id_file" "${provision_args[@]}" >"$run_json" </dev/null 8>&9
+	--owner-lock-fd 8 --run-id-file "$run_id_file" "${provision_args[@]}" >"$run_json" </dev/null 8>&9 6<&7
 rc=0
 wait "$provision_pid" || rc=$?
 provision_pid=""

@@ -206,7 +206,7 @@ fi
 
 clean_dead_work_dirs "$tmp_dir"
 work=""
-make_work_dir work "$tmp_dir" dosvob-restore
+make_work_dir work "$tmp_dir" dosvob-restore "${config_args[@]}"
 run_json="$work/run.json"
 run_id_file="$work/run-id" # written by dosvob-provision before it creates anything
 # The run is alive while this script holds fd 9: the backup directory's
@@ -326,7 +326,7 @@ provisioned=1
 rc=0
 run_bg with_token "$provision" "${config_args[@]}" --restore --volume-name "$volume_name" \
 	--region "$region" --size-gib "$size_gib" --owner-lock-fd 8 --run-id-file "$run_id_file" \
-	>"$run_json" </dev/null 8>&9 || rc=$?
+	>"$run_json" </dev/null 8>&9 6<&7 || rc=$?
 # Whether it created anything is told by the run id it writes first, never
 # by its exit code (a crash may exit 2): with a run, any failure is 7, and
 # on_exit tears the run down.

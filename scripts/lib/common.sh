@@ -231,18 +231,19 @@ started_run_id() {
 # created anything (never --all, which would take runs going beside it).
 # DONE and PARTIAL are the log lines of the two cases, RUN_ID standing for
 # the run id; OK, unless empty, is logged when the teardown succeeds. ARGs
-# go to dosvob-teardown ($teardown). Returns 1 when the teardown failed,
-# logged with the command that finishes the job.
+# go to dosvob-teardown ($teardown), which holds the work directory's lock
+# (fd 7, as fd 6) while it runs. Returns 1 when the teardown failed, logged
+# with the command that finishes the job.
 teardown_run() {
 	local json=$1 id_file=$2 done_msg=$3 partial_msg=$4 ok_msg=$5 rc=0 pid="" run_id=""
 	shift 5
 	run_id=$(jq -r '.run_id // empty' "$json" 2>/dev/null || true)
 	if [[ -n "$run_id" ]]; then
 		log "${done_msg//RUN_ID/$run_id}"
-		run_group pid with_token "$teardown" "$@" "$json" </dev/null
+		run_group pid with_token "$teardown" "$@" "$json" </dev/null 6<&7
 	elif run_id=$(started_run_id "$id_file"); then
 		log "${partial_msg//RUN_ID/$run_id}"
-		run_group pid with_token "$teardown" "$@" --run "$run_id" </dev/null
+		run_group pid with_token "$teardown" "$@" --run "$run_id" </dev/null 6<&7
 	else
 		log "provisioning started no run: nothing to tear down"
 		return 0
@@ -258,36 +259,65 @@ teardown_run() {
 	fi
 }
 
-# make_work_dir VAR BASE NAME: make a work directory BASE/NAME.XXXXXX (mode
-# 0700; NAME is dosvob-backup or dosvob-restore, the names that
-# clean_dead_work_dirs looks for), store its path in VAR, and lock it on
-# fd 7 for the life of this shell: clean_dead_work_dirs removes it once no
-# process of the run holds it (children started with run_group do not).
-# The marker .locked, written once the lock is held, tells a dead run's
-# directory from one that is being made.
+# make_work_dir VAR BASE NAME [TEARDOWN_ARG...]: make a work directory
+# BASE/NAME.XXXXXX (mode 0700; NAME is dosvob-backup or dosvob-restore, the
+# names that clean_dead_work_dirs looks for), store its path in VAR, and lock
+# it on fd 7 for the life of this shell: clean_dead_work_dirs tears down its
+# run and removes it once no process of the run holds it (children started
+# with run_group do not; dosvob-provision and dosvob-teardown get it as
+# fd 6). teardown.args records the current directory and the TEARDOWN_ARGs
+# (--config, --state-dir, --api-url) that its run's teardown needs. The
+# marker .locked, written last, tells a dead run's directory from one that
+# is being made.
 make_work_dir() {
 	local -n dir_ref=$1
 	dir_ref=$(mktemp -d "$2/$3.XXXXXX")
+	shift 3
 	exec 7<"$dir_ref"
 	flock -n 7
+	printf '%s\0' "$PWD" "$@" >"$dir_ref/teardown.args"
 	: >"$dir_ref/.locked"
 }
 
 # clean_dead_work_dirs BASE: remove the work directories (of backup-all.sh
 # and restore.sh) in BASE that runs left when they were killed (SIGKILL, a
 # crash): this user's, with the .locked marker, whose lock no process holds.
-# A live run's directory is locked and stays; so does one without the
-# marker (being made, or made by an older release). Says what it removed.
+# One that names a run (its run-id file) is first torn down by that run's
+# id, with the arguments its teardown.args recorded, and stays when that
+# fails: the directory may hold the run's owner lock (restore.sh's
+# owner.lock), without which dosvob-provision --cleanup-stale could not tell
+# that the run is dead and would leave it for 48 hours. A live run's
+# directory is locked and stays; so does one without the marker (being
+# made, or made by an older release). Says what it did.
 clean_dead_work_dirs() {
-	local base=$1 d rc
+	local base=$1 d fd rc id
 	for d in "$base"/dosvob-backup.?????? "$base"/dosvob-restore.??????; do
 		[[ -d "$d" && ! -L "$d" && -O "$d" && -f "$d/.locked" ]] || continue
+		{ exec {fd}<"$d"; } 2>/dev/null || continue
+		if ! flock -n "$fd"; then
+			exec {fd}<&-
+			continue
+		fi
 		rc=0
-		flock -n -E 75 "$d" rm -rf -- "$d" 2>/dev/null || rc=$?
-		if [[ "$rc" -eq 0 ]]; then
+		if id=$(started_run_id "$d/run-id") && [[ -f "$d/teardown.args" ]]; then
+			teardown_dead_run "$d" "$id" || rc=$?
+		fi
+		if [[ "$rc" -ne 0 ]]; then
+			warn "kept $d, the work directory of an earlier run that was killed: the teardown of its run $id failed (dosvob-teardown exit $rc); the next run tries again"
+		elif rm -rf -- "$d" 2>/dev/null; then
 			log "removed $d, the work directory of an earlier run that was killed"
-		elif [[ "$rc" -ne 75 && -e "$d" ]]; then
+		else
 			warn "could not remove $d, the work directory of an earlier run that was killed"
 		fi
+		exec {fd}<&-
 	done
+}
+
+# teardown_dead_run DIR ID: tear down run ID of the dead work directory DIR
+# with the directory and arguments that DIR/teardown.args recorded.
+teardown_dead_run() {
+	local d=$1 id=$2 args=()
+	mapfile -d '' -t args <"$d/teardown.args"
+	log "tearing down run $id, left by an earlier run that was killed (its work directory $d)"
+	(cd -- "${args[0]}" && with_token "$teardown" "${args[@]:1}" --run "$id") </dev/null 9>&-
 }

@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // binWith makes a directory with the built binaries (symlinks), in which
@@ -73,4 +75,72 @@ func TestProvisionCrash(t *testing.T) {
 			check(t, "restore.sh", e.restore("--bin", bin, "--volume-name", name, "--region", "fra1", img))
 		})
 	}
+}
+
+// killAll SIGKILLs pid and every process below it, as a crash would.
+func killAll(pid int) {
+	ps := descendants(pid, "")
+	syscall.Kill(pid, syscall.SIGKILL)
+	for _, p := range ps {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+}
+
+// TestKilledRunTornDown: the next run of either script tears down the run
+// of a killed one from its work directory before it removes that, at once.
+// A restore.sh without a backup directory's lock keeps its run's owner
+// lock in its work directory: removing the directory first made the run's
+// liveness uncheckable, and dosvob-provision --cleanup-stale left its
+// droplet and key for 48 hours. A killed backup-all.sh's run is torn down
+// the same way by a restore.sh, which gives no --cleanup-stale.
+func TestKilledRunTornDown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false)
+	img := filepath.Join(e.dir, "loose", "some.img")
+	if err := os.Mkdir(filepath.Dir(img), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+
+	t.Run("restore killed, then backup-all", func(t *testing.T) {
+		e.t = t
+		cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--ssh", e.slowSSH("64k"),
+			"--volume-name", "killed", "--region", "fra1", img)
+		done := e.start(cmd, stdout, stderr)
+		e.waitFor(cmd.Process.Pid, "ssh", 60*time.Second)
+		killAll(cmd.Process.Pid)
+		<-done
+		if e.sameAsInitial(e.emu.State(), []string{"fra1/killed"}) == "" {
+			t.Fatalf("the killed restore left nothing: the test proves nothing")
+		}
+		dead := workDirs(t, e.dir)
+		r := e.backup()
+		if r.code != 0 {
+			t.Fatalf("backup-all.sh after a killed restore exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "backup-all: tearing down run ") {
+			t.Errorf("backup-all.sh does not say that it tears down the killed run:\n%s", r.stderr)
+		}
+		checkRemoved(t, "backup-all", r.stderr, dead)
+		e.checkNothingLeft("fra1/killed")
+	})
+
+	t.Run("backup-all killed, then restore", func(t *testing.T) {
+		e.t = t
+		e.change("fra1/db", 10)
+		r := e.startBackup()
+		r.syncing()
+		killAll(r.pid)
+		<-r.done
+		if e.sameAsInitial(e.emu.State(), []string{"fra1/killed"}) == "" {
+			t.Fatalf("the killed backup left nothing: the test proves nothing")
+		}
+		dead := workDirs(t, e.dir)
+		res := e.restore("--volume-name", "after-kill", "--region", "nyc1", e.image("nyc1/web"))
+		if res.code != 0 {
+			t.Fatalf("restore.sh after a killed backup-all.sh exited %d, want 0\nstderr:\n%s", res.code, res.stderr)
+		}
+		checkRemoved(t, "restore", res.stderr, dead)
+		e.checkNothingLeft("fra1/killed", "nyc1/after-kill")
+	})
 }
