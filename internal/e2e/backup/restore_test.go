@@ -206,13 +206,7 @@ func TestRestoreInterruptedWhileProvisioning(t *testing.T) {
 		t.Fatalf("%d droplets while provisioning, want the restore's besides the user's", n)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(2 * time.Minute):
-		cmd.Process.Kill()
-		t.Fatalf("restore.sh still running 2 minutes after SIGTERM\nstderr:\n%s", (<-done).stderr)
-	}
+	r := waitKill(t, cmd, done, "SIGTERM")
 	if r.code != 130 {
 		t.Fatalf("restore.sh exited %d after SIGTERM, want 130\nstderr:\n%s", r.code, r.stderr)
 	}

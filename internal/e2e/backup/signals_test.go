@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,6 +39,21 @@ func (e *env) checkStopped(res result, code int, hook string, p *pings, uuid str
 	e.checkOldOrNew(before, sourceVolumes...)
 }
 
+// waitKill waits up to 2 minutes for a script started with env.start to
+// end after what happened to it (after), and fails the test, killing it,
+// if it does not.
+func waitKill(t *testing.T, cmd *exec.Cmd, done <-chan result, after string) result {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("%s still running 2 minutes after %s\nstderr:\n%s", filepath.Base(cmd.Args[1]), after, (<-done).stderr)
+		return result{}
+	}
+}
+
 // TestSignals: SIGHUP (the terminal of a hand-run backup hung up) and
 // SIGPIPE stop backup-all.sh as SIGTERM does: the syncs stop, teardown
 // runs, the exit is 130 and the hook and the ping hear of a failure. A
@@ -53,7 +69,10 @@ func TestSignals(t *testing.T) {
 	hook := filepath.Join(e.dir, "hook.out")
 	p := newPings(t)
 	n := 0
-	start := func() (*running, string, map[string]string) {
+	// prepare changes both volumes, forgets the last run's hook and pings,
+	// and returns the next run's ping uuid, the images' digests and its
+	// options.
+	prepare := func() (string, map[string]string, []string) {
 		n++
 		uuid := "uuid-" + strconv.Itoa(n)
 		os.Remove(hook)
@@ -62,8 +81,7 @@ func TestSignals(t *testing.T) {
 		p.mu.Unlock()
 		e.change("fra1/db", 40)
 		e.change("nyc1/web", 40)
-		before := e.digests()
-		return e.startBackup("-j", "2", "--ping-url", p.srv.URL+"/"+uuid, "--hook", hookCommand(hook)), uuid, before
+		return uuid, e.digests(), []string{"-j", "2", "--ping-url", p.srv.URL + "/" + uuid, "--hook", hookCommand(hook)}
 	}
 
 	for _, c := range []struct {
@@ -73,7 +91,8 @@ func TestSignals(t *testing.T) {
 	}{{"HUP", syscall.SIGHUP, 130}, {"PIPE", syscall.SIGPIPE, 130}, {"USR1", syscall.SIGUSR1, 1}} {
 		t.Run(c.name, func(t *testing.T) {
 			e.t = t
-			r, uuid, before := start()
+			uuid, before, opts := prepare()
+			r := e.startBackup(opts...)
 			r.syncing()
 			syscall.Kill(r.pid, c.sig)
 			res := r.wait(2 * time.Minute)
@@ -89,18 +108,9 @@ func TestSignals(t *testing.T) {
 
 	t.Run("stderr reader gone", func(t *testing.T) {
 		e.t = t
-		n++
-		uuid := "uuid-" + strconv.Itoa(n)
-		os.Remove(hook)
-		p.mu.Lock()
-		p.got = nil
-		p.mu.Unlock()
-		e.change("fra1/db", 40)
-		e.change("nyc1/web", 40)
-		before := e.digests()
-		args := []string{"--config", e.conf, "--keep", "3", "--ssh", e.slowSSH("256k"), "-j", "2",
-			"--ping-url", p.srv.URL + "/" + uuid, "--hook", hookCommand(hook), e.backups}
-		cmd, stdout, _ := e.script("backup-all.sh", args...)
+		uuid, before, opts := prepare()
+		args := append([]string{"--config", e.conf, "--keep", "3", "--ssh", e.slowSSH("256k")}, opts...)
+		cmd, stdout, _ := e.script("backup-all.sh", append(args, e.backups)...)
 		pr, pw, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
@@ -117,13 +127,7 @@ func TestSignals(t *testing.T) {
 			}
 		}
 		pr.Close() // the reader is gone: the next line the script writes breaks the pipe
-		var res result
-		select {
-		case res = <-done:
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			t.Fatalf("backup-all.sh still running 2 minutes after its stderr went away\nstderr until then:\n%s", seen.String())
-		}
+		res := waitKill(t, cmd, done, "its stderr went away")
 		res.stderr = seen.String() + "(the rest went to a closed pipe)"
 		e.checkStopped(res, 130, hook, p, uuid, before)
 	})
@@ -136,13 +140,7 @@ func TestSignals(t *testing.T) {
 		e.waitFor(cmd.Process.Pid, "ssh", 60*time.Second)
 		time.Sleep(500 * time.Millisecond)
 		cmd.Process.Signal(syscall.SIGHUP)
-		var res result
-		select {
-		case res = <-done:
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			t.Fatalf("restore.sh still running 2 minutes after SIGHUP\nstderr:\n%s", (<-done).stderr)
-		}
+		res := waitKill(t, cmd, done, "SIGHUP")
 		if res.code != 130 || !strings.Contains(res.stderr, "received SIGHUP") {
 			t.Errorf("restore.sh exited %d after SIGHUP, want 130 saying so\nstderr:\n%s", res.code, res.stderr)
 		}

@@ -28,6 +28,17 @@ func (e *env) binWith(bodies map[string]string) string {
 	return dir
 }
 
+// looseImage writes a small image in a directory of its own: no backup
+// directory's lock beside it, so restore.sh uses an owner lock of its own.
+func (e *env) looseImage() string {
+	img := filepath.Join(e.dir, "loose", "some.img")
+	if err := os.MkdirAll(filepath.Dir(img), 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	writeFile(e.t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+	return img
+}
+
 // TestProvisionCrash: a dosvob-provision that dies after its run began
 // exits with whatever code its crash gives (a Go panic exits 2, as a
 // refused config does; 6 is a lock's). The scripts must not read "nothing
@@ -39,11 +50,7 @@ func (e *env) binWith(bodies map[string]string) string {
 func TestProvisionCrash(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
-	img := filepath.Join(e.dir, "loose", "some.img")
-	if err := os.Mkdir(filepath.Dir(img), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+	img := e.looseImage()
 	var kept []string // the restores' new volumes
 	for _, code := range []string{"2", "6"} {
 		bin := e.binWith(map[string]string{"dosvob-provision": `"$REAL" "$@" >/dev/null; exit ` + code})
@@ -96,11 +103,7 @@ func killAll(pid int) {
 func TestKilledRunTornDown(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
-	img := filepath.Join(e.dir, "loose", "some.img")
-	if err := os.Mkdir(filepath.Dir(img), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+	img := e.looseImage()
 
 	t.Run("restore killed, then backup-all", func(t *testing.T) {
 		e.t = t
