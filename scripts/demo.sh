@@ -275,9 +275,13 @@ done
 img="$backups/nyc1/website.img"
 v=$(dosvob-patch versions --json "$img" | jq -r '.[0].name')
 dosvob-patch restore-version --version "$v" --output "$work/website-$v.img" "$img" 2>/dev/null
-note "" "version $v of nyc1/website, written to a new file, still has the old page:"
-debugfs -R "cat /index.html" "$work/website-$v.img" 2>/dev/null | sed 's/^/     /' >&2
+note "" "version $v of nyc1/website, written to a new file, still has the old page (no sale):"
+old_page=$(debugfs -R "cat /index.html" "$work/website-$v.img" 2>/dev/null)
+printf '     %s\n' "$old_page" >&2
 rm -f "$work/website-$v.img"
+if [[ "$old_page" != *"Welcome to Sammy"* || "$old_page" == *"Winter sale"* ]]; then
+	die 1 "version $v of nyc1/website does not hold the page as it was before the sale"
+fi
 
 say "Scrub: every image re-read and checked against its manifest's digest"
 for img in "$backups"/*/*.img; do
