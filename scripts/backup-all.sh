@@ -34,10 +34,13 @@ Usage: backup-all.sh [options] BACKUP_DIR
 Back up every volume that the config selects into BACKUP_DIR, as raw disk
 images BACKUP_DIR/REGION/VOLUME.img (each with its manifest and kept
 versions beside it); what it creates is readable by its user only (umask
-077, BACKUP_DIR 0700 when it makes it). One run: clean up what earlier,
-killed runs left (never a run that is still going: see docs/OPERATIONS.md;
-their work directories in $TMPDIR too), snapshot and
-copy the volumes and start a temporary droplet per region
+077, BACKUP_DIR 0700 when it makes it). It makes BACKUP_DIR itself, never
+its parent, which must exist (else exit 2): let the parent be a directory
+on the backup disk, not its mount point (which exists when the disk is not
+mounted), and a disk that is not mounted stops the run (docs/OPERATIONS.md).
+One run: clean up what earlier, killed runs left (never a run that is
+still going: see docs/OPERATIONS.md; their work directories in $TMPDIR
+too), snapshot and copy the volumes and start a temporary droplet per region
 (dosvob-provision), sync each volume over ssh with the droplet's pinned host
 key (dosvob-hash | ssh ... dosvob-hash --delta | dosvob-patch), then delete
 every temporary resource (dosvob-teardown), on every exit path.
@@ -80,7 +83,8 @@ Exit codes:
   1    at least one volume failed (the others were backed up; each failed
        image is still exactly its previous backup)
   2    usage or set-up: bad options or arguments, a BACKUP_DIR (or --lock
-       FILE) that cannot be made or written, a missing tool or dosvob
+       FILE) that cannot be made or written (also one whose parent does
+       not exist: a backup disk not mounted), a missing tool or dosvob
        binary, or a config that dosvob-provision refuses (nothing was done)
   6    another backup-all.sh run, a restore.sh or a scrub holds the lock
        (after waiting 1 s), or dosvob-provision would not start (its exit
@@ -210,14 +214,22 @@ fi
 
 # The backup directory must exist, or be made, and be writable before
 # anything else: a read-only or missing disk is a set-up error (exit 2), not
-# a failed volume.
+# a failed volume. Only its last component is made, never its parents: a
+# backup disk that is not mounted leaves the parent missing, and the run
+# must stop there rather than fill the root file system.
 if [[ -e "$backup_dir" && ! -d "$backup_dir" ]]; then
 	die 2 "backup directory \"$backup_dir\" exists and is not a directory" \
 		"name a directory, or a path where one can be made"
 fi
-if [[ ! -d "$backup_dir" ]] && ! err=$(mkdir -p -- "$backup_dir" 2>&1); then
-	die 2 "cannot create the backup directory \"$backup_dir\": ${err##*: }" \
-		"check that its disk is mounted and writable"
+if [[ ! -d "$backup_dir" ]]; then
+	parent=$(dirname -- "$backup_dir")
+	if [[ ! -e "$parent" ]]; then
+		die 2 "cannot create the backup directory \"$backup_dir\": its parent \"$parent\" does not exist (is the backup disk mounted?)"
+	fi
+	if ! err=$(mkdir -- "$backup_dir" 2>&1) && [[ ! -d "$backup_dir" ]]; then
+		die 2 "cannot create the backup directory \"$backup_dir\": ${err##*: }" \
+			"check that its disk is mounted and writable"
+	fi
 fi
 if [[ ! -w "$backup_dir" || ! -x "$backup_dir" ]]; then
 	die 2 "backup directory \"$backup_dir\" is not writable" \

@@ -275,7 +275,12 @@ func TestRestoreRobust(t *testing.T) {
 func TestBackupRobust(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
-	e.backups = filepath.Join(e.dir, "disk", "backups") // neither exists yet
+	// The disk exists (backup-all.sh never makes a backup directory's
+	// parent: TestBackupDirParentMissing), the backup directory not yet.
+	if err := os.Mkdir(filepath.Join(e.dir, "disk"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	e.backups = filepath.Join(e.dir, "disk", "backups")
 	run := func(cmd *exec.Cmd, stdout, stderr *bytes.Buffer) result {
 		return <-e.start(cmd, stdout, stderr)
 	}
@@ -349,7 +354,7 @@ func TestBackupDirUnwritable(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{filepath.Join(ro, "new", "bk")}, `backup-all: cannot create the backup directory "` + filepath.Join(ro, "new", "bk") + `": Read-only file system`},
+		{[]string{filepath.Join(ro, "new")}, `backup-all: cannot create the backup directory "` + filepath.Join(ro, "new") + `": Read-only file system`},
 		{[]string{filepath.Join(ro, "bk")}, `backup-all: backup directory "` + filepath.Join(ro, "bk") + `" is not writable`},
 		{[]string{filepath.Join(ro, "file")}, `backup-all: backup directory "` + filepath.Join(ro, "file") + `" exists and is not a directory`},
 		{[]string{"--lock", filepath.Join(ro, "bk.lock"), ok}, `backup-all: cannot open the lock file "` + filepath.Join(ro, "bk.lock") + `" for writing`},
