@@ -21,8 +21,8 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$script_dir/lib/common.sh"
 hide_token
 
-readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_REFUSED=4 EXIT_LOCKED=6 \
-	EXIT_PROVISION=7 EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
+readonly EXIT_OK=0 EXIT_FAILED=1 EXIT_USAGE=2 EXIT_REFUSED=4 EXIT_CORRUPT=5 \
+	EXIT_LOCKED=6 EXIT_PROVISION=7 EXIT_TEARDOWN=8 EXIT_INTERRUPTED=130
 
 usage() {
 	cat <<'EOF'
@@ -36,7 +36,10 @@ and checks it; then this script compares a SHA-256 of the volume with one of
 the image, deletes the temporary droplet and key, and leaves the new volume
 detached, ready to attach. It never writes into an existing volume: a NAME
 that exists in REGION is refused. It writes nothing beside the image: the
-backup disk may be mounted read-only.
+backup disk may be mounted read-only. IMAGE must be the image file itself
+(REGION/VOLUME.img, with its state directory VOLUME.img.dosvob/ beside it);
+anything else, or an image whose manifest is damaged, is refused before
+anything is created.
 
 On success it prints the new volume as one JSON object on stdout:
   {"name":"...","id":"...","region":"...","size_gib":N,"sha256":"..."}
@@ -84,9 +87,13 @@ Exit codes:
        not a writable directory, a --lock FILE that cannot be opened), a
        missing tool or dosvob binary, or a config that dosvob-provision
        refuses
-  4    refused: a volume NAME already exists in REGION
+  4    refused: a volume NAME already exists in REGION, or IMAGE is not a
+       dosvob image (a directory, not a regular file, or no manifest.json
+       in IMAGE.dosvob/); nothing was created
+  5    IMAGE's state is damaged (its manifest or journal: the message names
+       it); nothing was created
   6    a backup run (or a scrub) holds the lock on the backup directory
-       (after waiting a second), or dosvob-provision would not start (its
+       (after waiting a second) or on the image, or dosvob-provision would not start (its
        exit 6: a lock, or interrupted runs' leftovers; its message says)
   7    provisioning failed (what it created was deleted again; the new
        volume, if made, is kept), also when dosvob-provision exited 2, 4
@@ -155,8 +162,17 @@ fi
 if [[ -n "$size_gib" ]] && { ! is_uint "$size_gib" || [[ "$size_gib" -lt 1 ]]; }; then
 	usage_error "invalid --size-gib \"$size_gib\": want a whole number of at least 1"
 fi
-if [[ ! -f "$image" ]]; then
+# IMAGE must be a dosvob image, not any file: refused (4) before anything is
+# made. Whether its state can be read is checked once the lock is held.
+image_must="IMAGE must be a backup image file, such as REGION/VOLUME.img, whose state directory IMAGE.dosvob/ beside it holds manifest.json"
+if [[ ! -e "$image" ]]; then
 	usage_error "image \"$image\" not found"
+elif [[ -d "$image" ]]; then
+	die "$EXIT_REFUSED" "refusing \"$image\": it is a directory, not a dosvob image ($image_must)"
+elif [[ ! -f "$image" ]]; then
+	die "$EXIT_REFUSED" "refusing \"$image\": it is not a regular file, not a dosvob image ($image_must)"
+elif [[ ! -f "$image.dosvob/manifest.json" ]]; then
+	die "$EXIT_REFUSED" "refusing \"$image\": not a dosvob image, there is no \"$image.dosvob/manifest.json\" ($image_must)"
 fi
 if [[ -n "$config" && ! -f "$config" ]]; then
 	usage_error "config \"$config\" not found"
@@ -285,6 +301,26 @@ run_bg() {
 	child_pid=""
 	return "$rc"
 }
+
+# ---- the image's state -----------------------------------------------------
+
+# The image's manifest must be readable before anything is created: a
+# damaged one (exit 5 of every dosvob command on IMAGE) would otherwise stop
+# the restore only after the new volume was made.
+rc=0
+run_bg "$patch" versions "$image" </dev/null >/dev/null 2>"$work/check.err" || rc=$?
+if [[ "$rc" -ne 0 ]]; then
+	why=$(grep -v -m 1 '^dosvob-patch: hint:' "$work/check.err" | sed 's/^dosvob-patch: //') || true
+	case "$rc" in
+	"$EXIT_REFUSED") die "$EXIT_REFUSED" "refusing \"$image\": dosvob-patch cannot read it as a dosvob image: ${why:-exit $rc}" ;;
+	"$EXIT_CORRUPT")
+		die "$EXIT_CORRUPT" "cannot restore \"$image\": its state is damaged: ${why:-dosvob-patch exit $rc}; nothing was created" \
+			"the image itself may be intact: see docs/MANIFEST.md, \"Damaged state files\", or restore another copy"
+		;;
+	"$EXIT_LOCKED") die "$EXIT_LOCKED" "another dosvob process holds the image $image: ${why:-dosvob-patch exit $rc}" "wait for it to finish, then restore" ;;
+	*) die "$EXIT_FAILED" "cannot read the state of \"$image\" (dosvob-patch versions exit $rc): ${why:-no message}" ;;
+	esac
+fi
 
 # ---- a kept version --------------------------------------------------------
 

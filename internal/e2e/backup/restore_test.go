@@ -188,8 +188,7 @@ func checkRestore(t *testing.T, e *env) {
 func TestRestoreInterruptedWhileProvisioning(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
-	img := filepath.Join(e.dir, "some.img")
-	writeFile(t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+	img := e.looseImage()
 	e.emu.InjectFault(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/actions`, Hang: true})
 	cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", "halfway", "--region", "fra1", img)
 	done := e.start(cmd, stdout, stderr)
@@ -225,8 +224,10 @@ func TestRestoreBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "conf.json")
 	writeFile(t, conf, `{"do_token": "x", "regoin": "fra1"}`+"\n", 0o600)
+	img := filepath.Join(dir, "some.img")
+	dosvobImage(t, binDir(t), img, "a dosvob image\n")
 	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "restore.sh"), "--config", conf,
-		"--volume-name", "new", "--region", "fra1", "/etc/hostname")
+		"--volume-name", "new", "--region", "fra1", img)
 	cmd.Env = append(os.Environ(), "DOSVOB_BIN="+binDir(t), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "TMPDIR="+dir)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

@@ -28,14 +28,12 @@ func (e *env) binWith(bodies map[string]string) string {
 	return dir
 }
 
-// looseImage writes a small image in a directory of its own: no backup
-// directory's lock beside it, so restore.sh uses an owner lock of its own.
+// looseImage writes a small dosvob image in a directory of its own: no
+// backup directory's lock beside it, so restore.sh uses an owner lock of
+// its own.
 func (e *env) looseImage() string {
 	img := filepath.Join(e.dir, "loose", "some.img")
-	if err := os.MkdirAll(filepath.Dir(img), 0o700); err != nil {
-		e.t.Fatal(err)
-	}
-	writeFile(e.t, img, strings.Repeat("dosvob restore ", 4096), 0o600)
+	dosvobImage(e.t, e.bin, img, strings.Repeat("dosvob restore ", 4096))
 	return img
 }
 
