@@ -101,7 +101,9 @@ Exit codes:
   8    teardown left temporary resources behind (run the dosvob-teardown
        --run ID that the log names)
   130  interrupted by SIGINT, SIGTERM, SIGHUP (a terminal that hung up) or
-       SIGPIPE (a reader of its output that quit)
+       SIGPIPE (a reader of its output that quit); stopped while writing,
+       the new volume is kept but incomplete, and a line says so: delete it
+       or run again with another name
 
 Examples:
   restore.sh --volume-name data-restored --region fra1 /srv/backups/fra1/data.img
@@ -239,6 +241,9 @@ torn_down=0
 teardown_failed=0
 interrupted=0
 completed=0 # 1 once the run reached its end: only then can it exit 0
+writing=0   # 1 while the restore pipe writes the new volume: stopped then, it is incomplete
+new_volume="" # "NAME (ID)" of the new volume, once provisioning made it
+incomplete_hint="delete it in the control panel, or run restore.sh again with another --volume-name"
 child_pid=""
 
 do_teardown() {
@@ -273,6 +278,12 @@ on_exit() {
 	set +e
 	do_teardown
 	rm -rf -- "$work"
+	if [[ "$writing" -eq 1 ]]; then
+		# Stopped while the pipe wrote the volume (a signal, an untrapped
+		# one too): last, so that it is the line the user sees.
+		log "the restore was stopped while writing: the new volume $new_volume is kept but incomplete"
+		log "hint: $incomplete_hint"
+	fi
 	if [[ "$teardown_failed" -eq 1 ]]; then
 		rc=$EXIT_TEARDOWN
 	elif [[ "$interrupted" -eq 1 ]]; then
@@ -418,11 +429,13 @@ restore_pipe() {
 }
 
 log "writing $(human_bytes "$image_bytes") from $source_file onto $volume_name ($device)"
+new_volume="$volume_name ($new_id)"
 rc=0
+writing=1
 run_bg restore_pipe || rc=$?
+writing=0
 if [[ "$rc" -ne 0 ]]; then
-	die "$EXIT_FAILED" "restore into $volume_name failed; the new volume ($new_id) is kept but incomplete" \
-		"delete it in the control panel, or run restore.sh again with another --volume-name"
+	die "$EXIT_FAILED" "restore into $volume_name failed; the new volume ($new_id) is kept but incomplete" "$incomplete_hint"
 fi
 
 # ---- verify ----------------------------------------------------------------
