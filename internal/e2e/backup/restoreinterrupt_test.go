@@ -7,6 +7,21 @@ import (
 	"time"
 )
 
+// restoreSignalled runs restore.sh of img into the new volume
+// region/name, over an ssh slowed to 256 KiB/s (the signature of the new
+// 1 GiB volume alone takes seconds), sends it sig half a second after its
+// restore pipe started, and returns its result.
+func (e *env) restoreSignalled(sig syscall.Signal, name, region, img string) result {
+	e.t.Helper()
+	cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--ssh", e.slowSSH("256k"),
+		"--volume-name", name, "--region", region, img)
+	done := e.start(cmd, stdout, stderr)
+	e.waitFor(cmd.Process.Pid, "ssh", 60*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(sig)
+	return waitKill(e.t, cmd, done, sig.String())
+}
+
 // TestRestoreInterruptedWhileWriting: a restore.sh stopped by SIGINT (a
 // Ctrl-C) while its pipe writes the new volume exits 130, tears down its
 // droplet and key, keeps the half-written volume, and says so: its last
@@ -16,14 +31,7 @@ import (
 func TestRestoreInterruptedWhileWriting(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
-	img := e.looseImage()
-	cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--ssh", e.slowSSH("64k"),
-		"--volume-name", "int-test", "--region", "fra1", img)
-	done := e.start(cmd, stdout, stderr)
-	e.waitFor(cmd.Process.Pid, "ssh", 60*time.Second)
-	time.Sleep(500 * time.Millisecond)
-	cmd.Process.Signal(syscall.SIGINT)
-	r := waitKill(t, cmd, done, "SIGINT")
+	r := e.restoreSignalled(syscall.SIGINT, "int-test", "fra1", e.looseImage())
 	if r.code != 130 || !strings.Contains(r.stderr, "received SIGINT") {
 		t.Fatalf("restore.sh exited %d after SIGINT, want 130 saying so\nstderr:\n%s", r.code, r.stderr)
 	}

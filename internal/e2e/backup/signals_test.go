@@ -134,13 +134,7 @@ func TestSignals(t *testing.T) {
 
 	t.Run("restore SIGHUP", func(t *testing.T) {
 		e.t = t
-		cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--ssh", e.slowSSH("256k"),
-			"--volume-name", "db-hup", "--region", "fra1", e.image("fra1/db"))
-		done := e.start(cmd, stdout, stderr)
-		e.waitFor(cmd.Process.Pid, "ssh", 60*time.Second)
-		time.Sleep(500 * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGHUP)
-		res := waitKill(t, cmd, done, "SIGHUP")
+		res := e.restoreSignalled(syscall.SIGHUP, "db-hup", "fra1", e.image("fra1/db"))
 		if res.code != 130 || !strings.Contains(res.stderr, "received SIGHUP") {
 			t.Errorf("restore.sh exited %d after SIGHUP, want 130 saying so\nstderr:\n%s", res.code, res.stderr)
 		}
