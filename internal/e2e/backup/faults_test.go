@@ -43,6 +43,21 @@ func (r *running) syncing() []int {
 	return ps
 }
 
+// killSync sends sig to a volume's ssh client. A small incremental may end
+// in less time than syncing waits; then the next volume's is the one.
+func (r *running) killSync(sig syscall.Signal) {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, p := range descendants(r.pid, "ssh") {
+			if syscall.Kill(p, sig) == nil {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.e.t.Fatalf("no ssh process below pid %d to kill", r.pid)
+}
+
 func (r *running) wait(timeout time.Duration) result {
 	select {
 	case res := <-r.done:
@@ -110,10 +125,8 @@ func TestFaults(t *testing.T) {
 		e.change("nyc1/web", 40)
 		before := e.digests()
 		r := e.startBackup("-j", "1")
-		ps := r.syncing()
-		if err := syscall.Kill(ps[0], syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
+		r.syncing()
+		r.killSync(syscall.SIGKILL)
 		res := r.wait(2 * time.Minute)
 		if res.code != 1 {
 			t.Fatalf("backup-all.sh exited %d, want 1 (a volume failed)\nstderr:\n%s", res.code, res.stderr)
