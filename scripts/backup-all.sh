@@ -292,7 +292,7 @@ do_teardown() {
 	# here on this script ignores the signals it traps (SIGKILL still
 	# works, and the next run cleans up). First, so that no signal lands
 	# between marking the teardown done and starting it.
-	trap '' INT TERM HUP PIPE
+	ignore_stop_signals
 	torn_down=1
 	teardown_run "$run_json" "$run_id_file" \
 		"tearing down run RUN_ID: deleting its droplets, volume copies, snapshots and key" \
@@ -321,7 +321,7 @@ stop_children() {
 # SIGPIPE (the reader of stderr quit; log then writes to /dev/null) all
 # stop the run, which reports itself interrupted.
 on_signal() {
-	trap '' INT TERM HUP PIPE
+	ignore_stop_signals
 	interrupted=1
 	log "received SIG$1: stopping the syncs (each image stays exactly its previous backup), then tearing down"
 	stop_children
@@ -344,7 +344,7 @@ final_code() {
 
 on_exit() {
 	local rc=$?
-	trap '' INT TERM HUP PIPE
+	ignore_stop_signals
 	set +e
 	# Only a run that reached its end may succeed. Here before it, and not
 	# by a signal or failed provisioning that was counted, is an error of
@@ -384,10 +384,7 @@ run_hook() {
 }
 
 trap on_exit EXIT
-trap 'on_signal INT' INT
-trap 'on_signal TERM' TERM
-trap 'on_signal HUP' HUP
-trap 'on_signal PIPE' PIPE
+trap_stop_signals
 
 # ---- provision -------------------------------------------------------------
 

@@ -250,7 +250,7 @@ do_teardown() {
 	[[ "$provisioned" -eq 1 && "$torn_down" -eq 0 ]] || return 0
 	# Signals ignored first, as in backup-all.sh: none may land between
 	# marking the teardown done and starting it.
-	trap '' INT TERM HUP PIPE
+	ignore_stop_signals
 	torn_down=1
 	# Provisioning that did not finish is torn down by its run id; its
 	# state names the new volume, which is kept.
@@ -262,7 +262,7 @@ do_teardown() {
 
 # on_signal NAME: SIGINT, SIGTERM, SIGHUP and SIGPIPE, as in backup-all.sh.
 on_signal() {
-	trap '' INT TERM HUP PIPE
+	ignore_stop_signals
 	interrupted=1
 	log "received SIG$1: stopping, then deleting the temporary droplet"
 	if [[ -n "$child_pid" ]]; then
@@ -274,7 +274,7 @@ on_signal() {
 
 on_exit() {
 	local rc=$?
-	trap '' INT TERM HUP PIPE
+	ignore_stop_signals
 	set +e
 	do_teardown
 	rm -rf -- "$work"
@@ -298,10 +298,7 @@ on_exit() {
 }
 
 trap on_exit EXIT
-trap 'on_signal INT' INT
-trap 'on_signal TERM' TERM
-trap 'on_signal HUP' HUP
-trap 'on_signal PIPE' PIPE
+trap_stop_signals
 
 # run_bg CMD...: run CMD in its own process group and wait for it, so a
 # signal reaches this script first; returns CMD's exit code.

@@ -65,21 +65,17 @@ func (a *API) CreateVolume(ctx context.Context, req volumeCreate) (*godo.Volume,
 		}
 		return false, nil
 	}
-	err := a.call(ctx, "create volume "+req.Name, callOpts{exists: find}, func(ctx context.Context) (*godo.Response, error) {
+	err := a.call(ctx, "create volume "+req.Name, callOpts{exists: find}, one(&v, "volume", func(ctx context.Context) (*godo.Volume, *godo.Response, error) {
 		hreq, err := a.godo.NewRequest(ctx, http.MethodPost, "v2/volumes", req)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		var root struct {
 			Volume *godo.Volume `json:"volume"`
 		}
 		resp, err := a.godo.Do(ctx, hreq, &root)
-		if err == nil && root.Volume == nil {
-			err = errors.New("no volume in the answer")
-		}
-		v = root.Volume
-		return resp, err
-	})
+		return root.Volume, resp, err
+	}))
 	if errors.Is(err, errFound) {
 		err = nil
 	}

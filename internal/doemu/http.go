@@ -361,7 +361,6 @@ func writeError(w http.ResponseWriter, reqID string, ae *apiError) {
 	w.Write(append(b, '\n'))
 }
 
-// countRequest counts one request against the rate budget.
 // countRequest counts an API request against DigitalOcean's limits, as its
 // API documents them: each request counts against the hourly budget for one
 // RateWindow after it was made (ratelimit-reset is when the oldest counted
@@ -398,7 +397,13 @@ func (e *Emulator) countRequest(method, path string) (limit, remaining int, rese
 	if over {
 		remaining = 0
 	}
-	return limit, remaining, r.hour[0].Add(e.opts.RateWindow), retryAfter, over
+	// Refused by a per-minute limit with a RateWindow under a minute (in
+	// tests), no request may count against the hour.
+	reset = now.Add(e.opts.RateWindow)
+	if len(r.hour) > 0 {
+		reset = r.hour[0].Add(e.opts.RateWindow)
+	}
+	return limit, remaining, reset, retryAfter, over
 }
 
 // expire drops the times of q (oldest first) that are window or more

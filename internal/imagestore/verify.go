@@ -176,13 +176,12 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	case Digest(bd.Sum64()) != m.BlockDigest:
 		return rep, fmt.Errorf("%q: its per-block digest %s is not the recorded %s: %w", s.path, Digest(bd.Sum64()), m.BlockDigest, ErrCorrupt)
 	}
-	// Intact: refresh the hash cache under the new seed and tie it to the
-	// image as it is now.
-	// The hashes are tied to the image's mtime from before the read (the
-	// same after it). One less than a tick before that could be given again
-	// by a write to come within the same tick, which would then go
-	// unnoticed: such an image keeps the cache it has. (One in the future,
-	// after the clock was set back, cannot be given by a write to come.)
+	// Intact: refresh the hash cache under the new seed, tied to the
+	// image's mtime from before the read (the same after it). An mtime less
+	// than a tick before that could be given again by a write to come
+	// within the same tick, which would then go unnoticed: such an image
+	// keeps the cache it has. (One in the future, after the clock was set
+	// back, cannot be given by a write to come.)
 	if age := statTime.Sub(fi.ModTime()); cacheErr == nil && age >= 0 && age < mtimeTick {
 		cacheErr = fmt.Errorf("it was written %v ago; scrub it again later", age.Round(time.Millisecond))
 	}

@@ -35,6 +35,25 @@ with_token() {
 	exec "$@"
 }
 
+# The signals that stop a run of backup-all.sh or restore.sh as SIGTERM
+# does: an interrupt, a kill, a terminal that hung up, a reader that quit.
+DOSVOB_STOP_SIGNALS=(INT TERM HUP PIPE)
+
+# trap_stop_signals: run on_signal SIG (the script's own) on each of them.
+trap_stop_signals() {
+	local sig
+	for sig in "${DOSVOB_STOP_SIGNALS[@]}"; do
+		# shellcheck disable=SC2064 # the signal's name, now
+		trap "on_signal $sig" "$sig"
+	done
+}
+
+# ignore_stop_signals: from now on this shell ignores them (a teardown
+# under way; SIGKILL still works, and the next run cleans up).
+ignore_stop_signals() {
+	trap '' "${DOSVOB_STOP_SIGNALS[@]}"
+}
+
 # log MESSAGE...: one timestamped line on stderr. It never fails: when
 # stderr cannot be written any more (a terminal that hung up, a reader that
 # quit), this shell and what it starts from then on write to /dev/null
