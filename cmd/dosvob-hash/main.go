@@ -70,7 +70,11 @@ direction: on the droplet "dosvob-hash --raw DEVICE" signs the new volume,
 locally "dosvob-hash --delta IMAGE" computes what the volume lacks, and on
 the droplet "dosvob-patch --raw DEVICE" writes it. When DEVICE is larger
 than IMAGE (a volume rounded up to whole GiB), its bytes past the image's
-size are left as they are.
+size are left as they are. When DEVICE is a dosvob image, what --delta
+reads must be the backup its manifest describes (the same size and
+whole-image digest); otherwise (bit rot on the backup disk, a write from
+outside) it exits 5 without the stream's end record, so that the
+receiving dosvob-patch --raw fails too.
 
 dosvob-hash --verify IMAGE (the scrub) re-reads IMAGE and checks it against
 the digests in its manifest; it prints the first bad offset if it is not
@@ -84,7 +88,8 @@ Exit codes: 0 ok; 1 failure (I/O error on IMAGE or DEVICE); 2 usage;
 3 bad signature stream on standard input (truncated, corrupt, wrong type or
 version); 4 refused (IMAGE's state was written by an unknown dosvob version,
 or --verify on a file that is not a dosvob image); 5 --verify found IMAGE
-damaged, or IMAGE.dosvob/manifest.json is damaged; 6 locked (another
+damaged, --delta read an image that is not the backup its manifest
+describes, or IMAGE.dosvob/manifest.json is damaged; 6 locked (another
 dosvob run holds IMAGE, or got ahead of this one); 130 interrupted.`
 
 const examples = `
@@ -378,12 +383,16 @@ func randomSeed() (uint64, error) {
 // and holds its writer lock while it is read, so that no run patches it
 // meanwhile.
 func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
+	var m *imagestore.Manifest // of a dosvob image whose backup is complete
 	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && imagestore.HasState(path) {
 		s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: o.logf})
 		if err != nil {
 			return storeErr(err, path)
 		}
 		defer s.Close()
+		if !s.Partial() {
+			m = s.Manifest()
+		}
 	}
 	f, err := blocksync.OpenSource(path)
 	if err != nil {
@@ -393,6 +402,16 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 	size, err := blocksync.Size(f.File())
 	if err != nil {
 		return err
+	}
+	if m != nil {
+		// What is read must be the backup the manifest describes, not an
+		// image that rotted or was written to since: the stream's own
+		// digests are of what is read, so without this a restore would
+		// copy the damage and call it verified.
+		if size != uint64(m.DeviceSize) {
+			return damagedImage(fmt.Errorf("%q is %d bytes, its manifest recorded %d: the image is damaged", path, size, m.DeviceSize), path)
+		}
+		opts.Expect = &blocksync.Expect{Version: uint16(m.FormatVersion), BlockSize: uint32(m.BlockSize), Digest: uint64(m.DeviceDigest)}
 	}
 	sr, err := format.NewSigReader(stdin)
 	if err != nil {
@@ -407,6 +426,10 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 	if err != nil {
 		if errors.Is(err, blocksync.ErrSignature) {
 			return sigErr(err)
+		}
+		if de := (*blocksync.DigestError)(nil); errors.As(err, &de) {
+			return damagedImage(fmt.Errorf("%q does not hold the backup its manifest describes (digest %016x, the manifest recorded %016x): the image is damaged; the stream was cut before its end, so nothing takes it for complete",
+				path, de.Got, de.Want), path)
 		}
 		return deviceErr(err, path)
 	}
@@ -445,6 +468,13 @@ func verify(ctx context.Context, path string, o output) error {
 	o.summary("%s is intact: %d blocks, %s read in %s (%s/s), digest %s", path, rep.Blocks, sizeString(uint64(rep.Size)),
 		seconds(el), rate(uint64(rep.Size), el), rep.Digest)
 	return nil
+}
+
+// damagedImage is exit code 5 for a dosvob image that is not the backup
+// its manifest describes, with the hint of what to do.
+func damagedImage(err error, path string) error {
+	return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+		fmt.Sprintf("run 'dosvob-hash --verify %s' to locate the damage; restore a kept version (dosvob-patch versions %s) or another copy; the image is a raw disk image, which can still be copied as it is, damage and all", path, path))
 }
 
 // sigErr maps a bad signature stream to exit code 3.

@@ -251,6 +251,9 @@ func rawCmd(c *cli.Context, dev string, stdin io.Reader, stderr io.Writer, quiet
 		if errors.Is(err, os.ErrNotExist) {
 			return cliutil.Exitf(cliutil.ExitFailure, "%q does not exist (--raw writes onto an existing device or file)", dev)
 		}
+		if errors.Is(err, imagestore.ErrRawIncomplete) {
+			return rawIncomplete(err, dev)
+		}
 		return mapErr(err, dev)
 	}
 	if !quiet {
@@ -270,6 +273,20 @@ func unchanged(img string) string {
 			img, imagestore.StateDir(img))
 	}
 	return fmt.Sprintf("%q is unchanged", img)
+}
+
+// rawIncomplete maps an error of --raw after it began writing DEV: unlike
+// an image, whose run is undone, DEV may hold part of the stream.
+func rawIncomplete(err error, dev string) error {
+	hint := fmt.Sprintf("%q is incomplete: part of the stream may have been written onto it; do not use it until a restore onto it completes (run the whole pipe again: it sends only the blocks that differ)", dev)
+	var pe *format.ParseError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitInterrupted, errors.New("interrupted")), hint)
+	case errors.As(err, &pe):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err), hint)
+	}
+	return cliutil.WithHint(cliutil.Exit(cliutil.ExitFailure, err), hint)
 }
 
 // mapErr gives err its exit code and a hint.

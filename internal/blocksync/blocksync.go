@@ -54,6 +54,37 @@ type Options struct {
 	// blocks first, first+1, ... as raw little-endian uint64s. hashes is
 	// only valid during the call.
 	OnHashes func(first uint64, hashes []byte) error
+	// Expect, if set, is the digest the device must have (Delta only).
+	// Delta checks it before it writes the End record and, if the content
+	// read differs, fails with a *DigestError and leaves the stream
+	// without its End record, so that no reader takes the content for
+	// whole. It is how a restore refuses an image that rotted since its
+	// backup: the stream's own digests are of what was read.
+	Expect *Expect
+}
+
+// Expect is a whole-device digest as a stream of version Version and
+// block size BlockSize computes it (format.DeviceDigester).
+type Expect struct {
+	Version   uint16
+	BlockSize uint32
+	Digest    uint64
+}
+
+// sameAs reports whether a stream of version v and block size bs computes
+// its device digest as e does.
+func (e *Expect) sameAs(v uint16, bs uint32) bool {
+	if (e.Version >= 3) != (v >= 3) {
+		return false
+	}
+	return v < 3 || e.BlockSize == bs
+}
+
+// DigestError reports a device whose digest is not Options.Expect's.
+type DigestError struct{ Got, Want uint64 }
+
+func (e *DigestError) Error() string {
+	return fmt.Sprintf("the content read has digest %016x, not the expected %016x", e.Got, e.Want)
 }
 
 func (o *Options) counters() *Counters {
@@ -222,6 +253,15 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		// Versions 1 and 2 digest the content itself, in a pass of its own.
 		seeds.whole = dd
 	}
+	var expect *format.DeviceDigester // the digest opts.Expect is of, if not dd's
+	if e := opts.Expect; e != nil && !e.sameAs(hdr.V(), hdr.BlockSize) {
+		expect = format.NewDeviceDigester(e.Version, e.BlockSize)
+		if seeds.whole != nil {
+			seeds.whole = io.MultiWriter(dd, expect)
+		} else {
+			seeds.whole = expect
+		}
+	}
 	var sig []byte // the signature's hashes of the chunk's blocks
 	err = readBlocks(ctx, dev, devSize, sh.BlockSize, seeds, opts.Readers, func(ch *chunk) error {
 		nb := ch.blocks()
@@ -282,6 +322,15 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 	})
 	if err == nil {
 		err = drainSig(sr)
+	}
+	if e := opts.Expect; err == nil && e != nil {
+		got := dd.Sum64()
+		if expect != nil {
+			got = expect.Sum64()
+		}
+		if got != e.Digest {
+			err = &DigestError{Got: got, Want: e.Digest}
+		}
 	}
 	if err != nil {
 		dw.Abort()

@@ -2,6 +2,7 @@ package imagestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -78,6 +79,27 @@ func PatchRaw(ctx context.Context, target string, r io.Reader, progress func(don
 	if isDev && h.DeviceSize > uint64(size) {
 		return nil, baseError("the delta holds %d bytes, device %s has only %d", h.DeviceSize, target, size)
 	}
+	res, err := applyRaw(ctx, f, isDev, target, dr, progress)
+	if err != nil {
+		return nil, rawIncomplete{err}
+	}
+	return res, nil
+}
+
+// ErrRawIncomplete marks a PatchRaw that failed once it had begun to write:
+// the target may hold part of the delta, and is neither what it was nor
+// the device the delta describes.
+var ErrRawIncomplete = errors.New("the target is incomplete")
+
+type rawIncomplete struct{ err error }
+
+func (e rawIncomplete) Error() string   { return e.err.Error() }
+func (e rawIncomplete) Unwrap() []error { return []error{e.err, ErrRawIncomplete} }
+
+// applyRaw writes the records of dr onto f and reads f back against the
+// End record's digests.
+func applyRaw(ctx context.Context, f *os.File, isDev bool, target string, dr *format.DeltaReader, progress func(done, total uint64, bytes int64)) (*RawResult, error) {
+	h := dr.Header()
 	res := &RawResult{Header: h}
 	zero := make([]byte, h.BlockSize)
 	total := h.Blocks()
