@@ -54,6 +54,13 @@ type Options struct {
 	// blocks first, first+1, ... as raw little-endian uint64s. hashes is
 	// only valid during the call.
 	OnHashes func(first uint64, hashes []byte) error
+	// Digest, if set, receives the content that Sign reads (Sign only), so
+	// that the caller learns the whole-content digest of what it signed
+	// without a read of its own. A per-block digest of the signature's block
+	// size takes the blocks' xxhash64(0, block), computed in the reading
+	// goroutines beside the signature's hashes; any other gets the content
+	// in a pass of its own.
+	Digest *format.DeviceDigester
 	// Expect, if set, is the digest the device must have (Delta only).
 	// Delta checks it before it writes the End record and, if the content
 	// read differs, fails with a *DigestError and leaves the stream
@@ -120,8 +127,19 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	// compares a read's worth of blocks at a time, never waits for a large
 	// buffer to fill.
 	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
-	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, hashSeeds{seed: h.Seed}, opts.Readers, func(ch *chunk) error {
+	seeds := hashSeeds{seed: h.Seed}
+	if d := opts.Digest; d != nil {
+		if d.PerBlock() && d.BlockSize() == h.BlockSize {
+			seeds.content = true
+		} else {
+			seeds.whole = d
+		}
+	}
+	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, seeds, opts.Readers, func(ch *chunk) error {
 		nb := uint64(ch.blocks())
+		if seeds.content {
+			opts.Digest.AddBlockHashes(ch.contents)
+		}
 		if opts.OnHash != nil {
 			var b block
 			for k := range ch.blocks() {

@@ -221,6 +221,29 @@ func TestSignMatchesHashBlock(t *testing.T) {
 	}
 }
 
+// TestSignDigest: Sign hands the content it reads to Options.Digest, which
+// then has the digest of the whole content, whatever its stream version and
+// block size (the per-block hashes when they are the signature's blocks, a
+// pass of its own otherwise), for an image of many reads with all-zero
+// blocks and a short last block.
+func TestSignDigest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	img := randBytes(rng, 5*chunkTarget+3*bs+17)
+	clear(img[chunkTarget : 2*chunkTarget])
+	for _, tt := range []struct {
+		version   uint16
+		blockSize uint32
+	}{{3, bs}, {3, 64 << 10}, {3, 1 << 20}, {2, bs}, {1, bs}} {
+		want := format.NewDeviceDigester(tt.version, tt.blockSize)
+		want.Write(img)
+		got := format.NewDeviceDigester(tt.version, tt.blockSize)
+		sign(t, img, bs, 9, Options{Readers: 3, Digest: got})
+		if got.Sum64() != want.Sum64() {
+			t.Errorf("version %d, %d-byte blocks: digest %016x, want %016x", tt.version, tt.blockSize, got.Sum64(), want.Sum64())
+		}
+	}
+}
+
 // TestDeltaDoesNotWaitForSignature feeds the signature through a pipe and
 // holds it back: the delta side must scan the blocks whose signature has
 // arrived, and read the rest of the device meanwhile.

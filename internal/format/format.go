@@ -344,6 +344,10 @@ func NewDeviceDigester(version uint16, blockSize uint32) *DeviceDigester {
 // 3 and later), which AddBlockHash may hand in.
 func (d *DeviceDigester) PerBlock() bool { return d.perBlock != nil }
 
+// BlockSize is the block size of a per-block digest (0 for a whole-content
+// one): the blocks whose hashes AddBlockHash takes.
+func (d *DeviceDigester) BlockSize() uint32 { return uint32(d.blockSize) }
+
 // Write adds the next bytes of the content, cut anywhere. It never fails.
 func (d *DeviceDigester) Write(p []byte) (int, error) {
 	if d.whole != nil {
