@@ -465,6 +465,9 @@ func verify(ctx context.Context, path string, o output) error {
 		}
 		return storeErr(err, path)
 	}
+	if rep.Refreshed {
+		o.summary("refreshed the per-block hashes of %s", path)
+	}
 	o.summary("%s is intact: %d blocks, %s read in %s (%s/s), digest %s", path, rep.Blocks, sizeString(uint64(rep.Size)),
 		seconds(el), rate(uint64(rep.Size), el), rep.Digest)
 	return nil

@@ -25,6 +25,10 @@ type Report struct {
 	// PerBlock says whether per-block hashes were available to name the
 	// first bad block (without them only the whole-image digest is checked).
 	PerBlock bool
+	// Refreshed says that the scrub rebuilt missing per-block hashes or
+	// tied them to a new mtime of the image: a progress note, which the
+	// caller shows or not (every scrub renews the hashes and their seed).
+	Refreshed bool
 }
 
 // Intact reports whether the image matched its manifest.
@@ -192,8 +196,7 @@ func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*
 	if cacheErr != nil {
 		s.logf("%s is intact, but its per-block hashes were not refreshed: %v", s.path, cacheErr)
 	} else if !rep.PerBlock || s.manifest.ImageMtime != m.ImageMtime {
-		// Routine otherwise: every scrub renews the hashes and their seed.
-		s.logf("refreshed the per-block hashes of %s", s.path)
+		rep.Refreshed = true
 	}
 	return rep, nil
 }
