@@ -52,7 +52,11 @@ a seed no run has compared with yet), the signature comes from it and the
 image is not read at all; otherwise (or with --no-cache) the image is read.
 The summary line says which. The signature also announces a fresh next
 seed: the delta side hashes the device under it as well, and dosvob-patch
-keeps those hashes as the cache of the next run.
+keeps those hashes as the cache of the next run. When it reads IMAGE, it
+also digests it: if IMAGE is no longer the backup its manifest records
+(changed outside dosvob, or damaged), it says so on standard error, also
+with --quiet, and which kept versions that cuts off; dosvob-patch then keeps
+what IMAGE held as a version and marks those (docs/MANIFEST.md).
 
 dosvob-hash --delta DEVICE reads such a signature stream on standard input
 and DEVICE (a block device or a regular file) at the same time, with several
@@ -287,7 +291,16 @@ func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdo
 		err = blocksync.SignCached(ctx, cache, sw, opts)
 	} else {
 		opts.OnHash = func(_, h uint64) error { return rec.Add(h) }
+		// Reading it anyway, the run learns whether IMAGE is still the
+		// last backup, for the cost of hashing what it reads.
+		opts.Digest = s.ContentDigester()
 		err = blocksync.Sign(ctx, src, sw, opts)
+	}
+	if err == nil && opts.Digest != nil {
+		if ch := rec.Found(opts.Digest.Sum64()); ch != nil {
+			o.logf("%s", ch)
+			o.logf("hint: %s", ch.Hint())
+		}
 	}
 	if err == nil {
 		// The record must be complete before the trailer lets a delta

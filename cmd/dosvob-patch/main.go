@@ -65,7 +65,8 @@ blocks each run overwrote); "dosvob-patch versions IMAGE" lists them and
 Exit codes: 0 done, 1 failure, 2 usage, 3 bad stream or a delta made against
 other content than IMAGE (nothing written, or the run undone), 4 refused
 (not a dosvob image, another volume, unknown state version, output exists),
-5 a kept version or IMAGE.dosvob/manifest.json is damaged, 6 locked
+5 a kept version or IMAGE.dosvob/manifest.json is damaged, or the version
+can no longer be restored (IMAGE was changed outside dosvob), 6 locked
 (another dosvob run on IMAGE holds it, or committed first since the
 signature was made), 130 interrupted.`
 
@@ -124,10 +125,15 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Description: `Copies IMAGE to FILE (sparse) and applies the reverse deltas from the newest
 back to the chosen version, then checks the result against the digest the
 manifest recorded for that version. FILE must not exist; it appears only when
-complete and verified.`,
+complete and verified.
+
+The versions lead back from IMAGE as the last backup left it. A version that
+a run marked as no longer restorable (IMAGE was changed outside dosvob after
+it was kept; "versions" shows it) is refused at once, and so is any version
+while IMAGE is not its last backup (found while it is copied): exit 5.`,
 				ArgsUsage: "IMAGE",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "version", Usage: "the version's `TIME`, as listed by \"versions\" (20261116T040000Z or 2026-11-16T04:00:00Z), or \"latest\" (required)"},
+					&cli.StringFlag{Name: "version", Usage: "the version's `TIME`, as listed by \"versions\" (20261116T040000Z or 2026-11-16T04:00:00Z), or \"latest\", the newest that can be restored (required)"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the new `FILE` to write (required)"},
 				},
 				Action: func(c *cli.Context) error { return restoreCmd(c, stderr) },
@@ -228,6 +234,17 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 		if res.Kept != "" {
 			line += ", kept version " + res.Kept
 		}
+		if ch := res.Changed; ch != nil {
+			// dosvob-hash said what it found; this says what was done.
+			if ch.Match != "" {
+				line += " (what " + img + " held, put back outside dosvob)"
+			} else {
+				line += " (what " + img + " held, changed outside dosvob)"
+			}
+			if len(ch.Lost) > 0 {
+				line += fmt.Sprintf(", marked %d older versions unrestorable", len(ch.Lost))
+			}
+		}
 		if len(res.Pruned) > 0 {
 			line += fmt.Sprintf(", deleted %d old versions", len(res.Pruned))
 		}
@@ -297,6 +314,11 @@ func mapErr(err error, img string) error {
 		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s", unchanged(img)))
 	case errors.Is(err, imagestore.ErrStateDamaged):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(img))
+	case errors.Is(err, imagestore.ErrVersionLost):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), "list the versions that can be restored with: "+name+" versions "+img)
+	case errors.Is(err, imagestore.ErrImageChanged):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+			"put back the image it replaced, if you can; or back the volume up: that run keeps what "+img+" holds as a version, and marks the versions it cut off")
 	case errors.Is(err, imagestore.ErrVersionDamaged):
 		// Before the stream errors: a kept version's file is one too.
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),

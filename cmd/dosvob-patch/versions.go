@@ -59,11 +59,23 @@ func versionsCmd(c *cli.Context, stdout, stderr io.Writer) error {
 		_, err = fmt.Fprintf(stdout, "%s\n", b)
 		return err
 	}
-	fmt.Fprintf(stdout, "%-20s %-20s %14s %14s\n", "VERSION", "TIME", "SIZE", "DELTA_BYTES")
+	fmt.Fprintf(stdout, "%-20s %-20s %14s %14s  %s\n", "VERSION", "TIME", "SIZE", "DELTA_BYTES", "NOTE")
 	for _, v := range vs {
-		fmt.Fprintf(stdout, "%-20s %-20s %14d %14d\n", v.Name, v.Time.UTC().Format(time.RFC3339), v.Size, v.DeltaBytes)
+		fmt.Fprintf(stdout, "%-20s %-20s %14d %14d  %s\n", v.Name, v.Time.UTC().Format(time.RFC3339), v.Size, v.DeltaBytes, note(v))
 	}
 	return nil
+}
+
+// note is the NOTE column of a version: "-", or why it cannot be restored,
+// or what it is when it is no backup of dosvob's.
+func note(v imagestore.Version) string {
+	switch {
+	case v.Unrestorable != "":
+		return "cannot be restored: " + v.Unrestorable
+	case v.Outside != nil:
+		return "found changed outside dosvob (or damaged) since the backup of " + v.Outside.Since.UTC().Format(time.RFC3339)
+	}
+	return "-"
 }
 
 // versionName accepts a version's name or its time in RFC 3339.

@@ -19,6 +19,7 @@
 //	cache, why := s.HashCache()         // per-block hashes to sign from, or nil and why not
 //	g, err := s.BeginSigning(hdr)       // before the signature header; makes IMAGE.dosvob/ if missing
 //	g.Add(hash) ...                     // per block, from the cache or from reading r
+//	ch := g.Found(d.Sum64())            // read: d from s.ContentDigester(); nil, or what a change outside dosvob cut off
 //	g.Finish(sigWriter.Digest())        // before the signature trailer
 //
 //	// dosvob-patch IMAGE
@@ -27,5 +28,6 @@
 //
 // Open, Begin and friends return errors wrapping the sentinels ErrLocked,
 // ErrNotOurs, ErrOtherVolume, ErrUnknownVersion, ErrStateDamaged, ErrBase, ErrCorrupt,
-// ErrNoVersion and ErrExists, which the commands map to exit codes.
+// ErrNoVersion, ErrVersionLost, ErrImageChanged and ErrExists, which the commands map to exit
+// codes.
 package imagestore

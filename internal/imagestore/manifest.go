@@ -109,6 +109,20 @@ type Version struct {
 	FormatVersion int   `json:"format_version,omitempty"`
 	BlockSize     int   `json:"block_size,omitempty"`
 	DeltaBytes    int64 `json:"delta_bytes"` // size of the reverse delta file
+	// Outside is set on a version that is no backup of dosvob's but what
+	// a run found in IMAGE, changed outside dosvob (or damaged) since a
+	// backup: DeviceDigest is the digest of what was found, Time when.
+	Outside *Outside `json:"changed_outside,omitempty"`
+	// Unrestorable says why the version can no longer be restored: the
+	// image was changed outside dosvob after it was kept, so the chain of
+	// reverse deltas from the image back to it is broken. Empty: it can.
+	Unrestorable string `json:"unrestorable,omitempty"`
+}
+
+// Outside describes a version that a run found changed outside dosvob.
+type Outside struct {
+	Since time.Time `json:"since"` // backup_time of the backup that IMAGE no longer was
+	Found time.Time `json:"found"` // when the signing run read it
 }
 
 // Manifest is manifest.json in an image's state directory: what the image

@@ -59,6 +59,7 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 	n := format.BlockCount(uint64(size), bs)
 	old := make([]uint64, n)
 	cache, _ := s.HashCache()
+	var digest *format.DeviceDigester
 	var raw []byte // the cached hashes, recorded in chunks as dosvob-hash does
 	if version >= 2 && cache != nil && cache.BlockSize == bs {
 		seed = cache.Seed
@@ -69,6 +70,8 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 			old[i] = binary.LittleEndian.Uint64(raw[8*i:])
 		}
 	} else {
+		// Reading, it digests what it reads, as dosvob-hash does.
+		digest = s.ContentDigester()
 		buf := make([]byte, bs)
 		for i := range n {
 			l := format.BlockLen(uint64(size), bs, i)
@@ -76,6 +79,9 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 				t.Fatal(err)
 			}
 			old[i] = format.HashBlock(seed, buf[:l])
+			if digest != nil {
+				digest.Write(buf[:l])
+			}
 		}
 	}
 	base := s.Base()
@@ -83,6 +89,9 @@ func makeDeltaStore(t testing.TB, s *Store, dev []byte, bs uint32) ([]byte, delt
 	g, err := s.BeginSigning(hdr)
 	if err != nil {
 		t.Fatalf("begin signing: %v", err)
+	}
+	if digest != nil {
+		g.Found(digest.Sum64())
 	}
 	var sig bytes.Buffer
 	sw, err := format.NewSigWriter(&sig, hdr)

@@ -42,6 +42,11 @@ type signRecord struct {
 	// first backup's patch run that began writing the partial image since
 	// then makes the record stale, even if that run failed.
 	PartialRuns uint64 `json:"partial_runs,omitempty"`
+	// Found is the digest of the content the run read, as the manifest
+	// defines its device_digest (Signing.Found): set by a run that read
+	// an image with a manifest, absent when it signed from the hash cache
+	// (an unchanged image) or had nothing to compare with.
+	Found *Digest `json:"found_digest,omitempty"`
 }
 
 // ErrSuperseded: another run on the same image got ahead of this one: it

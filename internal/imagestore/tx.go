@@ -565,6 +565,9 @@ type Result struct {
 	Stats    RunStats
 	Pruned   []string // versions deleted by --keep
 	Kept     string   // the version this run kept, if any
+	// Changed is set when IMAGE was not the last backup when the run
+	// signed it (changed outside dosvob, or damaged).
+	Changed *Changed
 }
 
 // Commit checks the End record against what was applied and, if it all
@@ -682,13 +685,28 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	}
 	res := &Result{Manifest: m}
 
+	// What the signing run found, if IMAGE was not the last backup: the
+	// versions kept before are marked, and what it held is kept instead.
+	var replaced []Version
+	ch := tx.outside(sign)
+	if ch != nil {
+		res.Changed = ch.public(s.path, tx.old)
+		for _, i := range ch.lost {
+			m.Versions[i].Unrestorable = ch.lostReason()
+		}
+	}
 	// The old image becomes a version: the journal as a reverse delta.
 	if keep > 0 && tx.inPlace && tx.old != nil {
-		v, err := tx.writeVersion(oldDigest)
+		v, err := tx.writeVersion(tx.versionLabel(ch, m.Versions), oldDigest)
 		if err != nil {
 			return nil, fmt.Errorf("keep version: %w", err)
 		}
-		m.Versions = append([]Version{v}, m.Versions...)
+		if ch != nil && ch.match >= 0 {
+			replaced = append(replaced, m.Versions[ch.match])
+			m.Versions[ch.match] = v
+		} else {
+			m.Versions = append([]Version{v}, m.Versions...)
+		}
 		res.Kept = v.Name
 	}
 	var pruned []Version
@@ -776,6 +794,9 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	for _, v := range pruned {
 		fs.Remove(filepath.Join(s.dir, versionsDir, v.File))
 		res.Pruned = append(res.Pruned, v.Name)
+	}
+	for _, v := range replaced {
+		fs.Remove(filepath.Join(s.dir, versionsDir, v.File))
 	}
 	if err := fs.SyncDir(s.dir); err != nil {
 		return nil, err

@@ -37,20 +37,60 @@ func (versionDamaged) Is(target error) bool { return target == ErrCorrupt }
 // ErrExists reports an output file that already exists.
 var ErrExists = errors.New("file exists")
 
-func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
-	s, fs := tx.s, tx.s.fs
-	name := versionName(tx.old.BackupTime)
+// versionLabel is the kept version of the content this run replaces, but
+// for its DeltaBytes: the manifest's last backup, or, when the signing run
+// found IMAGE changed outside dosvob (ch), what it found. That is the kept
+// version it matched, if any (in a new file: the old one stays valid until
+// the manifest is committed), or else a version named by the time it was
+// found, labelled with the digest of what was found. versions are the
+// versions of the new manifest so far, whose names it must not take.
+func (tx *Tx) versionLabel(ch *outsideChange, versions []Version) Version {
+	if ch != nil && ch.match >= 0 {
+		v := versions[ch.match]
+		v.File = fmt.Sprintf("%s.g%d.delta", v.Name, tx.newGen)
+		v.DeltaBytes = 0
+		return v
+	}
+	t := tx.old.BackupTime
+	if ch != nil {
+		t = ch.at
+	}
+	name := versionName(t)
 	taken := func(n string) bool {
-		return slices.ContainsFunc(tx.old.Versions, func(v Version) bool { return v.Name == n })
+		return slices.ContainsFunc(versions, func(v Version) bool { return v.Name == n })
 	}
 	for k := 2; taken(name); k++ {
-		name = fmt.Sprintf("%s-%d", versionName(tx.old.BackupTime), k)
+		name = fmt.Sprintf("%s-%d", versionName(t), k)
 	}
 	v := Version{
-		Name: name, File: name + ".delta", Time: tx.old.BackupTime,
+		Name: name, File: name + ".delta", Time: t,
 		Generation: tx.old.Generation, Size: tx.oldSize, DeviceDigest: tx.old.DeviceDigest,
 		FormatVersion: tx.old.FormatVersion, BlockSize: tx.old.BlockSize,
 	}
+	if ch != nil {
+		v.DeviceDigest = ch.found
+		v.Outside = &Outside{Since: tx.old.BackupTime, Found: ch.at}
+	}
+	return v
+}
+
+// outside is what the signing run of this delta found, if it read IMAGE
+// and IMAGE was not the manifest's last backup; nil otherwise (also when it
+// signed from the hash cache, which it does only while IMAGE is unchanged).
+// sign is the run's record as it is at the commit: complete (it was not
+// yet when the delta's header arrived, as the two run at once).
+func (tx *Tx) outside(sign *signRecord) *outsideChange {
+	if sign.Found == nil || tx.old == nil || !tx.inPlace {
+		return nil
+	}
+	return changeOf(tx.old, *sign.Found, tx.oldSize, sign.Started)
+}
+
+// writeVersion writes the journal of the run as the reverse delta of the
+// kept version v (labelled by versionLabel), whose old per-block hashes
+// (under the run's seed) have the digest oldBlockDigest.
+func (tx *Tx) writeVersion(v Version, oldBlockDigest uint64) (Version, error) {
+	s, fs := tx.s, tx.s.fs
 	if err := tx.jw.sync(); err != nil {
 		return v, err
 	}
@@ -97,7 +137,7 @@ func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
 			return v, err
 		}
 	}
-	if _, err := dw.Close(format.End{BlockDigest: oldBlockDigest, DeviceDigest: uint64(tx.old.DeviceDigest)}); err != nil {
+	if _, err := dw.Close(format.End{BlockDigest: oldBlockDigest, DeviceDigest: uint64(v.DeviceDigest)}); err != nil {
 		return v, err
 	}
 	if err := bw.Flush(); err != nil {
@@ -114,11 +154,16 @@ func (tx *Tx) writeVersion(oldBlockDigest uint64) (Version, error) {
 }
 
 // RestoreVersion writes the kept version called name (see Manifest.Versions;
-// "latest" means the newest) into the new file out, without touching the
-// image: it copies the image and applies the reverse deltas from the newest
-// back to that version, then checks the result against the version's
-// whole-image digest. out must not exist. The Store must hold the writer
-// lock, so that the image does not change meanwhile.
+// "latest" means the newest that can be restored) into the new file out,
+// without touching the image: it copies the image and applies the reverse
+// deltas from the newest back to that version, then checks the result
+// against the version's whole-image digest. out must not exist. The Store
+// must hold the writer lock, so that the image does not change meanwhile.
+//
+// A version marked unrestorable (the image was changed outside dosvob
+// after it was kept) is refused at once, and so is every version when the
+// image is not the manifest's last backup (found while it is copied):
+// errors wrapping ErrVersionLost.
 func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, error) {
 	m := s.manifest
 	if m == nil {
@@ -129,10 +174,13 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 	}
 	k := -1
 	for i, v := range m.Versions {
-		if v.Name == name || (name == "latest" && i == 0) {
+		if v.Name == name || (name == "latest" && v.Unrestorable == "") {
 			k = i
 			break
 		}
+	}
+	if k < 0 && name == "latest" && len(m.Versions) > 0 {
+		return m.Versions[0], lostError(s.path, m.Versions[0], m) // none is restorable
 	}
 	if k < 0 {
 		var names []string
@@ -146,6 +194,9 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 		return Version{}, fmt.Errorf("%q has no version %q (kept: %s): %w", s.path, name, have, ErrNoVersion)
 	}
 	want := m.Versions[k]
+	if want.Unrestorable != "" {
+		return want, lostError(s.path, want, m)
+	}
 	if _, err := os.Lstat(out); err == nil {
 		return want, fmt.Errorf("%q already exists: %w", out, ErrExists)
 	}
@@ -161,12 +212,27 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 			os.Remove(tmp)
 		}
 	}()
-	if err := sparseCopy(ctx, f, s.path); err != nil {
+	// The reverse deltas lead back from the last backup: an image changed
+	// outside dosvob since (and not yet backed up again, which would have
+	// marked the versions) is found while it is copied, before any is
+	// applied.
+	id := format.NewDeviceDigester(uint16(m.FormatVersion), uint32(m.BlockSize))
+	size, err := sparseCopy(ctx, f, s.path, id)
+	if err != nil {
 		return want, err
 	}
+	if Digest(id.Sum64()) != m.DeviceDigest || size != m.DeviceSize {
+		return want, errChangedImage(s.path, m, Digest(id.Sum64()), size)
+	}
+	// The chain runs through the restorable versions: one that a change
+	// outside dosvob cut off leads nowhere, and a version found by the
+	// run after the change comes after it, when it was put back.
 	base := format.Base{ImageID: m.ImageID, Generation: m.Generation, Size: uint64(m.DeviceSize)}
 	for j := 0; j <= k; j++ {
 		v := m.Versions[j]
+		if v.Unrestorable != "" {
+			continue
+		}
 		if err := applyVersion(ctx, f, filepath.Join(s.dir, versionsDir, v.File), base); err != nil {
 			return want, fmt.Errorf("version %s: %w", v.Name, err)
 		}
@@ -233,27 +299,25 @@ func applyVersion(ctx context.Context, f *os.File, name string, base format.Base
 	return f.Truncate(int64(h.DeviceSize))
 }
 
-// sparseCopy copies the file src into f, leaving holes for zero runs.
-func sparseCopy(ctx context.Context, f *os.File, src string) error {
+// sparseCopy copies the file src into f, leaving holes for zero runs, and
+// hands what it copies to d. It returns the size copied.
+func sparseCopy(ctx context.Context, f *os.File, src string, d io.Writer) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
 	buf := make([]byte, 1<<20)
 	var off int64
 	for {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return off, ctx.Err()
 		}
 		n, err := io.ReadFull(in, buf)
+		d.Write(buf[:n])
 		if n > 0 && !allZero(buf[:n]) {
 			if _, werr := f.WriteAt(buf[:n], off); werr != nil {
-				return werr
+				return off, werr
 			}
 		}
 		off += int64(n)
@@ -261,10 +325,10 @@ func sparseCopy(ctx context.Context, f *os.File, src string) error {
 			break
 		}
 		if err != nil {
-			return err
+			return off, err
 		}
 	}
-	return f.Truncate(fi.Size())
+	return off, f.Truncate(off)
 }
 
 // digestVersion is the format version whose DeviceDigest v records.
