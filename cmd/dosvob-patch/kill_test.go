@@ -40,7 +40,7 @@ func TestKill(t *testing.T) {
 		rounds, _ = strconv.Atoi(v) // the longer soak of scripts/bench
 	}
 	var cur []byte // nil: no image yet
-	var hookKills, outsideKills, cuts, committed, rolledBack, iters int
+	var hookKills, outsideKills, cuts, committed, rolledBack, iters, changes int
 	for iters = 0; hookKills+outsideKills+cuts < rounds; iters++ {
 		var next []byte
 		switch {
@@ -52,6 +52,13 @@ func TestKill(t *testing.T) {
 			next = mutate(r, cur, 4)[:len(cur)-r.IntN(len(cur)/3)] // shrunk
 		default:
 			next = mutate(r, cur, 1+r.IntN(30))
+		}
+		// Now and then IMAGE was changed outside dosvob before the run:
+		// whatever kills the run, what it held is kept as a version.
+		var found *outsideChange
+		if cur != nil && r.IntN(4) == 0 {
+			found = changeOutside(t, r, img, dir)
+			cur = found.content
 		}
 		delta, err := makeDelta(img, next, 4096)
 		if err != nil {
@@ -138,7 +145,7 @@ func TestKill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command(bin, "--quiet", img)
+			cmd := exec.Command(bin, "--keep", "2", "--quiet", img)
 			cmd.Stdin = bytes.NewReader(delta)
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("iteration %d: the run after the kill failed: %v\n%s", iters, err, out)
@@ -147,12 +154,111 @@ func TestKill(t *testing.T) {
 				t.Fatalf("iteration %d: the run after the kill did not complete the backup", iters)
 			}
 		}
+		if found != nil {
+			found.check(t, iters, img, dir)
+			changes++
+		}
 		cur = next
 	}
+	t.Logf("%d runs after a change outside dosvob kept what they found", changes)
 	t.Logf("%d runs: %d killed at a step, %d killed from outside, %d streams cut; afterwards %d were the new image, %d the old",
 		iters, hookKills, outsideKills, cuts, committed, rolledBack)
 	if hookKills < 10 || outsideKills+cuts < 10 {
 		t.Fatalf("too few kills of each kind: %d at a step, %d outside, %d cuts", hookKills, outsideKills, cuts)
+	}
+}
+
+// outsideChange is a change to an image outside dosvob (changeOutside).
+type outsideChange struct {
+	content []byte // what the image held after it
+	// put back: the name of the restorable version after the one put
+	// back over the image, if any, and its content
+	older     string
+	olderData []byte
+}
+
+// changeOutside changes img outside dosvob: it puts its newest restorable
+// version back over it (restored into a file and moved over it), or
+// writes a few bytes into it.
+func changeOutside(t *testing.T, r *rand.Rand, img, dir string) *outsideChange {
+	t.Helper()
+	s, err := imagestore.Open(img, imagestore.Options{Writer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []string
+	for _, v := range s.Manifest().Versions {
+		if v.Unrestorable == "" {
+			vs = append(vs, v.Name)
+		}
+	}
+	c := &outsideChange{}
+	restore := func(name string) string {
+		out := filepath.Join(dir, "restored")
+		os.Remove(out)
+		if _, err := s.RestoreVersion(context.Background(), name, out); err != nil {
+			t.Fatalf("restore %s before changing the image: %v", name, err)
+		}
+		return out
+	}
+	if len(vs) > 0 && r.IntN(2) == 0 {
+		if len(vs) > 1 {
+			c.older = vs[1]
+			c.olderData, err = os.ReadFile(restore(c.older))
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		put := restore(vs[0])
+		s.Close()
+		if err := os.Rename(put, img); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		s.Close()
+		f, err := os.OpenFile(img, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := f.Stat()
+		b := make([]byte, 1+r.IntN(100))
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		_, err = f.WriteAt(b, r.Int64N(fi.Size()+1))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.content, err = os.ReadFile(img); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// check checks, once the run after the change is complete, that the
+// newest kept version is what the image held, and that the version after
+// one that was put back still restores.
+func (c *outsideChange) check(t *testing.T, iter int, img, dir string) {
+	t.Helper()
+	s, err := imagestore.Open(img, imagestore.Options{Writer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for name, want := range map[string][]byte{"latest": c.content, c.older: c.olderData} {
+		if name == "" {
+			continue
+		}
+		out := filepath.Join(dir, "restored")
+		os.Remove(out)
+		if _, err := s.RestoreVersion(context.Background(), name, out); err != nil {
+			t.Fatalf("iteration %d: after a change outside dosvob, version %s: %v", iter, name, err)
+		}
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+			t.Fatalf("iteration %d: after a change outside dosvob, version %s restores other content", iter, name)
+		}
 	}
 }
 

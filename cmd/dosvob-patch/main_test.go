@@ -150,6 +150,7 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 	}
 	n := format.BlockCount(uint64(size), bs)
 	old := make([]uint64, n)
+	var digest *format.DeviceDigester
 	if c, _ := s.HashCache(); deltaVersion >= 2 && c != nil && c.BlockSize == bs {
 		seed = c.Seed
 		for i := range n {
@@ -158,6 +159,9 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 			}
 		}
 	} else {
+		// Reading, it digests what it reads, as dosvob-hash does: the
+		// patch learns whether IMAGE was still the last backup.
+		digest = s.ContentDigester()
 		buf := make([]byte, bs)
 		for i := range n {
 			l := format.BlockLen(uint64(size), bs, i)
@@ -165,6 +169,9 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 				return nil, err
 			}
 			old[i] = format.HashBlock(seed, buf[:l])
+			if digest != nil {
+				digest.Write(buf[:l])
+			}
 		}
 	}
 	base := s.Base()
@@ -172,6 +179,9 @@ func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
 	g, err := s.BeginSigning(sh)
 	if err != nil {
 		return nil, err
+	}
+	if digest != nil {
+		g.Found(digest.Sum64())
 	}
 	var sig bytes.Buffer
 	sw, err := format.NewSigWriter(&sig, sh)

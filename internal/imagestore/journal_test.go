@@ -86,17 +86,23 @@ func FuzzJournal(f *testing.F) {
 
 // TestJournalBadHeader: a journal whose header does not check out is
 // deleted as a run that never touched the image only when the image still
-// has its manifest's digest. When blocks were written in place before the
-// header was damaged, the image may hold part of a run: recovery reports
-// damage (ErrStateDamaged, exit 5) and leaves the image and the journal as
-// they are.
+// has its manifest's digest, or (changed: the image was changed outside
+// dosvob before the run) the digest its signing run found in it. When
+// blocks were written in place before the header was damaged, the image may
+// hold part of a run: recovery reports damage (ErrStateDamaged, exit 5) and
+// leaves the image and the journal as they are.
 func TestJournalBadHeader(t *testing.T) {
-	for _, wrote := range []bool{false, true} {
-		t.Run(fmt.Sprintf("wrote=%v", wrote), func(t *testing.T) {
+	for _, tc := range []struct{ wrote, changed bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		wrote := tc.wrote
+		t.Run(fmt.Sprintf("wrote=%v,changed=%v", wrote, tc.changed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(17, 18))
 			img := filepath.Join(t.TempDir(), "vol.img")
 			dev := device(r, 256*1024)
 			syncTo(t, img, dev, PatchOptions{})
+			if tc.changed {
+				writeFileAt(t, img, 1000, []byte("written outside dosvob"))
+				dev, _ = os.ReadFile(img)
+			}
 			next := mutate(r, dev, 20)
 			d, _ := makeDelta(t, img, next, testBS)
 			defer func(b int) { batchBytes = b }(batchBytes)

@@ -46,6 +46,10 @@ type powerLossCase struct {
 	// partialFirst interrupts a first backup before the case starts, so
 	// the case resumes from a partial image.
 	partialFirst bool
+	// outside changes the image (backed up as old) outside dosvob before
+	// the case starts, and returns what it holds then: the run must keep
+	// that as its newest version.
+	outside func(t *testing.T, img string) []byte
 }
 
 // TestPowerLoss cuts the power (drops every write after the kth) at every
@@ -65,6 +69,17 @@ func TestPowerLoss(t *testing.T) {
 		{name: "shrink", old: base, new: mutate(r, base, 4)[:30*1024+7], keep: 1},
 		{name: "zeros", old: base, new: make([]byte, len(base))},
 		{name: "resume", new: base, partialFirst: true},
+		{name: "written-outside", old: base, new: mutate(r, base, 6), keep: 2, outside: func(t *testing.T, img string) []byte {
+			writeFileAt(t, img, 5000, []byte("written outside dosvob"))
+			b, _ := os.ReadFile(img)
+			return b
+		}},
+		{name: "put-back", old: base, new: mutate(r, base, 6), keep: 2, outside: func(t *testing.T, img string) []byte {
+			// A later backup, then the version of base put back over it.
+			syncTo(t, img, mutate(r, base, 3), PatchOptions{TxOptions: TxOptions{Keep: -1}})
+			putBack(t, img, "latest")
+			return base
+		}},
 	}
 	ctx := context.Background()
 	// Small batches: several journal fsyncs and in-place writes per run.
@@ -80,6 +95,9 @@ func TestPowerLoss(t *testing.T) {
 				syncTo(t, img, c.old, PatchOptions{TxOptions: TxOptions{Keep: c.keep}})
 				// One more run so that there is a version to prune.
 				syncTo(t, img, c.old, PatchOptions{TxOptions: TxOptions{Keep: c.keep}})
+			}
+			if c.outside != nil {
+				c.old = c.outside(t, img)
 			}
 			if c.partialFirst {
 				d, _ := makeDelta(t, img, c.new, testBS)
@@ -151,8 +169,21 @@ func TestPowerLoss(t *testing.T) {
 				if err == nil && checkCache(t, rimg) {
 					cached++
 				}
-				// The next run completes the backup.
-				syncTo(t, rimg, c.new, PatchOptions{})
+				// The next run completes the backup. After a change
+				// outside dosvob, the run that committed kept what the
+				// image held as its newest version.
+				done := err == nil && bytes.Equal(got, c.new)
+				if c.outside != nil && done {
+					restoreWant(t, rimg, "latest", c.old)
+				}
+				var opts PatchOptions
+				if c.outside != nil {
+					opts.Keep = -1 // keep, as the run that was cut would have
+				}
+				syncTo(t, rimg, c.new, opts)
+				if c.outside != nil && !done {
+					restoreWant(t, rimg, "latest", c.old)
+				}
 			}
 			t.Logf("power cut at %d points, each with and without losing unsynced writes at random: %d gave the old image, %d the new", total+1, sawOld, sawNew)
 			if lost == 0 {

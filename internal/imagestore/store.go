@@ -443,11 +443,13 @@ func (s *Store) recoverJournal(m *Manifest) error {
 // fault, a hand edit) looks the same, and then the image may hold part of
 // a run under the old manifest. So the journal goes only when the image
 // still has the manifest's size and digest, read in full (this happens
-// only after a crash within a few system calls, or after damage); else it
-// is damage (ErrStateDamaged) and stays, for the hint. With no manifest
-// nothing says what the image was: the journal goes with every signing
-// record, and the next signature reads the image. The caller holds the
-// writer lock.
+// only after a crash within a few system calls, or after damage), or the
+// size and digest that a signing run of this content found in it (an image
+// changed outside dosvob since its last backup, which that run was to back
+// up over); else it is damage (ErrStateDamaged) and stays, for the hint.
+// With no manifest nothing says what the image was: the journal goes with
+// every signing record, and the next signature reads the image. The caller
+// holds the writer lock.
 func (s *Store) tornJournal(m *Manifest) error {
 	if m == nil {
 		for key := range s.signings() {
@@ -456,32 +458,47 @@ func (s *Store) tornJournal(m *Manifest) error {
 		s.logf("recovery: removed the incomplete journal of an interrupted run on %s, which has no manifest to check it against", s.path)
 		return s.removeDurably(journalName)
 	}
+	damaged := &DamagedError{File: s.join(journalName), Err: fmt.Errorf(
+		"its header does not check out, and %s no longer has the size and digest of generation %d: it may hold part of the interrupted run", s.path, m.Generation)}
+	if !format.ValidBlockSize(uint32(m.BlockSize)) {
+		return damaged // nothing to compute the digest with
+	}
 	s.logf("recovery: the journal of an interrupted run on %s has a header that does not check out; reading the image to check it against its manifest", s.path)
-	same, err := s.matchesManifest(m)
+	d, size, err := s.contentDigest(m)
 	if err != nil {
 		return fmt.Errorf("recovery: checking %s: %w", s.path, err)
 	}
-	if !same {
-		return &DamagedError{File: s.join(journalName), Err: fmt.Errorf(
-			"its header does not check out, and %s no longer has the size and digest of generation %d: it may hold part of the interrupted run", s.path, m.Generation)}
+	if size == m.DeviceSize && d == m.DeviceDigest {
+		s.logf("recovery: removed the incomplete journal of an interrupted run; %s was not touched (it has its manifest's digest)", s.path)
+		return s.removeDurably(journalName)
 	}
-	s.logf("recovery: removed the incomplete journal of an interrupted run; %s was not touched (it has its manifest's digest)", s.path)
-	return s.removeDurably(journalName)
+	// A finished record that was not voided read the image before the
+	// interrupted run began writing (Begin voids unfinished ones, and no
+	// signing starts while a journal is there).
+	cur := format.Base{ImageID: m.ImageID, Generation: m.Generation, Size: uint64(size)}
+	for _, r := range s.signings() {
+		if r != nil && r.Done && r.Void == "" && r.base() == cur && r.Found != nil && *r.Found == d {
+			s.logf("recovery: removed the incomplete journal of an interrupted run; %s was not touched (it has the digest its signing run found)", s.path)
+			return s.removeDurably(journalName)
+		}
+	}
+	return damaged
 }
 
-// matchesManifest reads the image and reports whether it has m's size and
-// whole-image digest.
-func (s *Store) matchesManifest(m *Manifest) (bool, error) {
-	if fi, err := os.Stat(s.path); err != nil || fi.Size() != m.DeviceSize || !format.ValidBlockSize(uint32(m.BlockSize)) {
-		return false, err
-	}
+// contentDigest reads the image and returns its digest as m defines its
+// device_digest, and its size.
+func (s *Store) contentDigest(m *Manifest) (Digest, int64, error) {
 	f, err := os.Open(s.path)
 	if err != nil {
-		return false, err
+		return 0, 0, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
 	d, err := digestFile(context.Background(), f, uint16(m.FormatVersion), uint32(m.BlockSize), nil)
-	return d == uint64(m.DeviceDigest), err
+	return Digest(d), fi.Size(), err
 }
 
 // recoverRename finishes a first backup whose manifest was committed but
