@@ -424,7 +424,11 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 		if size != uint64(m.DeviceSize) {
 			return damagedImage(fmt.Errorf("%q is %d bytes, its manifest recorded %d: the image is damaged", path, size, m.DeviceSize), path)
 		}
-		opts.Expect = &blocksync.Expect{Version: uint16(m.FormatVersion), BlockSize: uint32(m.BlockSize), Digest: uint64(m.DeviceDigest)}
+		if !format.ValidBlockSize(uint32(m.BlockSize)) {
+			return damagedImage(fmt.Errorf("%q: its manifest records block size %d, which no dosvob run makes: the manifest is damaged", path, m.BlockSize), path)
+		}
+		want := uint64(m.DeviceDigest)
+		opts.Digest, opts.Want = format.NewDeviceDigester(uint16(m.FormatVersion), uint32(m.BlockSize)), &want
 	}
 	sr, err := format.NewSigReader(stdin)
 	if err != nil {

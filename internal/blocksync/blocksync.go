@@ -54,44 +54,47 @@ type Options struct {
 	// blocks first, first+1, ... as raw little-endian uint64s. hashes is
 	// only valid during the call.
 	OnHashes func(first uint64, hashes []byte) error
-	// Digest, if set, receives the content that Sign reads (Sign only), so
-	// that the caller learns the whole-content digest of what it signed
-	// without a read of its own. A per-block digest of the signature's block
+	// Digest, if set, receives the content that Sign or Delta reads, so
+	// that the caller learns the whole-content digest of what was read
+	// without a read of its own. A per-block digest of the stream's block
 	// size takes the blocks' xxhash64(0, block), computed in the reading
-	// goroutines beside the signature's hashes; any other gets the content
-	// in a pass of its own.
+	// goroutines beside the stream's hashes; any other gets the content in
+	// a pass of its own.
 	Digest *format.DeviceDigester
-	// Expect, if set, is the digest the device must have (Delta only).
-	// Delta checks it before it writes the End record and, if the content
-	// read differs, fails with a *DigestError and leaves the stream
-	// without its End record, so that no reader takes the content for
-	// whole. It is how a restore refuses an image that rotted since its
-	// backup: the stream's own digests are of what was read.
-	Expect *Expect
+	// Want, if set (Delta only, with Digest), is the digest that Digest
+	// must reach. Delta checks it before it writes the End record and, if
+	// the content read differs, fails with a *DigestError and leaves the
+	// stream without its End record, so that no reader takes the content
+	// for whole. It is how a restore refuses an image that rotted since
+	// its backup: the stream's own digests are of what was read.
+	Want *uint64
 }
 
-// Expect is a whole-device digest as a stream of version Version and
-// block size BlockSize computes it (format.DeviceDigester).
-type Expect struct {
-	Version   uint16
-	BlockSize uint32
-	Digest    uint64
-}
-
-// sameAs reports whether a stream of version v and block size bs computes
-// its device digest as e does.
-func (e *Expect) sameAs(v uint16, bs uint32) bool {
-	if (e.Version >= 3) != (v >= 3) {
-		return false
-	}
-	return v < 3 || e.BlockSize == bs
-}
-
-// DigestError reports a device whose digest is not Options.Expect's.
+// DigestError reports content whose digest is not Options.Want.
 type DigestError struct{ Got, Want uint64 }
 
 func (e *DigestError) Error() string {
 	return fmt.Sprintf("the content read has digest %016x, not the expected %016x", e.Got, e.Want)
+}
+
+// feedDigest arranges for opts.Digest, if any, to receive the content
+// readBlocks reads in blocks of blockSize: per block (it returns true, and
+// the caller hands it each chunk's contents) or as a whole, beside any
+// other whole-content writer.
+func (o *Options) feedDigest(seeds *hashSeeds, blockSize uint32) bool {
+	d := o.Digest
+	switch {
+	case d == nil:
+		return false
+	case d.PerBlock() && d.BlockSize() == blockSize:
+		seeds.content = true
+		return true
+	case seeds.whole != nil:
+		seeds.whole = io.MultiWriter(seeds.whole, d)
+	default:
+		seeds.whole = d
+	}
+	return false
 }
 
 func (o *Options) counters() *Counters {
@@ -128,16 +131,10 @@ func Sign(ctx context.Context, src io.ReaderAt, sw *format.SigWriter, opts Optio
 	// buffer to fill.
 	flushEvery := uint64(max(1, flushBytes/int(h.BlockSize)))
 	seeds := hashSeeds{seed: h.Seed}
-	if d := opts.Digest; d != nil {
-		if d.PerBlock() && d.BlockSize() == h.BlockSize {
-			seeds.content = true
-		} else {
-			seeds.whole = d
-		}
-	}
+	perBlock := opts.feedDigest(&seeds, h.BlockSize)
 	err := readBlocks(ctx, src, h.Base.Size, h.BlockSize, seeds, opts.Readers, func(ch *chunk) error {
 		nb := uint64(ch.blocks())
-		if seeds.content {
+		if perBlock {
 			opts.Digest.AddBlockHashes(ch.contents)
 		}
 		if opts.OnHash != nil {
@@ -271,15 +268,7 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		// Versions 1 and 2 digest the content itself, in a pass of its own.
 		seeds.whole = dd
 	}
-	var expect *format.DeviceDigester // the digest opts.Expect is of, if not dd's
-	if e := opts.Expect; e != nil && !e.sameAs(hdr.V(), hdr.BlockSize) {
-		expect = format.NewDeviceDigester(e.Version, e.BlockSize)
-		if seeds.whole != nil {
-			seeds.whole = io.MultiWriter(dd, expect)
-		} else {
-			seeds.whole = expect
-		}
-	}
+	perBlock := opts.feedDigest(&seeds, hdr.BlockSize)
 	var sig []byte // the signature's hashes of the chunk's blocks
 	err = readBlocks(ctx, dev, devSize, sh.BlockSize, seeds, opts.Readers, func(ch *chunk) error {
 		nb := ch.blocks()
@@ -287,8 +276,11 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 		if two {
 			nd.Write(ch.nexts)
 		}
-		if seeds.content {
+		if dd.PerBlock() {
 			dd.AddBlockHashes(ch.contents)
+		}
+		if perBlock {
+			opts.Digest.AddBlockHashes(ch.contents)
 		}
 		c.Blocks.Add(uint64(nb))
 		c.BytesRead.Add(uint64(len(ch.buf)))
@@ -341,13 +333,9 @@ func Delta(ctx context.Context, sr *format.SigReader, dev io.ReaderAt, devSize u
 	if err == nil {
 		err = drainSig(sr)
 	}
-	if e := opts.Expect; err == nil && e != nil {
-		got := dd.Sum64()
-		if expect != nil {
-			got = expect.Sum64()
-		}
-		if got != e.Digest {
-			err = &DigestError{Got: got, Want: e.Digest}
+	if err == nil && opts.Want != nil && opts.Digest != nil {
+		if got := opts.Digest.Sum64(); got != *opts.Want {
+			err = &DigestError{Got: got, Want: *opts.Want}
 		}
 	}
 	if err != nil {
