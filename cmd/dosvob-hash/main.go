@@ -396,14 +396,17 @@ func randomSeed() (uint64, error) {
 // and holds its writer lock while it is read, so that no run patches it
 // meanwhile.
 func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Writer, o output, opts blocksync.Options) error {
-	var m *imagestore.Manifest // of a dosvob image whose backup is complete
+	// Of a dosvob image whose backup is complete: its manifest, and a
+	// digester of what is read as the manifest's digest is computed.
+	var m *imagestore.Manifest
+	var digest *format.DeviceDigester
 	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && imagestore.HasState(path) {
 		s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: o.logf})
 		if err != nil {
 			return storeErr(err, path)
 		}
 		defer s.Close()
-		if !s.Partial() {
+		if digest = s.ContentDigester(); digest != nil {
 			m = s.Manifest()
 		}
 	}
@@ -422,13 +425,10 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 		// digests are of what is read, so without this a restore would
 		// copy the damage and call it verified.
 		if size != uint64(m.DeviceSize) {
-			return damagedImage(fmt.Errorf("%q is %d bytes, its manifest recorded %d: the image is damaged", path, size, m.DeviceSize), path)
-		}
-		if !format.ValidBlockSize(uint32(m.BlockSize)) {
-			return damagedImage(fmt.Errorf("%q: its manifest records block size %d, which no dosvob run makes: the manifest is damaged", path, m.BlockSize), path)
+			return damagedImage(fmt.Errorf("%q is %d bytes, its manifest recorded %d: it is damaged, or was changed outside dosvob since its last backup", path, size, m.DeviceSize), path)
 		}
 		want := uint64(m.DeviceDigest)
-		opts.Digest, opts.Want = format.NewDeviceDigester(uint16(m.FormatVersion), uint32(m.BlockSize)), &want
+		opts.Digest, opts.Want = digest, &want
 	}
 	sr, err := format.NewSigReader(stdin)
 	if err != nil {
@@ -445,7 +445,7 @@ func deltaRun(ctx context.Context, path string, stdin io.Reader, stdout io.Write
 			return sigErr(err)
 		}
 		if de := (*blocksync.DigestError)(nil); errors.As(err, &de) {
-			return damagedImage(fmt.Errorf("%q does not hold the backup its manifest describes (digest %016x, the manifest recorded %016x): the image is damaged; the stream was cut before its end, so nothing takes it for complete",
+			return damagedImage(fmt.Errorf("%q does not hold the backup its manifest describes (digest %016x, the manifest recorded %016x): it is damaged, or was changed outside dosvob since its last backup; the stream was cut before its end, so nothing takes it for complete",
 				path, de.Got, de.Want), path)
 		}
 		return deviceErr(err, path)
