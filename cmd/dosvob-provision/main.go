@@ -94,12 +94,6 @@ func commonFlags() []cli.Flag {
 	}
 }
 
-// teardownFlags are the flags that a dosvob-teardown in a hint needs to
-// find what this command found.
-func teardownFlags(c *cli.Context) []string {
-	return cloud.TeardownFlags(cliutil.FromArgs(c, "config", "DOSVOB_CONFIG"), cliutil.FromArgs(c, "state-dir", "DOSVOB_STATE_DIR"), cliutil.FromArgs(c, "api-url", "DOSVOB_API_URL"))
-}
-
 func defaultConfigText() string {
 	return "$XDG_CONFIG_HOME/dosvob/conf.json or ~/.config/dosvob/conf.json"
 }
@@ -136,7 +130,7 @@ func setup(c *cli.Context, logf func(string, ...any)) (*config.Config, string, *
 		Logf:           logf,
 	})
 	if err != nil {
-		return nil, "", nil, nil, cloud.ExitError(err, token, teardownFlags(c)...)
+		return nil, "", nil, nil, cloud.ExitError(err, token, cloud.TeardownFlagsOf(c)...)
 	}
 	dir := cfg.State()
 	if c.IsSet("state-dir") {
@@ -277,14 +271,14 @@ func run(c *cli.Context) error {
 
 	r, err := p.Provision(c.Context)
 	if err != nil {
-		return cloud.ExitError(err, token, teardownFlags(c)...)
+		return cloud.ExitError(err, token, cloud.TeardownFlagsOf(c)...)
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(r); err != nil {
 		return err
 	}
-	lg.logf("run %s is ready: %d volume(s) on %d droplet(s); delete it with: %s --run %s", r.RunID, len(r.Volumes), len(r.Droplets), cloud.TeardownCommand(teardownFlags(c)), r.RunID)
+	lg.logf("run %s is ready: %d volume(s) on %d droplet(s); delete it with: %s --run %s", r.RunID, len(r.Volumes), len(r.Droplets), cloud.TeardownCommand(cloud.TeardownFlagsOf(c)), r.RunID)
 	return nil
 }
 
@@ -295,11 +289,11 @@ func dryRun(c *cli.Context, p *cloud.Provisioner, token string) error {
 	}
 	sv, err := p.Survey(c.Context)
 	if err != nil {
-		return cloud.ExitError(err, token, teardownFlags(c)...)
+		return cloud.ExitError(err, token, cloud.TeardownFlagsOf(c)...)
 	}
 	plan, err := p.Plan(c.Context, hours)
 	if err != nil {
-		return cloud.ExitError(err, token, teardownFlags(c)...)
+		return cloud.ExitError(err, token, cloud.TeardownFlagsOf(c)...)
 	}
 	plan.Print(os.Stdout)
 	if stale := sv.Stale(); len(stale) > 0 {

@@ -121,7 +121,7 @@ func run(c *cli.Context) error {
 	var token string
 	lg := logger{token: &token}
 	// The flags of the dosvob-teardown that a hint tells to run again.
-	flags := cloud.TeardownFlags(cliutil.FromArgs(c, "config", "DOSVOB_CONFIG"), cliutil.FromArgs(c, "state-dir", "DOSVOB_STATE_DIR"), cliutil.FromArgs(c, "api-url", "DOSVOB_API_URL"))
+	flags := cloud.TeardownFlagsOf(c)
 
 	// Which run?
 	var runID string

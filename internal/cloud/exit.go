@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/config"
 )
@@ -87,6 +89,14 @@ func TeardownFlags(config, stateDir, apiURL string) []string {
 		}
 	}
 	return flags
+}
+
+// TeardownFlagsOf is TeardownFlags for the command c of dosvob-provision
+// or dosvob-teardown: the --config, --state-dir and --api-url given on its
+// command line (not those from their environment variables, which a next
+// command in the same environment sees too).
+func TeardownFlagsOf(c *cli.Context) []string {
+	return TeardownFlags(cliutil.FromArgs(c, "config", "DOSVOB_CONFIG"), cliutil.FromArgs(c, "state-dir", "DOSVOB_STATE_DIR"), cliutil.FromArgs(c, "api-url", "DOSVOB_API_URL"))
 }
 
 // TeardownCommand is "dosvob-teardown" with flags, each quoted for a shell

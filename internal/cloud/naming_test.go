@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/digitalocean/godo"
+	"github.com/urfave/cli/v2"
 
 	"github.com/dosvob/dosvob/internal/doemu"
 )
@@ -288,5 +290,30 @@ func TestTeardownHintFlags(t *testing.T) {
 	}
 	if got := TeardownCommand(TeardownFlags("", "it's", "")); got != `dosvob-teardown --state-dir 'it'\''s'` {
 		t.Errorf("quoting: %s", got)
+	}
+}
+
+// The flags of the dosvob-teardown in a hint are those given on the
+// command line of dosvob-provision or dosvob-teardown, not those that
+// came from the environment (which the next command sees too).
+func TestTeardownFlagsOf(t *testing.T) {
+	t.Setenv("DOSVOB_STATE_DIR", "/var/lib/from-env")
+	t.Setenv("DOSVOB_API_URL", "")
+	t.Setenv("DOSVOB_CONFIG", "")
+	var got []string
+	app := &cli.App{
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"DOSVOB_CONFIG"}},
+			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"DOSVOB_STATE_DIR"}},
+			&cli.StringFlag{Name: "api-url", EnvVars: []string{"DOSVOB_API_URL"}},
+		},
+		Action: func(c *cli.Context) error { got = TeardownFlagsOf(c); return nil },
+	}
+	if err := app.Run([]string{"x", "-c", "my conf.json", "--api-url", "http://127.0.0.1:9/"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"--config", "my conf.json", "--api-url", "http://127.0.0.1:9/"}
+	if !slices.Equal(got, want) {
+		t.Errorf("flags %q, want %q", got, want)
 	}
 }
