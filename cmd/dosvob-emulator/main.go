@@ -97,7 +97,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			&cli.IntFlag{Name: "ssh-port", Value: doemu.DefaultSSHPort, Usage: "`PORT` of the droplets' sshd"},
 			&cli.BoolFlag{Name: "no-loop", Usage: "attach volumes as their backing files, not loop devices"},
 			&cli.DurationFlag{Name: "action-delay", Value: doemu.DefaultActionDelay, Usage: "how long actions stay in progress"},
-			&cli.DurationFlag{Name: "detach-delay", Usage: "how long a deleted droplet's volumes stay attached (default: --action-delay)"},
+			&cli.DurationFlag{Name: "detach-delay", Usage: "how long a deleted droplet's volumes stay attached (0: not at all)", DefaultText: "--action-delay"},
 			&cli.DurationFlag{Name: "snapshot-interval", Value: doemu.DefaultSnapshotInterval, Usage: "minimum time between two snapshots of a volume (negative: none)"},
 			&cli.IntFlag{Name: "rate-limit", Value: doemu.DefaultRequestLimit, Usage: "requests allowed per --rate-window"},
 			&cli.DurationFlag{Name: "rate-window", Value: doemu.DefaultRateWindow, Usage: "rate limit window"},
@@ -139,7 +139,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Token:            token,
 				Listen:           c.String("listen"),
 				ActionDelay:      nonZero(c.Duration("action-delay")),
-				DetachDelay:      c.Duration("detach-delay"),
+				DetachDelay:      detachDelay(c),
 				Account:          acct,
 				DataDir:          c.String("data"),
 				SnapshotInterval: nonZero(c.Duration("snapshot-interval")),
@@ -180,6 +180,15 @@ func nonZero(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// detachDelay is --detach-delay for the Options, where 0 means "as the
+// action delay": so only when it is not given.
+func detachDelay(c *cli.Context) time.Duration {
+	if !c.IsSet("detach-delay") {
+		return 0
+	}
+	return nonZero(c.Duration("detach-delay"))
 }
 
 // noLimitIfZero maps a flag's 0 ("no limit") to the Options' -1.
