@@ -112,6 +112,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			if err := checkListen(c.String("listen")); err != nil {
 				return err
 			}
+			if err := checkLimits(c); err != nil {
+				return err
+			}
 			token, err := readToken(c.String("token-file"))
 			if err != nil {
 				return err
@@ -259,6 +262,21 @@ func writeAtomic(path, content string) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
 		return err
+	}
+	return nil
+}
+
+// checkLimits refuses the values of --rate-limit, --rate-window and
+// --ssh-port that the emulator would otherwise take for their defaults.
+func checkLimits(c *cli.Context) error {
+	if n := c.Int("rate-limit"); n < 1 {
+		return cliutil.Usagef("--rate-limit %q: want at least 1 request", strconv.Itoa(n))
+	}
+	if d := c.Duration("rate-window"); d <= 0 {
+		return cliutil.Usagef("--rate-window %q: want a positive duration", d.String())
+	}
+	if p := c.Int("ssh-port"); p < 1 || p > 65535 {
+		return cliutil.Usagef("--ssh-port %q: want a port from 1 to 65535", strconv.Itoa(p))
 	}
 	return nil
 }
