@@ -59,7 +59,7 @@ and POST/DELETE /emulator/faults, report every resource and inject faults.
 
 Standard output carries the base URL only. Exit codes: 0 stopped by SIGINT
 or SIGTERM; 1 failure; 2 usage (bad flag, unreadable or bad account file,
-no token).`
+no token, --ssh without root or /usr/sbin/sshd).`
 
 const examples = `
 EXAMPLES:
@@ -114,6 +114,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			}
 			if err := checkLimits(c); err != nil {
 				return err
+			}
+			if c.Bool("ssh") {
+				if err := doemu.CheckSSH(doemu.DefaultSSHD); err != nil {
+					return cliutil.WithHint(cliutil.Usagef("--ssh %v", err),
+						"run it as root with OpenSSH's server installed (openssh-server), or without --ssh for the API alone")
+				}
 			}
 			token, err := readToken(c.String("token-file"))
 			if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -156,5 +157,52 @@ func cmdSSHUp(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if _, err := os.Stat(dataDir); neg && err == nil {
 		ts.Fatalf("temporary data directory %s left behind", dataDir)
+	}
+}
+
+// --ssh as another user than root fails at once, with exit 2 and a line
+// that says why, before it listens or seeds anything: not late, with a
+// cause that misleads ("port 22 is taken"), or not at all until the first
+// droplet boots.
+func TestSSHNeedsRoot(t *testing.T) {
+	testenv.RequireRoot(t, "running the emulator as user nobody")
+	testenv.RequireCommand(t, "setpriv")
+	// A directory that nobody can enter, with the binary and the account.
+	dir, err := os.MkdirTemp("", "dosvob-emulator-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name)
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	acct, err := os.ReadFile("../../internal/doemu/testdata/sample-account.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "account.yaml"), acct, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := name + ": --ssh needs root (running as uid 65534)\n" +
+		name + ": hint: run it as root with OpenSSH's server installed (openssh-server), or without --ssh for the API alone\n"
+	for _, args := range [][]string{{"--ssh"}, {"--ssh", "--account", "account.yaml", "--no-loop"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, "setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", bin}, args...)...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "DIGITALOCEAN_ACCESS_TOKEN=nobody-token")
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		start := time.Now()
+		err := cmd.Run()
+		cancel()
+		code := cmd.ProcessState.ExitCode()
+		if code != 2 || stderr.String() != want || stdout.Len() != 0 {
+			t.Errorf("%s as nobody: exit %d (%v) after %v\nstdout: %q\nstderr:\n%s\nwant exit 2 and stderr:\n%s",
+				strings.Join(args, " "), code, err, time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String(), want)
+		}
 	}
 }

@@ -43,6 +43,7 @@ const (
 	DefaultBurstLimit       = 250
 	DefaultKeyListLimit     = 10
 	DefaultSSHPort          = 22
+	DefaultSSHD             = "/usr/sbin/sshd"
 	MaxVolumesPerDroplet    = 15
 	MaxSnapshotsPerVolume   = 25
 )
@@ -90,7 +91,9 @@ type Options struct {
 	// /usr/sbin/sshd), on 127.0.0.2, 127.0.0.3, ... port SSHPort (default 22).
 	SSH     bool
 	SSHPort int
-	// SSHD is the sshd binary (default /usr/sbin/sshd).
+	// SSHD is the sshd binary (default DefaultSSHD). With SSH, New fails
+	// at once unless it runs as root and SSHD is an executable file
+	// (CheckSSH).
 	SSHD string
 	// NoLoopDevices makes attached volumes symlinks to their backing files
 	// even when loop devices could be used.
@@ -172,7 +175,12 @@ func New(opts Options) (*Emulator, error) {
 		opts.SSHPort = DefaultSSHPort
 	}
 	if opts.SSHD == "" {
-		opts.SSHD = "/usr/sbin/sshd"
+		opts.SSHD = DefaultSSHD
+	}
+	if opts.SSH {
+		if err := CheckSSH(opts.SSHD); err != nil {
+			return nil, fmt.Errorf("doemu: SSH %w", err)
+		}
 	}
 	host, _, err := net.SplitHostPort(opts.Listen)
 	if err != nil {

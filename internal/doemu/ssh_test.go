@@ -425,3 +425,29 @@ func TestSSHPortTakenEverywhere(t *testing.T) {
 		t.Fatalf("log does not say why:\n%s", logs.String())
 	}
 }
+
+// TestSSHNeedsSSHD: with SSH, an emulator without OpenSSH's sshd at its
+// path fails at New, saying so, instead of at the first droplet's boot.
+func TestSSHNeedsSSHD(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "sshd")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for sshd, want := range map[string]string{
+		filepath.Join(dir, "none"): `doemu: SSH needs OpenSSH's sshd at "` + filepath.Join(dir, "none") + `": no such file or directory`,
+		notExec:                    `doemu: SSH needs OpenSSH's sshd at "` + notExec + `": not an executable file`,
+		dir:                        `doemu: SSH needs OpenSSH's sshd at "` + dir + `": not an executable file`,
+	} {
+		e, err := New(Options{Token: testToken, SSH: true, SSHD: sshd})
+		if err == nil {
+			e.Close()
+			t.Errorf("New with SSHD %s: no error", sshd)
+			continue
+		}
+		if err.Error() != want {
+			t.Errorf("New with SSHD %s:\n got %v\nwant %s", sshd, err, want)
+		}
+	}
+}

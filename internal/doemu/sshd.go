@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +22,28 @@ import (
 	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
 )
+
+// CheckSSH says why droplets that answer SSH cannot work here, or nil: it
+// takes root (an sshd that logs in as root, loopback addresses, loop
+// devices) and OpenSSH's sshd at the path sshd. Its error reads after
+// "SSH " or "--ssh ": "needs root (running as uid 1000)".
+func CheckSSH(sshd string) error {
+	if uid := os.Geteuid(); uid != 0 {
+		return fmt.Errorf("needs root (running as uid %d)", uid)
+	}
+	fi, err := os.Stat(sshd)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("needs OpenSSH's sshd at %q: %w", sshd, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("needs OpenSSH's sshd at %q: not an executable file", sshd)
+	}
+	return nil
+}
 
 // sshdProc is a running sshd of one droplet.
 type sshdProc struct {
