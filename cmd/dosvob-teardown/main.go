@@ -17,7 +17,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -50,9 +52,12 @@ func app() *cli.App {
 		Description: "Which run: the run JSON that dosvob-provision printed (a file, or \"-\" or a pipe on\n" +
 			"stdin), or --run ID. With --all: every dosvob resource in the account, runs still going\n" +
 			"included. Naming none of these is refused, and so is an empty run JSON (what a failed\n" +
-			"dosvob-provision leaves).\n" +
-			"Exits 0 when nothing is left, 8 listing what is left otherwise, 130 when interrupted (SIGINT or\n" +
-			"SIGTERM: the message names the command that finishes the job). Safe to repeat.",
+			"dosvob-provision leaves). So is a --run ID that no run has had here: no run directory or record\n" +
+			"of its teardown in the state directory, and nothing of it in the account (a mistyped id; the\n" +
+			"hint names the runs with something left).\n" +
+			"Exits 0 when nothing is left, 8 listing what is left otherwise, 2 for what it refuses, 130 when\n" +
+			"interrupted (SIGINT or SIGTERM: the message names the command that finishes the job). Safe to\n" +
+			"repeat: a run torn down before is known, and nothing of it is left.",
 		CustomAppHelpTemplate: cli.AppHelpTemplate + examples,
 		HideHelpCommand:       true,
 		Flags: []cli.Flag{
@@ -156,7 +161,8 @@ func run(c *cli.Context) error {
 		}
 		runID = c.String("run")
 		if !cloud.ValidRunID(runID) {
-			return cliutil.Usagef("--run: invalid run id %q (want e.g. \"20260102-150405-a1b2c3\")", runID)
+			return cliutil.WithHint(cliutil.Usagef("--run: invalid run id %q (want e.g. \"20260102-150405-a1b2c3\")", runID),
+				"list what the runs left with: "+cloud.TeardownCommand(flags)+" --all --dry-run")
 		}
 	case !c.Bool("all") && stdinIsData():
 		run, err := readRunJSON(os.Stdin, "stdin")
@@ -236,6 +242,16 @@ func run(c *cli.Context) error {
 		}
 	}
 
+	// A run id that neither this state directory nor the account knows
+	// is no run that is gone: most likely a mistyped one, whose real run
+	// still costs money. (A run JSON is dosvob's own word that the run
+	// existed.)
+	if runID != "" && fromJSON == nil {
+		if err := checkKnown(c, api, store, runID, token, flags); err != nil {
+			return err
+		}
+	}
+
 	if c.Bool("dry-run") {
 		inv, err := api.Discover(c.Context, scope)
 		if err != nil {
@@ -278,7 +294,17 @@ func run(c *cli.Context) error {
 	}
 	defer store.Unlock()
 	lg.logf("tearing down %s", what)
-	if err := api.Teardown(c.Context, scope, cloud.TeardownOptions{Logf: lg.logf, DetachWait: c.Duration("detach-wait")}); err != nil {
+	var found []string
+	if runID != "" {
+		found = []string{runID}
+	}
+	opts := cloud.TeardownOptions{Logf: lg.logf, DetachWait: c.Duration("detach-wait"),
+		Found: func(inv *cloud.Inventory) {
+			if runID == "" {
+				found = inv.RunIDs()
+			}
+		}}
+	if err := api.Teardown(c.Context, scope, opts); err != nil {
 		return interrupted(err)
 	}
 	local, err := localRuns(store, runID)
@@ -290,8 +316,51 @@ func run(c *cli.Context) error {
 			return fmt.Errorf("removing the local state of run %s: %w", id, err)
 		}
 	}
+	// The runs torn down that had no run directory (Remove records the
+	// others): a second teardown of one of them still knows it.
+	if err := store.MarkTornDown(slices.DeleteFunc(found, func(id string) bool { return slices.Contains(local, id) })...); err != nil {
+		return fmt.Errorf("recording the teardown: %w", err)
+	}
 	lg.logf("done: %s", done)
 	return nil
+}
+
+// checkKnown returns a usage error when runID is known neither to the
+// state directory (no run directory, no record of its teardown) nor to the
+// account (nothing of it there), with a hint that names the runs that have
+// something left. Its errors carry their exit codes.
+func checkKnown(c *cli.Context, api *cloud.API, store *cloud.Store, runID, token string, flags []string) error {
+	known, err := store.Known(runID)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if known {
+		return nil
+	}
+	inv, err := api.Discover(c.Context, cloud.Scope{})
+	if err != nil {
+		return cloud.ExitError(err, token, flags...)
+	}
+	left := inv.RunIDs()
+	if slices.Contains(left, runID) {
+		return nil
+	}
+	local, err := store.Runs()
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	for _, id := range local {
+		if !slices.Contains(left, id) {
+			left = append(left, id)
+		}
+	}
+	slices.Sort(left)
+	list := cloud.TeardownCommand(flags) + " --all --dry-run"
+	hint := "no run has anything left in the account or the state directory (check with: " + list + ")"
+	if len(left) > 0 {
+		hint = "runs with something left: " + strings.Join(left, ", ") + "; see what with: " + list
+	}
+	return cliutil.WithHint(cliutil.Usagef("--run: unknown run %q: the state directory %q has no record of it, and the account holds nothing of it; nothing was deleted", runID, store.Dir), hint)
 }
 
 // localRuns lists the local run directories that a teardown of runID (""

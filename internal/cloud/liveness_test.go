@@ -150,6 +150,13 @@ func TestCleanupOnlyStaleRuns(t *testing.T) {
 	if want := []string{alive, unreachable, madeByHand, newRun}; !slices.Equal(local, want) {
 		t.Errorf("local runs %v, want %v", local, want)
 	}
+	// The runs cleaned up, local or not, stay known: a later
+	// dosvob-teardown --run of one of them is a success.
+	for _, r := range append(wantStale, foreignNew) {
+		if k, err := store.Known(r); err != nil || k != slices.Contains(wantStale, r) {
+			t.Errorf("run %s known %v (%v) after the cleanup", r, k, err)
+		}
+	}
 	b, err := os.ReadFile(runIDFile)
 	if err != nil || strings.TrimSpace(string(b)) != newRun {
 		t.Errorf("run id file: %q %v, want %s", b, err, newRun)

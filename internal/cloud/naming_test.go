@@ -317,3 +317,57 @@ func TestTeardownFlagsOf(t *testing.T) {
 		t.Errorf("flags %q, want %q", got, want)
 	}
 }
+
+// A run torn down from the state directory stays known there after its
+// directory is gone, recorded once; an id no run had is not known, and a
+// last line that a crash cut short costs no later record.
+func TestStoreKnown(t *testing.T) {
+	s, _ := OpenStore(filepath.Join(t.TempDir(), "state"))
+	a, b, c := "20260101-000000-aaaaaa", "20260102-000000-bbbbbb", "20260103-000000-cccccc"
+	known := func(id string) bool {
+		t.Helper()
+		k, err := s.Known(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	if known(a) {
+		t.Fatal("an empty store knows a run")
+	}
+	if err := s.Create(a); err != nil {
+		t.Fatal(err)
+	}
+	if !known(a) {
+		t.Fatal("a run with a directory is not known")
+	}
+	if err := s.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.RunDir(a)); !os.IsNotExist(err) {
+		t.Fatalf("run directory left: %v", err)
+	}
+	if !known(a) || known(b) {
+		t.Fatalf("after removing %s: known %v, %s known %v", a, known(a), b, known(b))
+	}
+	// A crash cut the next line short.
+	f, err := os.OpenFile(filepath.Join(s.Dir, "torn-down"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(b[:10])
+	f.Close()
+	if err := s.MarkTornDown(a, b, c, c); err != nil {
+		t.Fatal(err)
+	}
+	if !known(b) || !known(c) {
+		t.Fatal("runs recorded after a cut line are not known")
+	}
+	data, _ := os.ReadFile(filepath.Join(s.Dir, "torn-down"))
+	if want := a + "\n" + b[:10] + "\n" + b + "\n" + c + "\n"; string(data) != want {
+		t.Errorf("torn-down:\n%q\nwant\n%q", data, want)
+	}
+	if err := s.MarkTornDown("../etc"); err == nil {
+		t.Error("a bad run id was recorded")
+	}
+}

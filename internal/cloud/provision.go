@@ -336,13 +336,17 @@ func (p *Provisioner) cleanup(ctx context.Context, stale []RunView) error {
 	for _, r := range stale {
 		p.logf("cleaning up %s", r)
 		scope := Scope{RunID: r.ID, State: r.State}
-		if err := p.API.Teardown(ctx, scope, TeardownOptions{Logf: p.Logf, ActionWait: p.ActionWait}); err != nil {
+		err := p.API.Teardown(ctx, scope, TeardownOptions{Logf: p.Logf, ActionWait: p.ActionWait})
+		if err != nil {
 			return fmt.Errorf("cleaning up run %s: %w", r.ID, err)
 		}
 		if r.Local {
-			if err := p.Store.Remove(r.ID); err != nil {
-				return err
-			}
+			err = p.Store.Remove(r.ID)
+		} else {
+			err = p.Store.MarkTornDown(r.ID)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

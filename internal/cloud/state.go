@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -384,12 +386,91 @@ func (s *Store) Runs() ([]string, error) {
 	return ids, nil
 }
 
-// Remove deletes a run's directory: its state and its key files.
+// Remove records the run as torn down (MarkTornDown) and deletes its
+// directory: its state and its key files. Call it once the run's teardown
+// has succeeded.
 func (s *Store) Remove(id string) error {
-	if !ValidRunID(id) {
-		return fmt.Errorf("invalid run id %q", id)
+	if err := s.MarkTornDown(id); err != nil {
+		return err
 	}
 	return os.RemoveAll(s.RunDir(id))
+}
+
+// tornDownPath is the list of the runs torn down from this state
+// directory: one run id a line, appended to, never rewritten.
+func (s *Store) tornDownPath() string { return filepath.Join(s.Dir, "torn-down") }
+
+// MarkTornDown records that the runs ids were torn down, so that a later
+// teardown of one of them knows it for a run that existed and is gone (a
+// success), not an id that no run ever had (a mistyped one). A run is
+// recorded once; its line costs 23 bytes: a run every hour adds 200 KB a
+// year.
+func (s *Store) MarkTornDown(ids ...string) error {
+	recorded, err := s.tornDown()
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	if n := len(recorded); n > 0 && recorded[n-1] != "" {
+		b.WriteString("\n") // after a line that a crash cut short
+	}
+	start := b.Len()
+	for _, id := range ids {
+		if !ValidRunID(id) {
+			return fmt.Errorf("invalid run id %q", id)
+		}
+		if !slices.Contains(recorded, id) {
+			recorded = append(recorded, id)
+			b.WriteString(id + "\n")
+		}
+	}
+	if b.Len() == start {
+		return nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("state directory %q: %w", s.Dir, cliutil.PathCause(err))
+	}
+	f, err := os.OpenFile(s.tornDownPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(b.String()); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Known reports whether the state directory knows the run id: it has the
+// run's directory, or a record that the run was torn down.
+func (s *Store) Known(id string) (bool, error) {
+	if !ValidRunID(id) {
+		return false, nil
+	}
+	if _, err := os.Stat(s.RunDir(id)); err == nil {
+		return true, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	recorded, err := s.tornDown()
+	return slices.Contains(recorded, id), err
+}
+
+// tornDown returns the lines of the list of runs torn down. (A line cut
+// short by a crash matches no run id: harmless.)
+func (s *Store) tornDown() ([]string, error) {
+	data, err := os.ReadFile(s.tornDownPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(string(data), "\n"), nil
 }
 
 // WriteFileAtomic writes data to path through a temporary file and a

@@ -203,6 +203,9 @@ type TeardownOptions struct {
 	// ActionWait bounds one detach action, within DetachWait (default 5m).
 	ActionWait time.Duration
 	Logf       func(format string, args ...any)
+	// Found, if set, is called with what the teardown found, before it
+	// deletes anything.
+	Found func(inv *Inventory)
 }
 
 // Teardown deletes everything of the scope, in order: droplets; then, once
@@ -225,6 +228,9 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 	inv, err := a.Discover(ctx, scope)
 	if err != nil {
 		return err
+	}
+	if o.Found != nil {
+		o.Found(inv)
 	}
 	var errs []error
 	note := func(err error) {
