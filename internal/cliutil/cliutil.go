@@ -39,12 +39,14 @@ const (
 	ExitInterrupted = 130 // SIGINT or SIGTERM
 )
 
-// Error is an error that carries an exit code and an optional hint telling
-// the user what to do next.
+// Error is an error that carries an exit code, optional detail lines (one
+// for each item of a list that the message counts, say) and an optional
+// hint telling the user what to do next.
 type Error struct {
-	Code int
-	Err  error
-	Hint string
+	Code    int
+	Err     error
+	Details []string
+	Hint    string
 }
 
 func (e *Error) Error() string { return e.Err.Error() }
@@ -78,6 +80,20 @@ func WithHint(err error, hint string) error {
 		return &c
 	}
 	return &Error{Code: CodeOf(err), Err: err, Hint: hint}
+}
+
+// WithDetails attaches detail lines to err, keeping its exit code and
+// hint: Report prints each on a line of its own after the message.
+func WithDetails(err error, lines []string) error {
+	if err == nil {
+		return nil
+	}
+	if e, ok := err.(*Error); ok {
+		c := *e
+		c.Details = lines
+		return &c
+	}
+	return &Error{Code: CodeOf(err), Err: err, Details: lines}
 }
 
 // Usagef is Exitf(ExitUsage, ...): for bad flags, arguments and config.
@@ -114,14 +130,30 @@ func HintOf(err error) string {
 	return ""
 }
 
+// DetailsOf returns the first detail lines in err's chain, or nil.
+func DetailsOf(err error) []string {
+	var e *Error
+	for errors.As(err, &e) {
+		if len(e.Details) > 0 {
+			return e.Details
+		}
+		err = e.Err
+	}
+	return nil
+}
+
 // Report writes err to w in dosvob's style: "name: message" on one line
-// (a message of several lines, as some libraries write them, is joined)
-// and, when the error has one, "name: hint: ..." on the next line.
+// (a message of several lines, as some libraries write them, is joined),
+// "name: detail" for each of its detail lines, and, when the error has
+// one, "name: hint: ..." last.
 func Report(w io.Writer, name string, err error) {
 	if err == nil {
 		return
 	}
 	fmt.Fprintf(w, "%s: %s\n", name, oneLine(err.Error()))
+	for _, d := range DetailsOf(err) {
+		fmt.Fprintf(w, "%s: %s\n", name, oneLine(d))
+	}
 	if h := HintOf(err); h != "" {
 		fmt.Fprintf(w, "%s: hint: %s\n", name, oneLine(h))
 	}

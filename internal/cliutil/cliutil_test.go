@@ -52,6 +52,20 @@ func TestReport(t *testing.T) {
 	}
 }
 
+// Detail lines come between the message and the hint, each a line of its
+// own with the command's name, whichever is attached first, and a wrapped
+// error keeps them.
+func TestReportDetails(t *testing.T) {
+	err := WithDetails(WithHint(Exitf(ExitIncomplete, "2 left"), "run it again"), []string{"left: a: why", "left: b:\nwhy"})
+	err = fmt.Errorf("tearing down: %w", err)
+	var b bytes.Buffer
+	Report(&b, "dosvob-x", err)
+	want := "dosvob-x: tearing down: 2 left\ndosvob-x: left: a: why\ndosvob-x: left: b: why\ndosvob-x: hint: run it again\n"
+	if b.String() != want || CodeOf(err) != ExitIncomplete {
+		t.Fatalf("got %q (exit %d), want %q (exit 8)", b.String(), CodeOf(err), want)
+	}
+}
+
 // A message of several lines (yaml.v3 writes them) is still one line.
 func TestReportOneLine(t *testing.T) {
 	var b bytes.Buffer

@@ -124,6 +124,23 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string { return e.Op + ": " + e.Err.Error() }
+
+// Reason says why the call failed without its Op, and DigitalOcean's
+// answer without the method and URL, for a line that names the resource
+// already: "giving up after 8 attempts: 500 Server Error (request
+// \"4e2c...\")".
+func (e *APIError) Reason() string {
+	why := e.Err.Error()
+	var er *godo.ErrorResponse
+	if errors.As(e.Err, &er) && er.Response != nil {
+		short := fmt.Sprintf("%d %s", er.Response.StatusCode, er.Message)
+		if er.RequestID != "" {
+			short += fmt.Sprintf(" (request %q)", er.RequestID)
+		}
+		why = strings.Replace(why, er.Error(), short, 1)
+	}
+	return why
+}
 func (e *APIError) Unwrap() error { return e.Err }
 
 // IsNotFound reports a 404 from the API.

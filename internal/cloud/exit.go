@@ -32,10 +32,14 @@ func ExitError(err error, token string, teardown ...string) error {
 		run   *RunError
 	)
 	hint := ""
+	var details []string
 	if errors.As(err, &run) && !run.TornDown {
 		hint = fmt.Sprintf("delete what the run left with: %s --run %s", TeardownCommand(teardown), run.RunID)
 		if run.Teardown != nil {
 			err = fmt.Errorf("%w; tearing it down failed too: %v", err, Scrub(run.Teardown, token))
+			if errors.As(run.Teardown, &inc) {
+				details = inc.Lines()
+			}
 		}
 	}
 	code := cliutil.ExitFailure
@@ -57,8 +61,13 @@ func ExitError(err error, token string, teardown ...string) error {
 		code = cliutil.ExitRefused
 	case errors.As(err, &inc):
 		code = cliutil.ExitIncomplete
+		details = inc.Lines()
 		if hint == "" {
-			hint = fmt.Sprintf("run %s --run ID for the run the message names until it exits 0; what is left costs money", TeardownCommand(teardown))
+			again := "--all"
+			if inc.RunID != "" {
+				again = "--run " + inc.RunID
+			}
+			hint = fmt.Sprintf("run %s %s until it exits 0; what is left costs money", TeardownCommand(teardown), again)
 		}
 	case errors.Is(err, ErrSnapshotRateLimited):
 		code = cliutil.ExitAPI
@@ -72,6 +81,12 @@ func ExitError(err error, token string, teardown ...string) error {
 		}
 	}
 	out := cliutil.Exit(code, err)
+	if len(details) > 0 {
+		for i, d := range details {
+			details[i] = Scrub(errors.New(d), token).Error()
+		}
+		out = cliutil.WithDetails(out, details)
+	}
 	if hint != "" {
 		out = cliutil.WithHint(out, hint)
 	}

@@ -371,3 +371,42 @@ func TestStoreKnown(t *testing.T) {
 		t.Error("a bad run id was recorded")
 	}
 }
+
+// What a teardown left is reported one resource a line, whether the
+// teardown was dosvob-teardown's (exit 8; the hint names the command that
+// finishes it) or a failed provision's own (the run's error keeps its
+// exit code and hint).
+func TestIncompleteDetails(t *testing.T) {
+	const run = "20260101-000000-abcdef"
+	left := []Resource{
+		{Kind: "volume", ID: "v-1", Name: CopyName(run, 0), Region: "fra1", Note: "delete failed: 500 Server Error"},
+		{Kind: "ssh_key", ID: "7", Name: KeyName(run), Note: "delete failed: 503 " + testToken},
+	}
+	lines := []string{
+		"left: volume " + CopyName(run, 0) + " (v-1) in fra1: delete failed: 500 Server Error",
+		"left: ssh_key " + KeyName(run) + " (7): delete failed: 503 [redacted]",
+	}
+	for _, c := range []struct {
+		err     error
+		code    int
+		msg     string
+		details []string
+		hint    string
+	}{
+		{&IncompleteError{RunID: run, Left: left}, 8, "teardown incomplete: 2 resources of run " + run + " left", lines,
+			"run dosvob-teardown --state-dir /s --run " + run + " until it exits 0; what is left costs money"},
+		{&IncompleteError{Left: left[:1]}, 8, "teardown incomplete: 1 dosvob resource left", lines[:1],
+			"run dosvob-teardown --state-dir /s --all until it exits 0; what is left costs money"},
+		{&RunError{RunID: run, Err: &APIError{Op: "create droplet", Status: 500, Err: errors.New("boom")}, Teardown: &IncompleteError{RunID: run, Left: left}}, 7,
+			"run " + run + ": create droplet: boom; tearing it down failed too: teardown incomplete: 2 resources of run " + run + " left", lines,
+			"delete what the run left with: dosvob-teardown --state-dir /s --run " + run},
+	} {
+		err := ExitError(c.err, testToken, "--state-dir", "/s")
+		if got := cliutil.DetailsOf(err); !slices.Equal(got, c.details) {
+			t.Errorf("%v: details %q\nwant %q", c.err, got, c.details)
+		}
+		if err.Error() != c.msg || cliutil.HintOf(err) != c.hint || cliutil.CodeOf(err) != c.code {
+			t.Errorf("got %q, hint %q, exit %d\nwant %q, hint %q, exit %d", err, cliutil.HintOf(err), cliutil.CodeOf(err), c.msg, c.hint, c.code)
+		}
+	}
+}

@@ -179,19 +179,33 @@ func (a *API) Discover(ctx context.Context, scope Scope) (*Inventory, error) {
 	return inv, nil
 }
 
-// IncompleteError lists what a teardown could not remove.
+// IncompleteError lists what a teardown could not remove. Its message is
+// one line; Lines has one more for each resource left, with why.
 type IncompleteError struct {
-	Left []Resource
+	// RunID is the run torn down, "" for every dosvob resource.
+	RunID string
+	Left  []Resource
 }
 
 func (e *IncompleteError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "teardown incomplete: %d resource(s) left", len(e.Left))
-	for _, r := range e.Left {
-		b.WriteString("\n  ")
-		b.WriteString(r.String())
+	what := "dosvob resource"
+	if e.RunID != "" {
+		what = "resource of run " + e.RunID
 	}
-	return b.String()
+	if len(e.Left) != 1 {
+		what = strings.Replace(what, "resource", "resources", 1)
+	}
+	return fmt.Sprintf("teardown incomplete: %d %s left", len(e.Left), what)
+}
+
+// Lines says, one line each, what is left and why: "left: volume
+// dosvob-ephemeral-... (id) in fra1: delete failed: ...".
+func (e *IncompleteError) Lines() []string {
+	lines := make([]string, len(e.Left))
+	for i, r := range e.Left {
+		lines[i] = "left: " + r.String()
+	}
+	return lines
 }
 
 // TeardownOptions tune a teardown.
@@ -232,11 +246,22 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 	if o.Found != nil {
 		o.Found(inv)
 	}
+	// What failed, by resource ("volume ID"): the why of what is left.
 	var errs []error
-	note := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
+	failed := map[string][]string{}
+	tried := map[string]bool{}
+	note := func(r Resource, what string, err error) {
+		tried[r.Kind+" "+r.ID] = true
+		if err == nil {
+			return
 		}
+		errs = append(errs, err)
+		why := err.Error()
+		var ae *APIError
+		if errors.As(err, &ae) {
+			why = ae.Reason()
+		}
+		failed[r.Kind+" "+r.ID] = append(failed[r.Kind+" "+r.ID], what+" failed: "+why)
 	}
 
 	// The droplets of the scope: those found, and those its state names
@@ -257,7 +282,7 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 		fmt.Sscan(d.ID, &id)
 		ours[id] = true
 		logf("deleting %s", d)
-		note(a.DeleteDroplet(ctx, id))
+		note(d, "delete", a.DeleteDroplet(ctx, id))
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -296,7 +321,7 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 				logf("volume %s still attached to deleted droplet %d: detaching it", v.Name, did)
 				wait := min(o.ActionWait, time.Until(deadline))
 				if err := a.Detach(ctx, v.ID, did, max(wait, time.Second)); err != nil && !IsNotFound(err) {
-					note(err)
+					note(v, fmt.Sprintf("detach from droplet %d", did), err)
 				}
 			}
 		}
@@ -312,17 +337,17 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 			continue
 		}
 		logf("deleting %s", v)
-		note(a.DeleteVolume(ctx, v.ID))
+		note(v, "delete", a.DeleteVolume(ctx, v.ID))
 	}
 	for _, s := range inv.Snapshots {
 		logf("deleting %s", s)
-		note(a.DeleteSnapshot(ctx, s.ID))
+		note(s, "delete", a.DeleteSnapshot(ctx, s.ID))
 	}
 	for _, k := range inv.Keys {
 		var id int
 		fmt.Sscan(k.ID, &id)
 		logf("deleting %s", k)
-		note(a.DeleteKey(ctx, id))
+		note(k, "delete", a.DeleteKey(ctx, id))
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -344,16 +369,25 @@ func (a *API) Teardown(ctx context.Context, scope Scope, o TeardownOptions) erro
 		rest = append(rest, r)
 	}
 	if len(rest) > 0 {
-		for i := range rest {
-			if rest[i].Note == "" && len(rest[i].AttachedTo) > 0 {
-				rest[i].Note = fmt.Sprintf("attached to droplet(s) %v", rest[i].AttachedTo)
+		for i, r := range rest {
+			key := r.Kind + " " + r.ID
+			var why []string
+			if r.Note != "" {
+				why = append(why, r.Note)
+			} else if len(r.AttachedTo) > 0 {
+				why = append(why, fmt.Sprintf("attached to droplet(s) %v", r.AttachedTo))
 			}
+			why = append(why, failed[key]...)
+			if len(why) == 0 {
+				if tried[key] {
+					why = append(why, "still there after its delete was accepted")
+				} else {
+					why = append(why, "appeared during the teardown")
+				}
+			}
+			rest[i].Note = strings.Join(why, "; ")
 		}
-		ie := &IncompleteError{Left: rest}
-		if len(errs) > 0 {
-			return fmt.Errorf("%w\nlast error: %v", ie, errs[len(errs)-1])
-		}
-		return ie
+		return &IncompleteError{RunID: scope.RunID, Left: rest}
 	}
 	if len(errs) > 0 {
 		logf("finished despite errors on the way: %v", errors.Join(errs...))
