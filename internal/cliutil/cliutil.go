@@ -68,13 +68,13 @@ func Exitf(code int, format string, args ...any) error {
 	return &Error{Code: code, Err: fmt.Errorf(format, args...)}
 }
 
-// WithHint attaches a hint line to err, keeping its exit code.
+// WithHint attaches a hint line to err, keeping its exit code (and its
+// text: an *Error wrapped in another error is not unwrapped).
 func WithHint(err error, hint string) error {
 	if err == nil {
 		return nil
 	}
-	var e *Error
-	if errors.As(err, &e) {
+	if e, ok := err.(*Error); ok {
 		c := *e
 		c.Hint = hint
 		return &c

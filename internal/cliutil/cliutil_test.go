@@ -66,6 +66,17 @@ func TestReportDetails(t *testing.T) {
 	}
 }
 
+// A hint given to a wrapped error keeps the wrapping text, and the exit
+// code within.
+func TestWithHintWrapped(t *testing.T) {
+	err := WithHint(fmt.Errorf("state directory: %w", Usagef("bad %q", "x")), "fix it")
+	var b bytes.Buffer
+	Report(&b, "dosvob-x", err)
+	if want := "dosvob-x: state directory: bad \"x\"\ndosvob-x: hint: fix it\n"; b.String() != want || CodeOf(err) != ExitUsage {
+		t.Fatalf("got %q (exit %d), want %q (exit 2)", b.String(), CodeOf(err), want)
+	}
+}
+
 // A message of several lines (yaml.v3 writes them) is still one line.
 func TestReportOneLine(t *testing.T) {
 	var b bytes.Buffer
