@@ -123,6 +123,10 @@ func run(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return cliutil.Usagef("unexpected argument %q", c.Args().Get(1))
 	}
+	if d := c.Duration("detach-wait"); c.IsSet("detach-wait") && d <= 0 {
+		// 0 would be taken for the default of 5m.
+		return cliutil.Usagef("--detach-wait %q: want a positive duration", d.String())
+	}
 	var token string
 	lg := logger{token: &token}
 	// The flags of the dosvob-teardown that a hint tells to run again.
