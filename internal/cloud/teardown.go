@@ -101,9 +101,9 @@ func (s Scope) matches(name string, tags []string) bool {
 	return s.RunID == "" || HasTag(tags, RunTag(s.RunID))
 }
 
-// Discover lists what exists of the scope. A resource counts only when it
-// carries both marks (see IsOurs); a restore's kept volume is listed, as
-// Kept, only when the run's state names it.
+// Discover lists what exists of the scope, each kind by name. A resource
+// counts only when it carries both marks (see IsOurs); a restore's kept
+// volume is listed, as Kept, only when the run's state names it.
 func (a *API) Discover(ctx context.Context, scope Scope) (*Inventory, error) {
 	inv := &Inventory{}
 	tag := Tag
@@ -175,6 +175,10 @@ func (a *API) Discover(ctx context.Context, scope Scope) (*Inventory, error) {
 			continue
 		}
 		inv.Keys = append(inv.Keys, Resource{Kind: "ssh_key", ID: fmt.Sprint(k.ID), Name: k.Name, RunID: KeyRunID(k.Name)})
+	}
+	// By name: what is listed (left, or to delete) reads in a stable order.
+	for _, rs := range [][]Resource{inv.Droplets, inv.Volumes, inv.Snapshots, inv.Keys} {
+		slices.SortStableFunc(rs, func(a, b Resource) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return inv, nil
 }
