@@ -40,7 +40,8 @@ on the backup disk, not its mount point (which exists when the disk is not
 mounted), and a disk that is not mounted stops the run (docs/OPERATIONS.md).
 One run: clean up what earlier, killed runs left (never a run that is
 still going: see docs/OPERATIONS.md; their work directories in $TMPDIR
-too), snapshot and copy the volumes and start a temporary droplet per region
+too, and those that runs whose teardown failed kept there), snapshot and
+copy the volumes and start a temporary droplet per region
 (dosvob-provision), sync each volume over ssh with the droplet's pinned host
 key (dosvob-hash | ssh ... dosvob-hash --delta | dosvob-patch), then delete
 every temporary resource (dosvob-teardown), on every exit path.
@@ -91,8 +92,10 @@ Exit codes:
        6: its message says which lock, or which earlier run's leftovers)
   7    provisioning failed (nothing was synced; what it made is deleted),
        also when dosvob-provision exited 2 or 6 after its run had begun
-  8    teardown left temporary resources behind (they cost money: run
-       the dosvob-teardown --run ID that the log names)
+  8    teardown left temporary resources behind (they cost money): the
+       work directory is kept, and the next backup-all.sh or restore.sh
+       run tries again; or run the dosvob-teardown --run ID that the log
+       names
   130  interrupted by SIGINT, SIGTERM, SIGHUP (a terminal that hung up) or
        SIGPIPE (a reader of its output that quit): the syncs were stopped,
        teardown ran, the hook and the failure ping were told
@@ -367,7 +370,14 @@ on_exit() {
 		ping "$ping_failure" "$summary_file"
 		run_hook failure "$code"
 	fi
-	rm -rf -- "$work"
+	# After a failed teardown the work directory stays, so that the next
+	# run of either script tears the run down at once (a restore.sh too,
+	# which gives no --cleanup-stale); its lines come last.
+	if [[ "$teardown_failed" -eq 1 ]]; then
+		keep_work_dir "$work"
+	else
+		rm -rf -- "$work"
+	fi
 	exit "$code"
 }
 

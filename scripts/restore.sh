@@ -73,8 +73,9 @@ Options:
                           else /tmp); with --version it must have room for
                           the version, up to the image's size (less where
                           the version is zeros); no room exits 1. Work
-                          directories that killed runs left there are
-                          removed
+                          directories that killed runs left there, or that
+                          runs whose teardown failed kept, are removed
+                          once their runs are torn down
       --ssh PROGRAM       ssh client to run (default: ssh)
   -h, --help              show this help
 
@@ -98,8 +99,10 @@ Exit codes:
   7    provisioning failed (what it created was deleted again; the new
        volume, if made, is kept), also when dosvob-provision exited 2, 4
        or 6 after its run had begun
-  8    teardown left temporary resources behind (run the dosvob-teardown
-       --run ID that the log names)
+  8    teardown left temporary resources behind: the work directory is
+       kept, and the next backup-all.sh or restore.sh run with the same
+       --tmp-dir tries again; or run the dosvob-teardown --run ID that
+       the log names
   130  interrupted by SIGINT, SIGTERM, SIGHUP (a terminal that hung up) or
        SIGPIPE (a reader of its output that quit); stopped while writing,
        the new volume is kept but incomplete, and a line says so: delete it
@@ -277,14 +280,22 @@ on_exit() {
 	ignore_stop_signals
 	set +e
 	do_teardown
-	rm -rf -- "$work"
+	if [[ "$teardown_failed" -eq 0 ]]; then
+		rm -rf -- "$work"
+	fi
 	if [[ "$writing" -eq 1 ]]; then
 		# Stopped while the pipe wrote the volume (a signal, an untrapped
-		# one too): last, so that it is the line the user sees.
+		# one too): last but for a failed teardown's lines, so that it is
+		# seen.
 		log "the restore was stopped while writing: the new volume $new_volume is kept but incomplete"
 		log "hint: $incomplete_hint"
 	fi
 	if [[ "$teardown_failed" -eq 1 ]]; then
+		# The work directory stays for the next run, which tears the run
+		# down at once; so does the owner lock in it, without whose file
+		# --cleanup-stale could not tell the run dead for 48 hours. Its
+		# lines come last.
+		keep_work_dir "$work"
 		rc=$EXIT_TEARDOWN
 	elif [[ "$interrupted" -eq 1 ]]; then
 		rc=$EXIT_INTERRUPTED

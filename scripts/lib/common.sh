@@ -202,7 +202,8 @@ ssh_opts_for() {
 	)
 }
 
-# remote_cmd ARG...: print the arguments quoted for the remote shell.
+# remote_cmd ARG...: print the arguments quoted for the remote shell (or
+# for the user's, in a hint).
 remote_cmd() {
 	local out="" a
 	for a in "$@"; do
@@ -251,8 +252,8 @@ started_run_id() {
 # DONE and PARTIAL are the log lines of the two cases, RUN_ID standing for
 # the run id; OK, unless empty, is logged when the teardown succeeds. ARGs
 # go to dosvob-teardown ($teardown), which holds the work directory's lock
-# (fd 7, as fd 6) while it runs. Returns 1 when the teardown failed, logged
-# with the command that finishes the job.
+# (fd 7, as fd 6) while it runs. Returns 1 when the teardown failed, logged;
+# ID_FILE then names the run, for keep_work_dir.
 teardown_run() {
 	local json=$1 id_file=$2 done_msg=$3 partial_msg=$4 ok_msg=$5 rc=0 pid="" run_id=""
 	shift 5
@@ -270,7 +271,9 @@ teardown_run() {
 	wait "$pid" || rc=$?
 	if [[ "$rc" -ne 0 ]]; then
 		log "teardown failed (dosvob-teardown exit $rc): temporary resources may be left and cost money"
-		log "hint: run dosvob-teardown --run $run_id${config:+ --config $config} until it exits 0"
+		if [[ ! -s "$id_file" ]]; then
+			printf '%s\n' "$run_id" >"$id_file"
+		fi
 		return 1
 	fi
 	if [[ -n "$ok_msg" ]]; then
@@ -298,9 +301,35 @@ make_work_dir() {
 	: >"$dir_ref/.locked"
 }
 
+# keep_work_dir DIR: at the exit of a script whose teardown of its run
+# failed, keep its work directory DIR instead of removing it: the next run
+# of either script (clean_dead_work_dirs) tears the run down at once, then
+# removes it. It keeps only what that needs: the marker .locked, run-id,
+# teardown.args and, when restore.sh made it there, owner.lock, the run's
+# owner lock, whose file must stay so that dosvob-provision --cleanup-stale
+# of any run sees the run dead at once instead of after 48 hours. The marker
+# teardown-failed says why it was kept. Nothing secret is kept: the token is
+# never written to a work directory, and the run's private key is in its
+# state directory, which its successful teardown deletes. The last lines say
+# where it is and the command that tears the run down now.
+keep_work_dir() {
+	local d=$1 id args=()
+	if ! id=$(started_run_id "$d/run-id") || [[ ! -f "$d/teardown.args" ]]; then
+		rm -rf -- "$d"
+		return 0
+	fi
+	find "$d" -mindepth 1 -maxdepth 1 ! -name .locked ! -name run-id ! -name teardown.args \
+		! -name owner.lock -exec rm -rf -- {} +
+	: >"$d/teardown-failed"
+	mapfile -d '' -t args <"$d/teardown.args"
+	log "kept the work directory $d for run $id: the next backup-all.sh or restore.sh run with its work directories in ${d%/*} tries the teardown again, then removes it"
+	log "hint: or tear the run down now (until it exits 0): $(remote_cmd dosvob-teardown "${args[@]:1}" --run "$id")"
+}
+
 # clean_dead_work_dirs BASE: remove the work directories (of backup-all.sh
 # and restore.sh) in BASE that runs left when they were killed (SIGKILL, a
-# crash): this user's, with the .locked marker, whose lock no process holds.
+# crash) or kept when their teardown failed (keep_work_dir): this user's,
+# with the .locked marker, whose lock no process holds.
 # One that names a run (its run-id file) is first torn down by that run's
 # id, with the arguments its teardown.args recorded, and stays when that
 # fails: the directory may hold the run's owner lock (restore.sh's
@@ -309,7 +338,7 @@ make_work_dir() {
 # directory is locked and stays; so does one without the marker (being
 # made, or made by an older release). Says what it did.
 clean_dead_work_dirs() {
-	local base=$1 d fd rc id
+	local base=$1 d fd rc id why
 	for d in "$base"/dosvob-backup.?????? "$base"/dosvob-restore.??????; do
 		[[ -d "$d" && ! -L "$d" && -O "$d" && -f "$d/.locked" ]] || continue
 		{ exec {fd}<"$d"; } 2>/dev/null || continue
@@ -318,25 +347,30 @@ clean_dead_work_dirs() {
 			continue
 		fi
 		rc=0
+		why="that was killed"
+		if [[ -f "$d/teardown-failed" ]]; then
+			why="whose teardown failed"
+		fi
 		if id=$(started_run_id "$d/run-id") && [[ -f "$d/teardown.args" ]]; then
-			teardown_dead_run "$d" "$id" || rc=$?
+			teardown_dead_run "$d" "$id" "$why" || rc=$?
 		fi
 		if [[ "$rc" -ne 0 ]]; then
-			warn "kept $d, the work directory of an earlier run that was killed: the teardown of its run $id failed (dosvob-teardown exit $rc); the next run tries again"
+			warn "kept $d, the work directory of an earlier run $why: the teardown of its run $id failed (dosvob-teardown exit $rc); the next run tries again"
 		elif rm -rf -- "$d" 2>/dev/null; then
-			log "removed $d, the work directory of an earlier run that was killed"
+			log "removed $d, the work directory of an earlier run $why"
 		else
-			warn "could not remove $d, the work directory of an earlier run that was killed"
+			warn "could not remove $d, the work directory of an earlier run $why"
 		fi
 		exec {fd}<&-
 	done
 }
 
-# teardown_dead_run DIR ID: tear down run ID of the dead work directory DIR
-# with the directory and arguments that DIR/teardown.args recorded.
+# teardown_dead_run DIR ID WHY: tear down run ID of the dead work directory
+# DIR (left by an earlier run WHY) with the directory and arguments that
+# DIR/teardown.args recorded.
 teardown_dead_run() {
-	local d=$1 id=$2 args=()
+	local d=$1 id=$2 why=$3 args=()
 	mapfile -d '' -t args <"$d/teardown.args"
-	log "tearing down run $id, left by an earlier run that was killed (its work directory $d)"
+	log "tearing down run $id, left by an earlier run $why (its work directory $d)"
 	(cd -- "${args[0]}" && with_token "$teardown" "${args[@]:1}" --run "$id") </dev/null 9>&-
 }
