@@ -231,7 +231,7 @@ func action(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 // store's hash cache when it offers a fresh one (no read of the image at
 // all), by reading the image otherwise.
 func sign(ctx context.Context, path string, blockSize uint32, noCache bool, stdout io.Writer, o output, opts blocksync.Options) error {
-	s, err := imagestore.Open(path, imagestore.Options{Logf: o.logf})
+	s, err := imagestore.Open(path, imagestore.Options{Backup: true, Logf: o.logf})
 	if err != nil {
 		return storeErr(err, path)
 	}

@@ -244,7 +244,7 @@ func cmdMkbackup(ts *testscript.TestScript, neg bool, args []string) {
 	var sig, delta bytes.Buffer
 	ts.Check(sign(ctx, img, 4096, false, &sig, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
 	ts.Check(deltaRun(ctx, dev, &sig, &delta, quiet, blocksync.Options{Counters: new(blocksync.Counters)}))
-	s, err := imagestore.Open(img, imagestore.Options{Writer: true})
+	s, err := imagestore.Open(img, imagestore.Options{Writer: true, Backup: true})
 	ts.Check(err)
 	defer s.Close()
 	_, err = s.Patch(ctx, &delta, imagestore.PatchOptions{})

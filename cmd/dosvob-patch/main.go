@@ -198,7 +198,7 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 	}
 	logf := func(f string, a ...any) { fmt.Fprintf(stderr, name+": "+f+"\n", a...) }
 
-	s, err := imagestore.Open(img, imagestore.Options{Writer: true, Logf: logf})
+	s, err := imagestore.Open(img, imagestore.Options{Writer: true, Backup: true, Logf: logf})
 	if err != nil {
 		return mapErr(err, img)
 	}

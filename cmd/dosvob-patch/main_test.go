@@ -135,7 +135,7 @@ var deltaVersion uint16 = format.Version
 // dosvob-hash does, from the store's hash cache when it offers one) and
 // returns the delta stream that turns it into dev.
 func makeDelta(img string, dev []byte, bs uint32) ([]byte, error) {
-	s, err := imagestore.Open(img, imagestore.Options{})
+	s, err := imagestore.Open(img, imagestore.Options{Backup: true})
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,7 @@
 // The two ends of the pipe use it like this:
 //
 //	// dosvob-hash IMAGE
-//	s, err := imagestore.Open(path, imagestore.Options{Logf: logf}) // recovers first; creates nothing
+//	s, err := imagestore.Open(path, imagestore.Options{Backup: true, Logf: logf}) // recovers first; creates nothing
 //	r, size, err := s.Content()         // the image, or the partial image
 //	cache, why := s.HashCache()         // per-block hashes to sign from, or nil and why not
 //	g, err := s.BeginSigning(hdr)       // before the signature header; makes IMAGE.dosvob/ if missing
@@ -23,8 +23,12 @@
 //	g.Finish(sigWriter.Digest())        // before the signature trailer
 //
 //	// dosvob-patch IMAGE
-//	s, err := imagestore.Open(path, imagestore.Options{Writer: true, Logf: logf})
+//	s, err := imagestore.Open(path, imagestore.Options{Writer: true, Backup: true, Logf: logf})
 //	res, err := s.Patch(ctx, stdin, imagestore.PatchOptions{...})
+//
+// A command that only reads (the scrub, versions, restore-version, the
+// --delta IMAGE of a restore) opens without Backup: it still finishes or
+// undoes an interrupted run, but deletes nothing of the image's history.
 //
 // Open, Begin and friends return errors wrapping the sentinels ErrLocked,
 // ErrNotOurs, ErrOtherVolume, ErrUnknownVersion, ErrStateDamaged, ErrBase, ErrCorrupt,

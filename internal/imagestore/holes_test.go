@@ -39,7 +39,7 @@ func TestNeighbouringZeroBlocksOneHole(t *testing.T) {
 	defer func(b int) { batchBytes = b }(batchBytes)
 	batchBytes = 64 * 50
 	fs := &dropFS{inner: newOSFS(), limit: 1 << 30}
-	s, err := Open(img, Options{Writer: true, fs: fs})
+	s, err := Open(img, Options{Writer: true, Backup: true, fs: fs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestNeighbouringZeroBlocksOneHole(t *testing.T) {
 
 	delta, _ = makeDelta(t, img, dev, testBS)
 	fs = &dropFS{inner: newOSFS(), limit: 1 << 30}
-	s, err = Open(img, Options{Writer: true, fs: fs})
+	s, err = Open(img, Options{Writer: true, Backup: true, fs: fs})
 	if err != nil {
 		t.Fatal(err)
 	}

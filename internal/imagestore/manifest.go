@@ -152,6 +152,12 @@ type Manifest struct {
 	ImageMtime int64     `json:"image_mtime_ns"`
 	LastRun    RunStats  `json:"last_run"`
 	Versions   []Version `json:"versions"`
+	// Pruned names the files in versions/ that the commit of this manifest
+	// dropped from Versions (beyond Keep) and deletes right after its
+	// commit point. A crash in between leaves them, and only this record
+	// tells the next backup run that they are leftovers: a version file
+	// that no manifest lists is otherwise kept (it may be an old backup).
+	Pruned []string `json:"pruned,omitempty"`
 }
 
 // ErrUnknownVersion reports a manifest or journal written by a dosvob that

@@ -30,7 +30,7 @@ type deltaStats struct {
 // delta stream that turns it into dev.
 func makeDelta(t testing.TB, img string, dev []byte, bs uint32) ([]byte, deltaStats) {
 	t.Helper()
-	s, err := Open(img, Options{Logf: t.Logf})
+	s, err := Open(img, Options{Backup: true, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("open for signing: %v", err)
 	}
@@ -161,7 +161,7 @@ func deviceDigest(version uint16, bs uint32, b []byte) uint64 {
 // patch applies delta to img in-process.
 func patch(t testing.TB, img string, delta []byte, opts PatchOptions) (*Result, error) {
 	t.Helper()
-	s, err := Open(img, Options{Writer: true, Logf: t.Logf})
+	s, err := Open(img, Options{Writer: true, Backup: true, Logf: t.Logf})
 	if err != nil {
 		return nil, err
 	}

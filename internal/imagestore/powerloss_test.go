@@ -115,7 +115,7 @@ func TestPowerLoss(t *testing.T) {
 			copyTree(t, tmpl, run)
 			rimg := filepath.Join(run, "vol.img")
 			counter := &dropFS{inner: newOSFS(), limit: 1 << 30}
-			s, err := Open(rimg, Options{Writer: true, fs: counter})
+			s, err := Open(rimg, Options{Writer: true, Backup: true, fs: counter})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -139,7 +139,7 @@ func TestPowerLoss(t *testing.T) {
 				}
 				copyTree(t, tmpl, run)
 				dfs := &dropFS{inner: newOSFS(), limit: cut, lossy: lossy, rnd: rand.New(rand.NewPCG(uint64(k), 5))}
-				s, err := Open(rimg, Options{Writer: true, fs: dfs})
+				s, err := Open(rimg, Options{Writer: true, Backup: true, fs: dfs})
 				if err == nil {
 					s.Patch(ctx, bytes.NewReader(delta), PatchOptions{TxOptions: TxOptions{Keep: -1}})
 					s.Close()
@@ -169,10 +169,21 @@ func TestPowerLoss(t *testing.T) {
 				if err == nil && checkCache(t, rimg) {
 					cached++
 				}
+				done := err == nil && bytes.Equal(got, c.new)
+				// The recovery above deleted nothing of the history (it
+				// may have been a scrub's); the next backup run's sweep
+				// leaves exactly the version files the manifest lists:
+				// whatever the cut left in versions/ is known for a leftover.
+				if s, err = Open(rimg, Options{Writer: true, Backup: true, Logf: t.Logf}); err != nil {
+					t.Fatalf("k=%d: open for the next run: %v", k, err)
+				}
+				s.Close()
+				if extra, missing := versionFiles(t, rimg); len(extra)+len(missing) > 0 {
+					t.Fatalf("k=%d: versions/ has %q that the manifest does not list, lacks %q that it does", k, extra, missing)
+				}
 				// The next run completes the backup. After a change
 				// outside dosvob, the run that committed kept what the
 				// image held as its newest version.
-				done := err == nil && bytes.Equal(got, c.new)
 				if c.outside != nil && done {
 					restoreWant(t, rimg, "latest", c.old)
 				}
@@ -242,7 +253,7 @@ func TestCommitNotDurable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(img, Options{Writer: true, Logf: t.Logf, fs: &renamedUnsynced{fsys: newOSFS()}})
+	s, err := Open(img, Options{Writer: true, Backup: true, Logf: t.Logf, fs: &renamedUnsynced{fsys: newOSFS()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,4 +294,32 @@ func TestCommitNotDurable(t *testing.T) {
 		t.Fatalf("scrub: %+v, %v", rep, err)
 	}
 	syncTo(t, img, mutate(r, dev, 3), PatchOptions{})
+}
+
+// versionFiles compares versions/ of img with its manifest (none: no
+// version): the files that it does not list, and the listed files that are
+// missing.
+func versionFiles(t *testing.T, img string) (extra, missing []string) {
+	t.Helper()
+	m, err := readManifest(StateDir(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m == nil {
+		m = &Manifest{} // a first backup that did not commit
+	}
+	listed := map[string]bool{}
+	for _, v := range m.Versions {
+		listed[v.File] = true
+		if !exists(filepath.Join(StateDir(img), versionsDir, v.File)) {
+			missing = append(missing, v.File)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(StateDir(img), versionsDir))
+	for _, e := range ents {
+		if !listed[e.Name()] {
+			extra = append(extra, e.Name())
+		}
+	}
+	return extra, missing
 }

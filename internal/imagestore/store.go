@@ -1,6 +1,7 @@
 package imagestore
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -64,6 +66,14 @@ type Options struct {
 	// there is nothing to lock: Begin takes the lock once dosvob-hash has
 	// made the directory.
 	Writer bool
+	// Backup marks the Store of a backup run (dosvob-hash IMAGE,
+	// dosvob-patch IMAGE). Only such a Store sweeps up what earlier runs
+	// left behind (sweep), and even it deletes no version file that is not
+	// provably a leftover. Every other Store (a scrub, versions,
+	// restore-version, the --delta IMAGE of a restore) deletes and renames
+	// nothing of the image's history: it still finishes or undoes an
+	// interrupted run, which the image must be for anything to read it.
+	Backup bool
 	// StateWait bounds the wait for the state lock (default 5 minutes: it
 	// is held for milliseconds, except while a recovery rolls back a
 	// large run).
@@ -360,7 +370,7 @@ func (s *Store) committedPartial() *Manifest {
 // lock.
 func (s *Store) recover() error {
 	if !s.needsRecovery() {
-		if s.writer != nil {
+		if s.writer != nil && s.opts.Backup {
 			s.sweep()
 		}
 		return nil
@@ -390,7 +400,9 @@ func (s *Store) recover() error {
 			return err
 		}
 	}
-	s.sweep()
+	if s.opts.Backup {
+		s.sweep()
+	}
 	return nil
 }
 
@@ -530,11 +542,12 @@ func (s *Store) removeDurably(name string) error {
 }
 
 // sweep removes leftovers no committed state refers to: temporary files,
-// signing records of other content, per-block hash files and versions the
-// manifest does not list. With no
-// manifest at all (lost, or moved away by hand) it removes only temporary
-// files: the versions are old backups, and nothing says they are stale. The
-// caller holds the writer lock and the state lock.
+// signing records of other content, and per-block hash files the manifest
+// does not list. Of the version files the manifest does not list it
+// removes only those that are provably leftovers (sweepVersions): any other
+// may be an old backup. With no manifest at all (lost, or moved away by
+// hand) it removes no version file. Only a backup run sweeps (Options.Backup).
+// The caller holds the writer lock and the state lock.
 func (s *Store) sweep() {
 	st, err := s.readState()
 	if err != nil {
@@ -549,23 +562,84 @@ func (s *Store) sweep() {
 	if m == nil {
 		return
 	}
-	keep := map[string]bool{m.Hashes: true}
-	for _, v := range m.Versions {
-		keep[v.File] = true
-	}
 	ents, _ := os.ReadDir(s.dir)
 	for _, e := range ents {
-		if n := e.Name(); strings.HasPrefix(n, "hashes-") && !keep[n] {
+		if n := e.Name(); strings.HasPrefix(n, "hashes-") && n != m.Hashes {
 			os.Remove(s.join(n))
 		}
 	}
-	vents, _ := os.ReadDir(s.join(versionsDir))
-	for _, e := range vents {
-		if !keep[e.Name()] {
-			s.logf("removed version file %s that no manifest lists", e.Name())
-			os.Remove(filepath.Join(s.dir, versionsDir, e.Name()))
+	s.sweepVersions(m)
+}
+
+// sweepVersions removes the files in versions/ that m does not list and
+// that are provably leftovers of a run, and says on stderr which it keeps.
+// A file m does not list is a leftover only if
+//
+//   - m.Pruned names it: the commit of m dropped it beyond --keep and was
+//     to delete it right after the commit point; or
+//   - its header says it applies to a later generation of this image than
+//     m's: a run wrote it before its commit point and never committed (the
+//     generation of a committed manifest only grows).
+//
+// Anything else (a file a damaged manifest of an older dosvob no longer
+// names, the versions of an image whose manifest was moved aside, a file
+// that does not read) may be an old backup: it stays.
+func (s *Store) sweepVersions(m *Manifest) {
+	listed := map[string]bool{}
+	for _, v := range m.Versions {
+		listed[v.File] = true
+	}
+	dir := s.join(versionsDir)
+	ents, _ := os.ReadDir(dir)
+	var kept []string
+	for _, e := range ents {
+		n := e.Name()
+		if listed[n] {
+			continue
+		}
+		why := s.leftoverVersion(m, n)
+		if why == "" {
+			kept = append(kept, n)
+			continue
+		}
+		if err := s.fs.Remove(filepath.Join(dir, n)); err == nil {
+			s.logf("removed version file %s of %s: %s", n, s.path, why)
 		}
 	}
+	switch {
+	case len(kept) == 1:
+		s.logf("kept version file %s in %s: the manifest does not list it, but nothing shows that it is a leftover of a run "+
+			"(it may be an old backup); remove it by hand if you do not need it", kept[0], dir)
+	case len(kept) > 1:
+		list := strings.Join(kept[:min(3, len(kept))], ", ")
+		if len(kept) > 3 {
+			list += fmt.Sprintf(" and %d more", len(kept)-3)
+		}
+		s.logf("kept %d version files in %s (%s): the manifest does not list them, but nothing shows that they are leftovers of a run "+
+			"(they may be old backups); remove them by hand if you do not need them", len(kept), dir, list)
+	}
+}
+
+// leftoverVersion says why the file name in versions/, which m does not
+// list, is a leftover of a run, or "" if nothing shows it is one. (A
+// version name can come back after its version was pruned, so a file the
+// Pruned record names may be one that a later run wrote and did not
+// commit: the header is asked first, for the right reason.)
+func (s *Store) leftoverVersion(m *Manifest, name string) string {
+	f, err := os.Open(filepath.Join(s.dir, versionsDir, name))
+	if err == nil {
+		defer f.Close()
+		if dr, err := format.NewDeltaReader(bufio.NewReader(f)); err == nil {
+			defer dr.Close()
+			if b := dr.Header().Base; ID(b.ImageID) == m.ImageID && b.Generation > m.Generation {
+				return fmt.Sprintf("a run wrote it for generation %d and did not commit (the manifest is at generation %d)", b.Generation, m.Generation)
+			}
+		}
+	}
+	if slices.Contains(m.Pruned, name) {
+		return fmt.Sprintf("the commit of generation %d dropped it beyond --keep %d", m.Generation, m.Keep)
+	}
+	return ""
 }
 
 // removeTemps removes the files a run writes before its commit: temporary

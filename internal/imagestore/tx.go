@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/dosvob/dosvob/internal/format"
@@ -714,6 +715,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 		pruned = m.Versions[keep:]
 		m.Versions = m.Versions[:keep:keep]
 	}
+	m.Pruned = prunedFiles(s, m, pruned)
 	m.ManifestVersion = ManifestVersion
 	// The stream's version says what DeviceDigest digests (format.DeviceDigester).
 	m.FormatVersion = int(tx.hdr.V())
@@ -791,8 +793,10 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	if tx.old != nil && tx.old.Hashes != "" && tx.old.Hashes != cacheName {
 		fs.Remove(s.join(tx.old.Hashes))
 	}
+	for _, f := range m.Pruned {
+		fs.Remove(filepath.Join(s.dir, versionsDir, f))
+	}
 	for _, v := range pruned {
-		fs.Remove(filepath.Join(s.dir, versionsDir, v.File))
 		res.Pruned = append(res.Pruned, v.Name)
 	}
 	for _, v := range replaced {
@@ -804,6 +808,28 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	s.manifest = m
 	res.Stats = tx.stats
 	return res, nil
+}
+
+// prunedFiles is the Pruned record of m, the manifest about to be
+// committed: the files of the versions this run drops, and those an earlier
+// commit dropped that are still there (the sweep could not delete them).
+func prunedFiles(s *Store, m *Manifest, pruned []Version) []string {
+	listed := map[string]bool{}
+	for _, v := range m.Versions {
+		listed[v.File] = true
+	}
+	var files []string
+	for _, f := range m.Pruned {
+		if !listed[f] && exists(filepath.Join(s.dir, versionsDir, f)) {
+			files = append(files, f)
+		}
+	}
+	for _, v := range pruned {
+		if !listed[v.File] && !slices.Contains(files, v.File) {
+			files = append(files, v.File)
+		}
+	}
+	return files
 }
 
 // hashChunk is how many blocks writeCache handles at a time: 64 KiB of
