@@ -82,7 +82,10 @@ receiving dosvob-patch --raw fails too.
 
 dosvob-hash --verify IMAGE (the scrub) re-reads IMAGE and checks it against
 the digests in its manifest; it prints the first bad offset if it is not
-intact.
+intact. Like every command it first checks the manifest against its own
+checksum; one that fails it is damaged (exit 5), but the scrub still
+compares IMAGE with the size and digest that manifest records and says
+whether they match (then IMAGE is intact; docs/MANIFEST.md says what to do).
 
 Standard output carries the stream only. Progress (blocks, bytes, rate, ETA)
 goes to standard error when it is a terminal or with --progress; a summary
@@ -517,7 +520,7 @@ func storeErr(err error, path string) error {
 	case errors.Is(err, imagestore.ErrSuperseded):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run on "+path+" got ahead; run the whole pipe again once it has finished")
 	case errors.Is(err, imagestore.ErrStateDamaged):
-		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(path))
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(err, path))
 	case errors.Is(err, imagestore.ErrUnknownVersion):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "a newer dosvob wrote this state; use that version")
 	case errors.Is(err, imagestore.ErrNotOurs):

@@ -313,7 +313,7 @@ func mapErr(err error, img string) error {
 	case errors.Is(err, context.Canceled):
 		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s", unchanged(img)))
 	case errors.Is(err, imagestore.ErrStateDamaged):
-		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(img))
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(err, img))
 	case errors.Is(err, imagestore.ErrVersionLost):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), "list the versions that can be restored with: "+name+" versions "+img)
 	case errors.Is(err, imagestore.ErrImageChanged):

@@ -176,7 +176,7 @@ func TestJournalBadHeader(t *testing.T) {
 			if !exists(journal) {
 				t.Fatal("the damaged journal was deleted")
 			}
-			if h := DamagedHint(img); !strings.Contains(h, journal) || !strings.Contains(h, "--force") {
+			if h := DamagedHint(err, img); !strings.Contains(h, journal) || !strings.Contains(h, "--force") {
 				t.Fatalf("hint: %s", h)
 			}
 		})

@@ -158,6 +158,10 @@ type Manifest struct {
 	// tells the next backup run that they are leftovers: a version file
 	// that no manifest lists is otherwise kept (it may be an old backup).
 	Pruned []string `json:"pruned,omitempty"`
+	// Checksum is the checksum of the rest of the manifest (checksum.go),
+	// written at every commit and checked by every reader. A manifest of
+	// a dosvob before it has none.
+	Checksum string `json:"checksum,omitempty"`
 }
 
 // ErrUnknownVersion reports a manifest or journal written by a dosvob that
@@ -181,6 +185,13 @@ func (stateDamaged) Is(target error) bool { return target == ErrCorrupt }
 type DamagedError struct {
 	File string // the damaged file
 	Err  error  // what is wrong with it
+	// Manifest is what a manifest that fails its checksum says, when it
+	// still parses: not to be trusted, but the scrub compares the image
+	// with it (a damaged digest does not match an image by chance).
+	Manifest *Manifest
+	// Compared says that the scrub has compared the image with Manifest
+	// and said what it found.
+	Compared bool
 }
 
 func (e *DamagedError) Error() string {
@@ -199,6 +210,18 @@ func readManifest(dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseManifest(name, b)
+}
+
+// parseManifest parses b, the content of the manifest file name.
+func parseManifest(name string, b []byte) (*Manifest, error) {
+	doc, err := decodeObject(b)
+	if err != nil {
+		return nil, &DamagedError{File: name, Err: err}
+	}
+	if err := checkManifest(doc); err != nil {
+		return nil, &DamagedError{File: name, Err: err, Manifest: damagedContent(b)}
+	}
 	var probe struct {
 		V int `json:"manifest_version"`
 	}
@@ -207,7 +230,7 @@ func readManifest(dir string) (*Manifest, error) {
 	}
 	if probe.V != ManifestVersion {
 		return nil, fmt.Errorf("manifest %s has version %d, this dosvob knows %d: %w",
-			filepath.Join(dir, manifestName), probe.V, ManifestVersion, ErrUnknownVersion)
+			name, probe.V, ManifestVersion, ErrUnknownVersion)
 	}
 	var m Manifest
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -218,7 +241,7 @@ func readManifest(dir string) (*Manifest, error) {
 	// cannot read them must not add versions in another format beside them.
 	if m.FormatVersion < format.MinVersion || m.FormatVersion > format.Version {
 		return nil, fmt.Errorf("manifest %s records stream format version %d, this dosvob knows %d to %d: %w",
-			filepath.Join(dir, manifestName), m.FormatVersion, format.MinVersion, format.Version, ErrUnknownVersion)
+			name, m.FormatVersion, format.MinVersion, format.Version, ErrUnknownVersion)
 	}
 	return &m, nil
 }
@@ -284,26 +307,33 @@ func writeJSONAtomic(fs fsys, name string, v any) error {
 // versionName is the name of a backup made at t.
 func versionName(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
 
-// DamagedHint tells the user what to do about a damaged manifest of image.
-// The image itself may well be intact, but nothing says what it is: a run
-// with --force takes it as the base of a backup without a manifest (only
-// what differs is sent; the kept versions, which no manifest lists any
-// more, are dropped), or a new first backup starts afresh.
+// DamagedHint tells the user what to do about err, a damaged manifest (or
+// journal) of image. The image itself may well be intact, but nothing says
+// what it is: a run with --force takes it as the base of a backup without a
+// manifest (only what differs is sent; the kept versions, which no manifest
+// lists any more, can no longer be restored, though their files stay), or a
+// new first backup starts afresh. When the manifest still parses (it fails
+// only its checksum), the scrub can tell whether the image still has the
+// digest it records; the hint points to it unless the scrub made err.
 //
 // A journal beside it is of a run that was interrupted while it wrote the
 // image; without the manifest it can be neither checked nor undone, and
 // the next open would refuse it (exit 4). It goes aside too: the --force
 // run signs by reading the whole image, so whatever that run left is
 // compared block by block and the result is exact.
-func DamagedHint(image string) string {
+func DamagedHint(err error, image string) string {
 	dir := StateDir(image)
 	manifest, journal := filepath.Join(dir, manifestName), filepath.Join(dir, journalName)
 	fresh := fmt.Sprintf("or move %q and %q aside for a new first backup", image, dir)
 	if exists(journal) {
 		return fmt.Sprintf("move %q and %q aside and run the pipe once with dosvob-patch --force "+
 			"(the journal is of an interrupted run that may have written part of the image; the --force run reads all of it "+
-			"as the base and sends only what differs, but drops the kept versions), %s", manifest, journal, fresh)
+			"as the base and sends only what differs, but the kept versions can then no longer be restored), %s", manifest, journal, fresh)
 	}
-	return fmt.Sprintf("move %q aside and run the pipe once with dosvob-patch --force "+
-		"(it keeps the image as the base and sends only what differs, but drops the kept versions), %s", manifest, fresh)
+	check := ""
+	if de := (*DamagedError)(nil); errors.As(err, &de) && de.Manifest != nil && !de.Compared {
+		check = fmt.Sprintf("%q itself may well be intact: dosvob-hash --verify %s compares it with the digest this manifest records; then ", image, image)
+	}
+	return fmt.Sprintf("%smove %q aside and run the pipe once with dosvob-patch --force "+
+		"(it takes the image as the base and sends only what differs, but the kept versions can then no longer be restored), %s", check, manifest, fresh)
 }

@@ -756,7 +756,7 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	}
 
 	// The commit point: the manifest names the new generation.
-	if err := writeJSONAtomic(fs, s.join(manifestName), m); err != nil {
+	if err := writeManifest(fs, s.join(manifestName), m); err != nil {
 		var unsynced *unsyncedError
 		if errors.As(err, &unsynced) {
 			// The new manifest is in place, so the run must not be

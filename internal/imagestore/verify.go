@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/dosvob/dosvob/internal/format"
@@ -44,10 +45,65 @@ func (r *Report) Intact() bool { return r.Digest == r.Want && r.BadBlocks == 0 &
 func Verify(ctx context.Context, path string, progress func(done, total int64), logf func(string, ...any)) (*Report, error) {
 	s, err := Open(path, Options{Writer: true, Logf: logf})
 	if err != nil {
+		var de *DamagedError
+		if errors.As(err, &de) && de.Manifest != nil && logf != nil {
+			compareDamaged(ctx, path, de.Manifest, progress, logf)
+			de.Compared = true
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+		}
 		return nil, err
 	}
 	defer s.Close()
 	return s.verify(ctx, progress)
+}
+
+// compareDamaged reads the image at path and says whether it has the size
+// and whole-image digest that m, a manifest that fails its checksum,
+// records. That tells the user what the image is worth: a damaged digest
+// (or size, block size, format version) does not match an image by chance,
+// so a match shows the image and those fields intact, while a mismatch
+// cannot tell which of the two is damaged. It writes nothing.
+func compareDamaged(ctx context.Context, path string, m *Manifest, progress func(done, total int64), logf func(string, ...any)) {
+	l, err := lockFile(filepath.Join(StateDir(path), lockName), 0)
+	if err != nil {
+		logf("cannot compare %s with its damaged manifest now: %v", path, err)
+		return
+	}
+	defer l.unlock()
+	f, err := os.Open(path)
+	if err != nil {
+		logf("cannot compare %s with its damaged manifest: %v", path, err)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		logf("cannot compare %s with its damaged manifest: %v", path, err)
+		return
+	case fi.Size() != m.DeviceSize:
+		logf("%s is %d bytes, its damaged manifest records %d: the image or that field is damaged, and nothing tells which", path, fi.Size(), m.DeviceSize)
+		return
+	case !format.ValidBlockSize(uint32(m.BlockSize)) || m.FormatVersion < format.MinVersion || m.FormatVersion > format.Version:
+		logf("%s cannot be compared with its damaged manifest: the manifest records no valid block size and format version", path)
+		return
+	}
+	var prog func(int64)
+	if progress != nil {
+		prog = func(done int64) { progress(done, fi.Size()) }
+	}
+	d, err := digestFile(ctx, f, uint16(m.FormatVersion), uint32(m.BlockSize), prog)
+	switch {
+	case err != nil:
+		logf("cannot compare %s with its damaged manifest: %v", path, err)
+	case Digest(d) == m.DeviceDigest:
+		logf("%s has the size and digest that its damaged manifest records: the image is intact (the damage is in another field of the manifest)", path)
+	default:
+		logf("%s does not have the digest that its damaged manifest records (%s, the image's is %s): the image or that field is damaged, and nothing tells which",
+			path, m.DeviceDigest, Digest(d))
+	}
 }
 
 func (s *Store) verify(ctx context.Context, progress func(done, total int64)) (*Report, error) {
@@ -232,7 +288,7 @@ func (s *Store) refreshHashes(fi os.FileInfo, cw *bufio.Writer, tmp file, tmpNam
 	nm.BlockDigest = Digest(digest)
 	nm.HashesFresh = true
 	nm.Hashes = newName
-	if err := writeJSONAtomic(s.fs, s.join(manifestName), &nm); err != nil {
+	if err := writeManifest(s.fs, s.join(manifestName), &nm); err != nil {
 		var unsynced *unsyncedError
 		if errors.As(err, &unsynced) {
 			// The manifest names the new hashes, but a power loss may
