@@ -82,10 +82,14 @@ receiving dosvob-patch --raw fails too.
 
 dosvob-hash --verify IMAGE (the scrub) re-reads IMAGE and checks it against
 the digests in its manifest; it prints the first bad offset if it is not
-intact. Like every command it first checks the manifest against its own
-checksum; one that fails it is damaged (exit 5), but the scrub still
-compares IMAGE with the size and digest that manifest records and says
-whether they match (then IMAGE is intact; docs/MANIFEST.md says what to do).
+intact. Then it reads every kept version's file (IMAGE.dosvob/versions/)
+and checks what can be checked without restoring it: its size, the
+generation it applies to, its stream's checksums and End record; it names
+a damaged one and the versions it costs, and changes none. Like every
+command it first checks the manifest against its own checksum; one that
+fails it is damaged (exit 5), but the scrub still compares IMAGE with the
+size and digest that manifest records and says whether they match (then
+IMAGE is intact; docs/MANIFEST.md says what to do).
 
 Standard output carries the stream only. Progress (blocks, bytes, rate, ETA)
 goes to standard error when it is a terminal or with --progress; a summary
@@ -95,9 +99,10 @@ Exit codes: 0 ok; 1 failure (I/O error on IMAGE or DEVICE); 2 usage;
 3 bad signature stream on standard input (truncated, corrupt, wrong type or
 version); 4 refused (IMAGE's state was written by an unknown dosvob version,
 or --verify on a file that is not a dosvob image); 5 --verify found IMAGE
-damaged, --delta read an image that is not the backup its manifest
-describes, or IMAGE.dosvob/manifest.json is damaged; 6 locked (another
-dosvob run holds IMAGE, or got ahead of this one); 130 interrupted.`
+damaged, a kept version damaged, --delta read an image that is not the
+backup its manifest describes, or IMAGE.dosvob/manifest.json is damaged;
+6 locked (another dosvob run holds IMAGE, or got ahead of this one);
+130 interrupted.`
 
 const examples = `
 EXAMPLES:
@@ -478,19 +483,35 @@ func verify(ctx context.Context, path string, o output) error {
 	rep, err := imagestore.Verify(ctx, path, progress, o.logf)
 	p.finish()
 	el := time.Since(start)
-	if err != nil {
-		if errors.Is(err, imagestore.ErrCorrupt) && !errors.Is(err, imagestore.ErrStateDamaged) {
-			return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
-				"do not patch over it: restore it from another copy, or move it aside and make a new first backup")
-		}
+	intact := func() {
+		o.summary("%s is intact: %d blocks, %s read in %s (%s/s), digest %s; %s checked", path, rep.Blocks, sizeString(uint64(rep.Size)),
+			seconds(el), rate(uint64(rep.Size), el), rep.Digest, count(rep.Versions, "kept version"))
+	}
+	switch {
+	case errors.Is(err, imagestore.ErrVersionDamaged):
+		intact()
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+			"backups go on, and the damaged versions leave as --keep drops them; if you need them, restore their files from another copy of "+
+				imagestore.StateDir(path)+"/versions")
+	case errors.Is(err, imagestore.ErrCorrupt) && !errors.Is(err, imagestore.ErrStateDamaged):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
+			"do not patch over it: restore it from another copy, or move it aside and make a new first backup")
+	case err != nil:
 		return storeErr(err, path)
 	}
 	if rep.Refreshed {
 		o.summary("refreshed the per-block hashes of %s", path)
 	}
-	o.summary("%s is intact: %d blocks, %s read in %s (%s/s), digest %s", path, rep.Blocks, sizeString(uint64(rep.Size)),
-		seconds(el), rate(uint64(rep.Size), el), rep.Digest)
+	intact()
 	return nil
+}
+
+// count is "1 thing" or "n things".
+func count(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // damagedImage is exit code 5 for a dosvob image that is not the backup

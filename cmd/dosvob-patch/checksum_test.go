@@ -101,3 +101,76 @@ func TestDamagedManifestFields(t *testing.T) {
 		t.Fatalf("the commit did not add a checksum:\n%s", b)
 	}
 }
+
+// TestScrubChecksVersions: a kept version's file with a flipped byte, cut
+// short or missing is found by the scrub (exit 5), which names it and says
+// which versions can no longer be restored, and touches none of them; the
+// image is still reported intact. "versions" warns of a file that is
+// missing or of another size (it does not read them), and still lists.
+func TestScrubChecksVersions(t *testing.T) {
+	bin, hash, img, dev, _ := keptBackups(t, 107, 1<<20, 4, 3)
+	vdir := filepath.Join(img+".dosvob", "versions")
+	if out, code := runExit(t, hash, bin, img, dev, `"$1" --verify "$3"`); code != 0 || !strings.Contains(out, "; 3 kept versions checked") {
+		t.Fatalf("verify: exit %d, want 0 and the versions checked\n%s", code, out)
+	}
+	good := versionFiles(t, img)
+	for _, c := range []struct {
+		what    string
+		version string
+		damage  func(name string) error
+		lost    string // what the scrub says can no longer be restored
+		listed  bool   // whether "versions" notices it
+	}{
+		{"a flipped byte", "20261122T140000Z", func(name string) error {
+			f, err := os.OpenFile(name, os.O_RDWR, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			b := make([]byte, 1)
+			fi, _ := f.Stat()
+			off := fi.Size() / 2
+			f.ReadAt(b, off)
+			_, err = f.WriteAt([]byte{b[0] ^ 0x10}, off)
+			return err
+		}, `kept version 20261122T140000Z and the 1 older one can no longer be restored (the image and the 1 newer version are not affected)`, false},
+		{"a cut", "20261122T140000Z", func(name string) error { return os.Truncate(name, 100) },
+			`kept version 20261122T140000Z and the 1 older one can no longer be restored (the image and the 1 newer version are not affected)`, true},
+		{"a flipped header", "20261122T180000Z", func(name string) error {
+			f, err := os.OpenFile(name, os.O_RDWR, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.WriteAt([]byte{0xff}, 40)
+			return err
+		}, `kept version 20261122T180000Z and the 2 older ones can no longer be restored (the image is not affected)`, false},
+		{"a missing file", "20261122T100000Z", os.Remove,
+			`kept version 20261122T100000Z can no longer be restored (the image and the 2 newer versions are not affected)`, true},
+	} {
+		name := filepath.Join(vdir, c.version+".delta")
+		if err := c.damage(name); err != nil {
+			t.Fatal(err)
+		}
+		damaged := versionFiles(t, img)
+		out, code := runExit(t, hash, bin, img, dev, `"$1" --verify "$3"`)
+		if code != 5 || !strings.Contains(out, "dosvob-hash: kept version "+c.version+" of "+img+" is damaged: ") ||
+			!strings.Contains(out, `dosvob-hash: "`+img+`": `+c.lost+": kept version is damaged") ||
+			!strings.Contains(out, "dosvob-hash: "+img+" is intact: ") {
+			t.Errorf("verify with %s in version %s: exit %d, want 5 naming it and what it costs, the image intact\n%s", c.what, c.version, code, out)
+		}
+		if got := versionFiles(t, img); !maps.EqualFunc(got, damaged, bytes.Equal) {
+			t.Fatalf("the scrub changed versions/ (%s)", c.what)
+		}
+		out, code = runExit(t, hash, bin, img, dev, `"$2" versions "$3"`)
+		if code != 0 || strings.Contains(out, "is damaged") != c.listed || !strings.Contains(out, c.version) {
+			t.Errorf("versions with %s in version %s: exit %d, want 0 and a warning: %v\n%s", c.what, c.version, code, c.listed, out)
+		}
+		if err := os.WriteFile(name, good[c.version+".delta"], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, code := runExit(t, hash, bin, img, dev, `"$1" --verify "$3"`); code != 0 {
+		t.Fatalf("verify with every version mended: exit %d\n%s", code, out)
+	}
+}

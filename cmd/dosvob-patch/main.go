@@ -112,7 +112,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			{
 				Name:      "versions",
-				Usage:     "list the kept versions of IMAGE on stdout",
+				Usage:     "list the kept versions of IMAGE on stdout (and warn on stderr of a version file that is missing or cut short)",
 				ArgsUsage: "IMAGE",
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "json", Usage: "print the versions as JSON"},

@@ -56,13 +56,17 @@ func versionsCmd(c *cli.Context, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		if _, err := fmt.Fprintf(stdout, "%s\n", b); err != nil {
+			return err
+		}
+		warnVersionFiles(s, img, stderr)
+		return nil
 	}
 	fmt.Fprintf(stdout, "%-20s %-20s %14s %14s  %s\n", "VERSION", "TIME", "SIZE", "DELTA_BYTES", "NOTE")
 	for _, v := range vs {
 		fmt.Fprintf(stdout, "%-20s %-20s %14d %14d  %s\n", v.Name, v.Time.UTC().Format(time.RFC3339), v.Size, v.DeltaBytes, note(v))
 	}
+	warnVersionFiles(s, img, stderr)
 	return nil
 }
 
@@ -76,6 +80,23 @@ func note(v imagestore.Version) string {
 		return "found changed outside dosvob (or damaged) since the backup of " + v.Outside.Since.UTC().Format(time.RFC3339)
 	}
 	return "-"
+}
+
+// warnVersionFiles says on stderr which kept versions of img have a file
+// that is missing or of another size than recorded, and what that costs.
+// The listing still succeeds: it is what the manifest says, and the image
+// itself is not affected (restore.sh reads the state through it).
+func warnVersionFiles(s *imagestore.Store, img string, stderr io.Writer) {
+	bad, err := s.VersionFiles()
+	for _, d := range bad {
+		fmt.Fprintf(stderr, "%s: kept version %s of %s is damaged: %v\n", name, d.Version.Name, img, d.Err)
+	}
+	if len(bad) > 0 {
+		fmt.Fprintf(stderr, "%s: %s; dosvob-hash --verify %s reads every kept version in full\n", name, bad[0].Lost(img), img)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: could not check the files of the kept versions: %v\n", name, err)
+	}
 }
 
 // versionName accepts a version's name or its time in RFC 3339.

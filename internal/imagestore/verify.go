@@ -30,9 +30,14 @@ type Report struct {
 	// tied them to a new mtime of the image: a progress note, which the
 	// caller shows or not (every scrub renews the hashes and their seed).
 	Refreshed bool
+	// Versions is the number of kept versions checked; BadVersions are
+	// those whose file does not check out, newest first.
+	Versions    int
+	BadVersions []VersionDamage
 }
 
-// Intact reports whether the image matched its manifest.
+// Intact reports whether the image matched its manifest (whatever its kept
+// versions).
 func (r *Report) Intact() bool { return r.Digest == r.Want && r.BadBlocks == 0 && r.FirstBad < 0 }
 
 // Verify re-reads the image at path and checks it against its manifest: the
@@ -40,8 +45,12 @@ func (r *Report) Intact() bool { return r.Digest == r.Want && r.BadBlocks == 0 &
 // recorded per-block hashes, which name the first bad block. It returns an
 // error wrapping ErrCorrupt (with the first bad offset) when the image is
 // damaged; ErrNotOurs when it has no manifest; ErrLocked when a patch is
-// running on it. Like every Open, it first recovers an interrupted run.
-// progress, if set, is called with the bytes read so far and the total.
+// running on it. Then it reads the file of every kept version
+// (verifyVersions): one that does not check out gives an ErrVersionDamaged
+// error, unless the image's own error comes first. It never changes a
+// version. Like every Open, it first recovers an interrupted run.
+// progress, if set, is called with the bytes of the image read so far and
+// the total.
 func Verify(ctx context.Context, path string, progress func(done, total int64), logf func(string, ...any)) (*Report, error) {
 	s, err := Open(path, Options{Writer: true, Logf: logf})
 	if err != nil {
@@ -56,7 +65,15 @@ func Verify(ctx context.Context, path string, progress func(done, total int64), 
 		return nil, err
 	}
 	defer s.Close()
-	return s.verify(ctx, progress)
+	rep, err := s.verify(ctx, progress)
+	if rep == nil || ctx.Err() != nil {
+		return rep, err
+	}
+	// The kept versions, after the image (whose verdict comes first).
+	if verr := s.verifyVersions(ctx, rep); err == nil {
+		err = verr
+	}
+	return rep, err
 }
 
 // compareDamaged reads the image at path and says whether it has the size

@@ -271,9 +271,8 @@ func applyVersion(ctx context.Context, f *os.File, name string, base format.Base
 	}
 	defer dr.Close()
 	h := dr.Header()
-	if h.Base != base {
-		return fmt.Errorf("version file %q applies to generation %d of size %d, not generation %d of size %d: %w",
-			name, h.Base.Generation, h.Base.Size, base.Generation, base.Size, ErrVersionDamaged)
+	if err := checkVersionBase(name, h.Base, base); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrVersionDamaged)
 	}
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
