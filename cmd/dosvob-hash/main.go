@@ -74,11 +74,13 @@ direction: on the droplet "dosvob-hash --raw DEVICE" signs the new volume,
 locally "dosvob-hash --delta IMAGE" computes what the volume lacks, and on
 the droplet "dosvob-patch --raw DEVICE" writes it. When DEVICE is larger
 than IMAGE (a volume rounded up to whole GiB), its bytes past the image's
-size are left as they are. When DEVICE is a dosvob image, what --delta
-reads must be the backup its manifest describes (the same size and
-whole-image digest); otherwise (bit rot on the backup disk, a write from
-outside) it exits 5 without the stream's end record, so that the
-receiving dosvob-patch --raw fails too.
+size are left as they are. dosvob-hash --raw only reads DEVICE and so does
+not claim it: dosvob-patch --raw, the stage that writes, refuses a device
+that is mounted or in use, or that holds another file system. When DEVICE
+is a dosvob image, what --delta reads must be the backup its manifest
+describes (the same size and whole-image digest); otherwise (bit rot on
+the backup disk, a write from outside) it exits 5 without the stream's
+end record, so that the receiving dosvob-patch --raw fails too.
 
 dosvob-hash --verify IMAGE (the scrub) re-reads IMAGE and checks it against
 the digests in its manifest; it prints the first bad offset if it is not

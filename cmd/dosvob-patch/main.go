@@ -16,6 +16,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/dosvob/dosvob/internal/blockdev"
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/format"
 	"github.com/dosvob/dosvob/internal/imagestore"
@@ -57,18 +58,28 @@ direction, "dosvob-hash --raw DEV | dosvob-hash --delta IMAGE | dosvob-patch
 signature of DEV; a device is never resized; afterwards DEV is read back and
 checked against the stream's digests. A dosvob backup image is never written
 raw, also not through a symbolic link or a second hard link (exit 4).
+Before writing, --raw refuses (exit 4, nothing written) a block device
+that is mounted, even read-only, or otherwise in use (LVM, RAID, swap,
+another program's exclusive open), and holds it exclusively while it
+writes. It also refuses a DEV whose start holds a file system, partition
+table, LVM, LUKS or swap signature unless the image leaves the same one
+there (the same UUID): a new volume (zeros) is written, and so is an
+earlier restore of the same file system, which the run brings up to date;
+--force writes over another one.
 
 With --keep N, the N previous backups are kept as reverse deltas (only the
 blocks each run overwrote); "dosvob-patch versions IMAGE" lists them and
 "dosvob-patch restore-version" writes one into a new file.
 
 Exit codes: 0 done, 1 failure, 2 usage, 3 bad stream or a delta made against
-other content than IMAGE (nothing written, or the run undone), 4 refused
-(not a dosvob image, another volume, unknown state version, output exists),
-5 a kept version or IMAGE.dosvob/manifest.json is damaged, or the version
-can no longer be restored (IMAGE was changed outside dosvob), 6 locked
-(another dosvob run on IMAGE holds it, or committed first since the
-signature was made), 130 interrupted.`
+other content than IMAGE (nothing written, or the run undone), also a device
+smaller than the image, 4 refused (not a dosvob image, another volume,
+unknown state version, output exists; with --raw, a device in use or one
+that holds another file system), 5 a kept version or
+IMAGE.dosvob/manifest.json is damaged, or the version can no longer be
+restored (IMAGE was changed outside dosvob), 6 locked (another dosvob run
+on IMAGE holds it, or committed first since the signature was made), 130
+interrupted.`
 
 const examples = `
 EXAMPLES:
@@ -100,7 +111,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "keep", Value: -1, DefaultText: "as the last run, 0 for a new image",
 				Usage: "keep the `N` previous versions as reverse deltas; older ones are deleted"},
-			&cli.BoolFlag{Name: "force", Usage: "write into IMAGE even if it has no dosvob manifest or belongs to another volume (the given --volume-name and --volume-id then replace both recorded ones)"},
+			&cli.BoolFlag{Name: "force", Usage: "write into IMAGE even if it has no dosvob manifest or belongs to another volume (the given --volume-name and --volume-id then replace both recorded ones); with --raw, even over another file system or partition table (never onto a device in use)"},
 			&cli.StringFlag{Name: "volume-name", Usage: "source volume `NAME`, recorded in the manifest and checked against it"},
 			&cli.StringFlag{Name: "volume-id", Usage: "source volume `ID`, recorded in the manifest and checked against it"},
 			&cli.StringFlag{Name: "snapshot-time", Usage: "`TIME` (RFC 3339) of the snapshot the delta was read from; names the backup"},
@@ -189,7 +200,7 @@ func patchCmd(c *cli.Context, stdin io.Reader, stderr io.Writer) error {
 	}
 	quiet := c.Bool("quiet")
 	if c.Bool("raw") {
-		for _, f := range []string{"keep", "force", "volume-name", "volume-id", "snapshot-time"} {
+		for _, f := range []string{"keep", "volume-name", "volume-id", "snapshot-time"} {
 			if c.IsSet(f) {
 				return cliutil.Usagef("--%s does not go with --raw", f)
 			}
@@ -262,16 +273,10 @@ func rawCmd(c *cli.Context, dev string, stdin io.Reader, stderr io.Writer, quiet
 		pf = prog.update
 	}
 	start := time.Now()
-	res, err := imagestore.PatchRaw(c.Context, dev, stdin, pf)
+	res, err := imagestore.PatchRaw(c.Context, dev, stdin, imagestore.RawOptions{Force: c.Bool("force"), Progress: pf})
 	prog.done()
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return cliutil.Exitf(cliutil.ExitFailure, "%q does not exist (--raw writes onto an existing device or file)", dev)
-		}
-		if errors.Is(err, imagestore.ErrRawIncomplete) {
-			return rawIncomplete(err, dev)
-		}
-		return mapErr(err, dev)
+		return rawErr(err, dev)
 	}
 	if !quiet {
 		fmt.Fprintf(stderr, "%s: %s: %d blocks of %s, %d data (%s written), %d zero, %s verified in %.2fs\n", name, dev,
@@ -279,6 +284,32 @@ func rawCmd(c *cli.Context, dev string, stdin io.Reader, stderr io.Writer, quiet
 			size(int64(res.Header.DeviceSize)), time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// rawErr gives an error of dosvob-patch --raw DEV its exit code and a hint.
+func rawErr(err error, dev string) error {
+	pipe := "dosvob-hash --raw " + dev + " | dosvob-hash --delta IMAGE | " + name + " --raw " + dev
+	var small *imagestore.TooSmallError
+	switch {
+	case errors.Is(err, imagestore.ErrRawIncomplete):
+		return rawIncomplete(err, dev)
+	case errors.Is(err, os.ErrNotExist):
+		return cliutil.Exitf(cliutil.ExitFailure, "%q does not exist (--raw writes onto an existing device or file)", dev)
+	case errors.Is(err, blockdev.ErrBusy):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, fmt.Errorf("%w; nothing written", err)),
+			"check the device name (lsblk "+dev+" shows its mount points and holders); if it really is the restore target, unmount it (and stop what holds it) first")
+	case errors.Is(err, imagestore.ErrForeign):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err),
+			"check the device name; to overwrite it all the same, run the pipe again with "+name+" --raw --force "+dev)
+	case errors.As(err, &small):
+		gib := (small.Need + 1<<30 - 1) >> 30
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err), fmt.Sprintf(
+			"nothing written; restore onto a device of at least %d bytes (a new volume of %d GiB or more): %s", small.Need, gib, pipe))
+	case errors.Is(err, imagestore.ErrBase):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err),
+			"the delta must come from a raw signature of this device, made by the same pipe: "+pipe)
+	}
+	return mapErr(err, dev)
 }
 
 // unchanged says what a run that failed left of img: the image as it was,
