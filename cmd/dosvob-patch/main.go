@@ -136,7 +136,10 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Description: `Copies IMAGE to FILE (sparse) and applies the reverse deltas from the newest
 back to the chosen version, then checks the result against the digest the
 manifest recorded for that version. FILE must not exist; it appears only when
-complete and verified.
+complete and verified. Until then the version is written into
+FILE.dosvob-tmp, which an interrupted run removes. One that a killed run
+left is taken over (a line says so); one that another live process is
+writing is refused (exit 6).
 
 The versions lead back from IMAGE as the last backup left it. A version that
 a run marked as no longer restorable (IMAGE was changed outside dosvob after
@@ -340,6 +343,7 @@ func rawIncomplete(err error, dev string) error {
 // mapErr gives err its exit code and a hint.
 func mapErr(err error, img string) error {
 	var pe *format.ParseError
+	var busy *imagestore.OutputBusyError
 	switch {
 	case errors.Is(err, context.Canceled):
 		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s", unchanged(img)))
@@ -359,6 +363,8 @@ func mapErr(err error, img string) error {
 	case errors.Is(err, imagestore.ErrBase):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitBadStream, err),
 			"the delta must come from signatures of this image: run dosvob-hash "+img+" | dosvob-hash --delta DEVICE | dosvob-patch "+img)
+	case errors.As(err, &busy):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "wait for it to finish, or choose another --output")
 	case errors.Is(err, imagestore.ErrLocked):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run is using "+img+"; wait for it to finish")
 	case errors.Is(err, imagestore.ErrSuperseded):

@@ -164,6 +164,11 @@ func (tx *Tx) writeVersion(v Version, oldBlockDigest uint64) (Version, error) {
 // after it was kept) is refused at once, and so is every version when the
 // image is not the manifest's last backup (found while it is copied):
 // errors wrapping ErrVersionLost.
+//
+// The version is written into OUT.dosvob-tmp, which becomes out only when
+// complete and verified, and is removed if the run fails or is
+// interrupted. One that a killed run left is taken over; one that a live
+// process is writing is refused with an *OutputBusyError (see openTemp).
 func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, error) {
 	m := s.manifest
 	if m == nil {
@@ -200,17 +205,17 @@ func (s *Store) RestoreVersion(ctx context.Context, name, out string) (Version, 
 	if _, err := os.Lstat(out); err == nil {
 		return want, fmt.Errorf("%q already exists: %w", out, ErrExists)
 	}
-	tmp := out + ".dosvob-tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, fileMode) // a copy of volume data, as the image
+	tmp := out + tempSuffix
+	f, err := openTemp(out, s.logf)
 	if err != nil {
 		return want, err
 	}
 	ok := false
 	defer func() {
-		f.Close()
 		if !ok {
-			os.Remove(tmp)
+			os.Remove(tmp) // under its lock: see openTemp
 		}
+		f.Close()
 	}()
 	// The reverse deltas lead back from the last backup: an image changed
 	// outside dosvob since (and not yet backed up again, which would have
