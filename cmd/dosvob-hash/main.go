@@ -535,6 +535,7 @@ func sigErr(err error) error {
 
 // storeErr maps image store errors to exit codes.
 func storeErr(err error, path string) error {
+	var ro *imagestore.ReadOnlyError
 	switch {
 	case errors.Is(err, context.Canceled):
 		return err
@@ -544,6 +545,8 @@ func storeErr(err error, path string) error {
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitLocked, err), "another dosvob run on "+path+" got ahead; run the whole pipe again once it has finished")
 	case errors.Is(err, imagestore.ErrStateDamaged):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err), imagestore.DamagedHint(err, path))
+	case errors.As(err, &ro):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitFailure, err), ro.Hint())
 	case errors.Is(err, imagestore.ErrUnknownVersion):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitRefused, err), "a newer dosvob wrote this state; use that version")
 	case errors.Is(err, imagestore.ErrNotOurs):

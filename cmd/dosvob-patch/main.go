@@ -344,6 +344,7 @@ func rawIncomplete(err error, dev string) error {
 func mapErr(err error, img string) error {
 	var pe *format.ParseError
 	var busy *imagestore.OutputBusyError
+	var ro *imagestore.ReadOnlyError
 	switch {
 	case errors.Is(err, context.Canceled):
 		return cliutil.Exit(cliutil.ExitInterrupted, fmt.Errorf("interrupted; %s", unchanged(img)))
@@ -354,6 +355,8 @@ func mapErr(err error, img string) error {
 	case errors.Is(err, imagestore.ErrImageChanged):
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),
 			"put back the image it replaced, if you can; or back the volume up: that run keeps what "+img+" holds as a version, and marks the versions it cut off")
+	case errors.As(err, &ro):
+		return cliutil.WithHint(cliutil.Exit(cliutil.ExitFailure, err), ro.Hint())
 	case errors.Is(err, imagestore.ErrVersionDamaged):
 		// Before the stream errors: a kept version's file is one too.
 		return cliutil.WithHint(cliutil.Exit(cliutil.ExitCorrupt, err),

@@ -110,20 +110,44 @@ func uses(path string) []string {
 // /proc/self/mountinfo.
 func mountPoints() map[string][]string {
 	m := map[string][]string{}
+	mountinfo(func(dev, point string) { m[dev] = append(m[dev], point) })
+	return m
+}
+
+// MountPointOf returns the mount point under which path lies (the longest
+// one that holds it, so a bind mount counts), "" if it cannot tell.
+func MountPointOf(path string) string {
+	p, err := filepath.Abs(path)
+	if err != nil {
+		return ""
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		p = r
+	}
+	best := ""
+	mountinfo(func(_, point string) {
+		if (point == "/" || p == point || strings.HasPrefix(p, point+"/")) && len(point) >= len(best) {
+			best = point
+		}
+	})
+	return best
+}
+
+// mountinfo calls fn with the device ("major:minor") and mount point of
+// each line of /proc/self/mountinfo, in order.
+func mountinfo(fn func(dev, point string)) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return m
+		return
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// id parent major:minor root mount-point options ...
-		fs := strings.Fields(sc.Text())
-		if len(fs) > 4 {
-			m[fs[2]] = append(m[fs[2]], unescape(fs[4]))
+		if fs := strings.Fields(sc.Text()); len(fs) > 4 {
+			fn(fs[2], unescape(fs[4]))
 		}
 	}
-	return m
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space).

@@ -35,6 +35,9 @@ func lockFile(name string, wait time.Duration) (*flock, error) {
 		// flock needs no write access, and still excludes a writer that
 		// reaches the same file through a writable mount.
 		f, err = os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, missingLock(name)
+		}
 	}
 	if err != nil {
 		return nil, err

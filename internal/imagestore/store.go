@@ -383,6 +383,9 @@ func (s *Store) recover() error {
 		}
 		defer w.unlock()
 	}
+	if err := s.checkWritable(); err != nil {
+		return err
+	}
 	m, err := readManifest(s.dir)
 	if err != nil {
 		return err
