@@ -135,11 +135,12 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 				Usage: "write a kept version of IMAGE into a new file, leaving IMAGE alone",
 				Description: `Copies IMAGE to FILE (sparse) and applies the reverse deltas from the newest
 back to the chosen version, then checks the result against the digest the
-manifest recorded for that version. FILE must not exist; it appears only when
-complete and verified. Until then the version is written into
-FILE.dosvob-tmp, which an interrupted run removes. One that a killed run
-left is taken over (a line says so); one that another live process is
-writing is refused (exit 6).
+manifest recorded for that version. FILE must not exist, and is never a
+device (to put a version on one, write it to a file, then use the raw
+restore pipe: see dosvob-patch --help); it appears only when complete and
+verified. Until then the version is written into FILE.dosvob-tmp, which an
+interrupted run removes. One that a killed run left is taken over (a line
+says so); one that another live process is writing is refused (exit 6).
 
 The versions lead back from IMAGE as the last backup left it. A version that
 a run marked as no longer restorable (IMAGE was changed outside dosvob after

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,4 +166,49 @@ func TestRawGuardsFile(t *testing.T) {
 		t.Fatalf("with --force: exit %d\n%s", code, out)
 	}
 	mustEqualFile(t, target, readAll(t, img))
+}
+
+// TestRawHints: the hints for getting a backup onto a device point the
+// right way. A device smaller than the image gets the size it needs and the
+// raw restore pipe (not the backup pipe); restore-version aimed at a device
+// says to write a file and then use the raw pipe, and doing just what it
+// says puts the version on the device.
+func TestRawHints(t *testing.T) {
+	bin, hash := buildBinary(t), buildHash(t)
+	r := rand.New(rand.NewPCG(81, 82))
+	img := filepath.Join(t.TempDir(), "backup.img")
+	v1 := device(r, 8<<20)
+	backups(t, bin, img, v1, mutate(r, v1, 30))
+
+	small := loopDevice(t, 4<<20)
+	out, code := runExit(t, hash, bin, img, small, rawRestore)
+	t.Logf("too small:\n%s", out)
+	want := `dosvob-patch: the image is 8388608 bytes, device "` + small + `" has only 4194304: delta does not fit the image
+dosvob-patch: hint: nothing written; restore onto a device of at least 8388608 bytes (a new volume of 1 GiB or more): dosvob-hash --raw ` + small + ` | dosvob-hash --delta IMAGE | dosvob-patch --raw ` + small + "\n"
+	if code != 3 || !strings.Contains(out, want) {
+		t.Fatalf("restore onto a device too small: exit %d, want 3 and\n%s", code, want)
+	}
+	if !bytes.Equal(readAll(t, small), make([]byte, 4<<20)) {
+		t.Fatal("the small device changed")
+	}
+
+	dev := loopDevice(t, 16<<20)
+	res, err := exec.Command(bin, "restore-version", "--version", "latest", "--output", dev, img).CombinedOutput()
+	t.Logf("restore-version onto a device:\n%s", res)
+	const lead = "dosvob-patch: hint: write the version to a file, then copy it onto the device with the raw restore pipe: "
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 ||
+		!strings.HasPrefix(string(res), `dosvob-patch: --output "`+dev+`" is a block device: restore-version writes only a new file`+"\n"+lead) {
+		t.Fatalf("restore-version onto a device: %v, want exit 4 and a hint that says how", err)
+	}
+	// Do what the hint says, with a file for FILE.
+	script := strings.TrimSpace(strings.TrimPrefix(strings.SplitN(string(res), "\n", 2)[1], lead))
+	script = strings.ReplaceAll(script, "FILE", filepath.Join(t.TempDir(), "old.img"))
+	script = strings.NewReplacer("dosvob-patch ", bin+" ", "dosvob-hash ", hash+" ").Replace(script)
+	if out, err := exec.Command("bash", "-o", "pipefail", "-c", script).CombinedOutput(); err != nil {
+		t.Fatalf("the hint's commands: %v\n%s\n%s", err, script, out)
+	}
+	if got := readAll(t, dev); !bytes.Equal(got[:len(v1)], v1) {
+		t.Fatal("the device does not hold the version after following the hint")
+	}
 }

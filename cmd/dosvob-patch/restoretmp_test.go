@@ -42,6 +42,23 @@ func startRestore(t *testing.T, bin, img, out string) (cmd *exec.Cmd, wait func(
 	}
 }
 
+// backups makes img the backup of each device in turn, keeping 2
+// versions.
+func backups(t *testing.T, bin, img string, devs ...[]byte) {
+	t.Helper()
+	for _, dev := range devs {
+		d, err := makeDelta(img, dev, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "--keep", "2", "--quiet", img)
+		cmd.Stdin = bytes.NewReader(d)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("patch: %v\n%s", err, out)
+		}
+	}
+}
+
 // TestRestoreVersionLeftover: restore-version killed with SIGKILL leaves
 // its temporary file; a rerun takes it over, says so and writes the
 // version. A temporary file that a live process writes (here, one stopped
@@ -53,17 +70,7 @@ func TestRestoreVersionLeftover(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "backup.img")
 	v1 := device(r, 48<<20)
-	for _, dev := range [][]byte{v1, mutate(r, v1, 50)} {
-		d, err := makeDelta(img, dev, 4096)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin, "--keep", "2", "--quiet", img)
-		cmd.Stdin = bytes.NewReader(d)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("patch: %v\n%s", err, out)
-		}
-	}
+	backups(t, bin, img, v1, mutate(r, v1, 50))
 	// A copy of the backup, restored into the same output by a second
 	// process (the image's own lock does not keep the two apart).
 	other := filepath.Join(t.TempDir(), "copy.img")

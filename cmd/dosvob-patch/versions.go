@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dosvob/dosvob/internal/blockdev"
 	"github.com/dosvob/dosvob/internal/cliutil"
 	"github.com/dosvob/dosvob/internal/imagestore"
 	"github.com/urfave/cli/v2"
@@ -115,6 +116,12 @@ func restoreCmd(c *cli.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	out, version := c.String("output"), c.String("version")
+	if blockdev.IsBlock(out) {
+		return cliutil.WithHint(cliutil.Exitf(cliutil.ExitRefused, "--output %q is a block device: restore-version writes only a new file", out), fmt.Sprintf(
+			"write the version to a file, then copy it onto the device with the raw restore pipe: %s restore-version --version %s --output FILE %s && dosvob-hash --raw %s | dosvob-hash --delta FILE | %s --raw %s",
+			name, version, img, out, name, out))
+	}
 	logf := func(f string, a ...any) { fmt.Fprintf(stderr, name+": "+f+"\n", a...) }
 	s, err := imagestore.Open(img, imagestore.Options{Writer: true, Logf: logf})
 	if err != nil {
@@ -124,8 +131,7 @@ func restoreCmd(c *cli.Context, stderr io.Writer) error {
 	if err := noManifest(s, img); err != nil {
 		return err
 	}
-	out := c.String("output")
-	v, err := s.RestoreVersion(c.Context, versionName(c.String("version")), out)
+	v, err := s.RestoreVersion(c.Context, versionName(version), out)
 	if err != nil {
 		return mapErr(err, img)
 	}
