@@ -182,38 +182,78 @@ func checkRestore(t *testing.T, e *env) {
 }
 
 // TestRestoreInterruptedWhileProvisioning: a restore.sh stopped by SIGTERM
-// while dosvob-provision is still at work (its attach of the new volume
-// hangs) deletes what its run had created by then, by its run id: the
-// droplet and the key go, and the new volume, detached, is kept.
+// while dosvob-provision is still at work deletes what its run had created
+// by then, by its run id: the droplet and the key go. Its last lines say
+// whether the new volume was made. Stopped at the attach, it was: named,
+// with its id, and kept, and the same --volume-name is refused (exit 4)
+// until it is deleted, as a rerun shows. Stopped while the volume was
+// being created, it was not. Before, the log said only "the new volume, if
+// made, is kept".
 func TestRestoreInterruptedWhileProvisioning(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
 	img := e.looseImage()
-	e.emu.InjectFault(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/actions`, Hang: true})
-	cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", "halfway", "--region", "fra1", img)
-	done := e.start(cmd, stdout, stderr)
-	deadline := time.Now().Add(60 * time.Second)
-	for e.emu.PendingFaults() != 0 {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("provisioning never reached the attach\nstderr:\n%s", (<-done).stderr)
+	// stopAt starts a restore into name, hangs the API call that fault
+	// names, stops the restore with SIGTERM once the call hangs, and
+	// returns its result and last two lines.
+	stopAt := func(fault doemu.Fault, name string) (result, []string) {
+		e.emu.InjectFault(fault)
+		cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--volume-name", name, "--region", "fra1", img)
+		done := e.start(cmd, stdout, stderr)
+		deadline := time.Now().Add(60 * time.Second)
+		for e.emu.PendingFaults() != 0 {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("provisioning never reached %s %s\nstderr:\n%s", fault.Method, fault.Path, (<-done).stderr)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
+		if n := len(e.emu.State().Droplets); n != len(e.initial.Droplets)+1 {
+			t.Fatalf("%d droplets while provisioning, want the restore's besides the user's", n)
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		r := waitKill(t, cmd, done, "SIGTERM")
+		if r.code != 130 {
+			t.Fatalf("restore.sh exited %d after SIGTERM, want 130\nstderr:\n%s", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "provisioning did not finish") {
+			t.Errorf("restore.sh does not say what it tore down:\n%s", r.stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		return r, lines[max(len(lines)-2, 0):]
 	}
-	time.Sleep(300 * time.Millisecond)
-	if n := len(e.emu.State().Droplets); n != len(e.initial.Droplets)+1 {
-		t.Fatalf("%d droplets while provisioning, want the restore's besides the user's", n)
+
+	r, last := stopAt(doemu.Fault{Method: "POST", Path: `/v2/volumes/[^/]+/actions`, Hang: true}, "halfway")
+	v, ok := e.volumeNamed("fra1", "halfway")
+	if !ok {
+		t.Fatalf("the new volume was deleted; a restore's volume is kept\nstderr:\n%s", r.stderr)
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	r := waitKill(t, cmd, done, "SIGTERM")
-	if r.code != 130 {
-		t.Fatalf("restore.sh exited %d after SIGTERM, want 130\nstderr:\n%s", r.code, r.stderr)
+	if len(last) != 2 ||
+		!strings.HasSuffix(last[0], "restore: the restore was stopped while provisioning: the new volume halfway ("+v.ID+
+			") was made and is kept, empty; a restore with --volume-name halfway is refused (exit 4) while it exists") ||
+		!strings.HasSuffix(last[1], "restore: hint: delete it in the control panel, or run restore.sh again with another --volume-name") {
+		t.Errorf("the last lines do not say that halfway (%s) was made and is kept, and what to do:\n%s", v.ID, r.stderr)
 	}
-	if !strings.Contains(r.stderr, "provisioning did not finish") {
-		t.Errorf("restore.sh does not say what it tore down:\n%s", r.stderr)
+	e.checkNothingLeft("fra1/halfway")
+
+	// The rerun with the same name is refused, as the last lines said.
+	before := e.emu.State()
+	r = e.restore("--volume-name", "halfway", "--region", "fra1", img)
+	if r.code != 4 || !strings.Contains(r.stderr, "restore: refusing to restore into halfway: ") ||
+		!strings.Contains(r.stderr, "(or delete halfway first, if an interrupted restore left it)") {
+		t.Errorf("the rerun into halfway exited %d, want 4, refused with a hint\nstderr:\n%s", r.code, r.stderr)
 	}
-	if _, ok := e.volumeNamed("fra1", "halfway"); !ok {
-		t.Errorf("the new volume was deleted; a restore's volume is kept")
+	if diff := stateDiff(before, e.emu.State()); diff != "" {
+		t.Errorf("the refused rerun changed the account: %s", diff)
+	}
+
+	r, last = stopAt(doemu.Fault{Method: "POST", Path: `/v2/volumes`, Hang: true}, "never-made")
+	if _, ok := e.volumeNamed("fra1", "never-made"); ok {
+		t.Fatalf("the volume was made although its creation hung: the test proves nothing")
+	}
+	if len(last) == 0 || !strings.HasSuffix(last[len(last)-1], "restore: the restore was stopped while provisioning: the new volume never-made was not made (its run recorded none)") {
+		t.Errorf("the last line does not say that never-made was not made:\n%s", r.stderr)
 	}
 	e.checkNothingLeft("fra1/halfway")
 }

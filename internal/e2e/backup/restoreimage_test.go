@@ -26,7 +26,8 @@ func dosvobImage(t *testing.T, bin, img, data string) {
 	}
 }
 
-// TestRestoreNotAnImage: restore.sh restores dosvob images only. A file
+// TestRestoreNotAnImage: restore.sh restores dosvob images only, and
+// intact ones (see "damaged image" below). A file
 // that is not one (the image's own manifest.json, a file without a state
 // directory, a device), its state directory, and an image whose manifest is
 // damaged are refused before anything is created, with one line that says
@@ -80,5 +81,62 @@ func TestRestoreNotAnImage(t *testing.T) {
 		})
 	}
 	e.t = t
-	e.checkNothingLeft()
+
+	// Bit rot: an image whose data is no longer the backup its manifest
+	// describes is found only while the pipe reads it, once the new
+	// volume is made. The restore fails (never "verified", never 0) with
+	// exit 5, and its last lines say that the image is damaged, that the
+	// volume is kept but incomplete, and what to do. Before, that was "the
+	// restore pipe failed", exit 1.
+	t.Run("damaged image", func(t *testing.T) {
+		e.t = t
+		rotten := filepath.Join(e.dir, "rotten", "some.img")
+		dosvobImage(t, e.bin, rotten, strings.Repeat("rotten ", 8192))
+		rot(t, rotten)
+		r := e.restore("--volume-name", "x-rotten", "--region", "fra1", rotten)
+		v, ok := e.volumeNamed("fra1", "x-rotten")
+		if !ok {
+			t.Fatalf("restore.sh exited %d and made no volume: the test proves nothing\nstderr:\n%s", r.code, r.stderr)
+		}
+		if r.code != 5 || strings.Contains(r.stderr, "restore: verified") || r.stdout != "" {
+			t.Errorf("restore.sh of a damaged image exited %d, want 5, without \"verified\" or stdout %q\nstderr:\n%s", r.code, r.stdout, r.stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if len(lines) < 2 ||
+			!strings.Contains(lines[len(lines)-2], "restore: restore into x-rotten failed: the backup image "+rotten+" is damaged (") ||
+			!strings.HasSuffix(lines[len(lines)-2], "not the new volume and not the network; the new volume x-rotten ("+v.ID+") is kept but incomplete") ||
+			!strings.Contains(lines[len(lines)-1], "restore: hint: check the image with: dosvob-hash --verify "+rotten+"; restore a kept version instead (--version") {
+			t.Errorf("the last lines do not say that the image is damaged, that x-rotten (%s) is kept but incomplete, and what to do:\n%s", v.ID, r.stderr)
+		}
+	})
+	e.t = t
+	e.checkNothingLeft("fra1/x-rotten")
+}
+
+// rot flips one bit of img's data, as bit rot on the backup disk would,
+// and gives the file its modification time back: only its content tells.
+func rot(t *testing.T, img string) {
+	t.Helper()
+	st, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 1000); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(img, st.ModTime(), st.ModTime()); err != nil {
+		t.Fatal(err)
+	}
 }

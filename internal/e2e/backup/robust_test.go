@@ -123,7 +123,8 @@ func lockedDir(t *testing.T, dir, prefix string) string {
 
 // TestRestoreRobust runs restore.sh where users run it in a disaster: from
 // a backup disk mounted read-only, with too little room for a version,
-// onto a name that exists, and after a run that was SIGKILLed.
+// interrupted while it writes a version, onto a name that exists, and
+// after a run that was SIGKILLed.
 func TestRestoreRobust(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false)
@@ -194,6 +195,39 @@ func TestRestoreRobust(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(small); len(ents) != 0 {
 			t.Errorf("the run left %d entries in --tmp-dir", len(ents))
+		}
+	})
+
+	t.Run("interrupted version", func(t *testing.T) {
+		// A Ctrl-C while the version is written to its temporary file, the
+		// step before anything is made in DigitalOcean: dosvob-patch
+		// restore-version stands still once it has written it, so that the
+		// signal lands in that step. The last line says what is left.
+		// Before, the script's own lines went into the removed file, and
+		// the last line was "writing version ...".
+		bin := e.binWith(map[string]string{"dosvob-patch": `if [[ $1 == restore-version ]]; then "$REAL" "$@" || exit; exec sleep 60; fi; exec "$REAL" "$@"`})
+		st := e.emu.State()
+		cmd, stdout, stderr := e.script("restore.sh", "--config", e.conf, "--bin", bin,
+			"--volume-name", "web-int", "--region", "nyc1", "--version", version, img)
+		done := e.start(cmd, stdout, stderr)
+		e.waitFor(cmd.Process.Pid, "sleep", 60*time.Second)
+		files, _ := filepath.Glob(filepath.Join(e.dir, "dosvob-restore.*", "version.img"))
+		if len(files) != 1 {
+			cmd.Process.Kill()
+			t.Fatalf("version files %v, want the run's one\nstderr:\n%s", files, (<-done).stderr)
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		r := waitKill(t, cmd, done, "SIGINT")
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if r.code != 130 || !strings.HasSuffix(lines[len(lines)-1], "restore: the restore was stopped while it wrote version "+version+
+			" to a temporary file, before it created anything in DigitalOcean: nothing was created there, and the temporary file was removed") {
+			t.Errorf("restore.sh exited %d after SIGINT, want 130 and a last line that says what is left\nstderr:\n%s", r.code, r.stderr)
+		}
+		if _, err := os.Stat(files[0]); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the temporary version file is left: %v", err)
+		}
+		if diff := stateDiff(st, e.emu.State()); diff != "" {
+			t.Errorf("the interrupted restore changed the account: %s", diff)
 		}
 	})
 
