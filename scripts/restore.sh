@@ -34,14 +34,16 @@ temporary droplet signs the empty volume, this machine computes the delta
 against the image, the droplet writes it onto the volume with dosvob-patch
 and checks it; then this script compares a SHA-256 of the volume with one of
 the image, deletes the temporary droplet and key, and leaves the new volume
-detached, ready to attach. It never writes into an existing volume: a NAME
-that exists in REGION is refused. It writes nothing beside the image: the
-backup disk may be mounted read-only. IMAGE must be the image file itself
-(REGION/VOLUME.img, with its state directory VOLUME.img.dosvob/ beside it);
-anything else, or an image whose manifest is damaged, is refused before
-anything is created. When a restore does not succeed, its last lines say
-where that leaves you: what was created, whether the new volume was made
-(by name and id) and in what state, and what to do.
+detached, ready to attach. It logs first what it restores: the source
+volume (name and id) and the time of the backup, from IMAGE's manifest. It
+never writes into an existing volume: a NAME that exists in REGION is
+refused. It writes nothing beside the image: the backup disk may be mounted
+read-only. IMAGE must be the image file itself (REGION/VOLUME.img, with its
+state directory VOLUME.img.dosvob/ beside it); anything else, or an image
+whose manifest is damaged, is refused before anything is created. When a
+restore does not succeed, its last lines say where that leaves you: what
+was created, whether the new volume was made (by name and id) and in what
+state, and what to do.
 
 On success it prints the new volume as one JSON object on stdout:
   {"name":"...","id":"...","region":"...","size_gib":N,"sha256":"..."}
@@ -499,6 +501,19 @@ if [[ "$rc" -ne 0 ]]; then
 	esac
 fi
 
+# What is restored, from the manifest that dosvob-patch has just read (see
+# docs/MANIFEST.md): the source volume, and the time of the newest backup.
+mapfile -t about < <(jq -r '
+	(.source // {}) as $s
+	| (if $s.volume_name and $s.volume_id then "\($s.volume_name) (id \($s.volume_id))"
+	   elif $s.volume_name then $s.volume_name
+	   elif $s.volume_id then "volume id \($s.volume_id)"
+	   else "a volume that its manifest does not name" end),
+	  ((.backup_time // "") | sub("\\.[0-9]+Z$"; "Z")
+	   | try (fromdateiso8601 | strftime("%Y-%m-%d %H:%M UTC")) catch "an unknown time")
+' "$image.dosvob/manifest.json" 2>/dev/null) || true
+restoring="restoring ${about[0]:-a volume that its manifest does not name}"
+
 # ---- a kept version --------------------------------------------------------
 
 # The version goes into the work directory, never beside the image (whose
@@ -506,7 +521,7 @@ fi
 if [[ -n "$version" ]]; then
 	stage=version
 	version_file="$work/version.img"
-	log "writing version $version of $image to a temporary file in $work"
+	log "$restoring, version $version of $image: writing it to a temporary file in $work first"
 	rc=0
 	run_bg redir - "$work/version.err" "$patch" restore-version --version "$version" --output "$version_file" "$image" || rc=$?
 	if [[ "$rc" -ne 0 ]] && grep -qi 'no space left on device' "$work/version.err"; then
@@ -520,6 +535,8 @@ if [[ -n "$version" ]]; then
 		die "$EXIT_FAILED" "could not write version $version (dosvob-patch exit $rc); nothing was created in DigitalOcean" "list the kept versions with: dosvob-patch versions $image"
 	fi
 	source_file=$version_file
+else
+	log "$restoring, backup of ${about[1]:-an unknown time}, from $image"
 fi
 
 image_bytes=$(stat -c %s -- "$source_file")

@@ -102,9 +102,11 @@ func (e *env) checkRestored(region, name string, size int64, want string) {
 }
 
 // checkRestore: restore.sh fills a new volume from an image, and from a
-// kept version, byte for byte; it refuses a name that exists; each time
-// nothing temporary is left and the restored volumes stay, detached. The
-// env must hold two backups of fra1/db that differ.
+// kept version, byte for byte, and its log names the source volume and the
+// backup's time (before, nothing said what was restored); it refuses a
+// name that exists; each time nothing temporary is left and the restored
+// volumes stay, detached. The env must hold two backups of fra1/db that
+// differ.
 func checkRestore(t *testing.T, e *env) {
 	img := e.image("fra1/db")
 	size := int64(gib)
@@ -121,6 +123,16 @@ func checkRestore(t *testing.T, e *env) {
 	}
 	if !strings.Contains(r.stderr, "[delta] dosvob-hash: delta of ") || !strings.Contains(r.stderr, " sent at zstd level 4 in ") {
 		t.Errorf("the local delta does not say it used zstd level 4:\n%s", r.stderr)
+	}
+	// The log says what is restored: the source volume and the time of
+	// its backup, as the manifest records them.
+	when, err := time.Parse(time.RFC3339, manifest(t, img)["backup_time"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	source := "restore: restoring db (id " + e.ids["fra1/db"] + ")"
+	if want := source + ", backup of " + when.UTC().Format("2006-01-02 15:04 UTC") + ", from " + img; !strings.Contains(r.stderr, want) {
+		t.Errorf("the log does not say %q:\n%s", want, r.stderr)
 	}
 	var out struct {
 		Name   string `json:"name"`
@@ -153,6 +165,9 @@ func checkRestore(t *testing.T, e *env) {
 	r = e.restore("--volume-name", "db-previous", "--region", "fra1", "--version", version, "--no-sha256", img)
 	if r.code != 0 {
 		t.Fatalf("restore.sh --version exited %d, want 0\nstderr:\n%s", r.code, r.stderr)
+	}
+	if want := source + ", version " + version + " of " + img + ": "; !strings.Contains(r.stderr, want) {
+		t.Errorf("the log does not say %q:\n%s", want, r.stderr)
 	}
 	e.checkRestored("fra1", "db-previous", size, old)
 	if digest(t, old) == digest(t, img) {
