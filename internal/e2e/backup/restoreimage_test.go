@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // dosvobImage writes data into a new dosvob image img, as a first backup
@@ -92,7 +94,7 @@ func TestRestoreNotAnImage(t *testing.T) {
 		e.t = t
 		rotten := filepath.Join(e.dir, "rotten", "some.img")
 		dosvobImage(t, e.bin, rotten, strings.Repeat("rotten ", 8192))
-		rot(t, rotten)
+		testenv.Rot(t, rotten, 1000)
 		r := e.restore("--volume-name", "x-rotten", "--region", "fra1", rotten)
 		v, ok := e.volumeNamed("fra1", "x-rotten")
 		if !ok {
@@ -111,32 +113,4 @@ func TestRestoreNotAnImage(t *testing.T) {
 	})
 	e.t = t
 	e.checkNothingLeft("fra1/x-rotten")
-}
-
-// rot flips one bit of img's data, as bit rot on the backup disk would,
-// and gives the file its modification time back: only its content tells.
-func rot(t *testing.T, img string) {
-	t.Helper()
-	st, err := os.Stat(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, 1000); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 1
-	if _, err := f.WriteAt(b, 1000); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(img, st.ModTime(), st.ModTime()); err != nil {
-		t.Fatal(err)
-	}
 }

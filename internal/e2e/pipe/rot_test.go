@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/dosvob/dosvob/internal/testenv"
 )
 
 // backupOf makes a real backup image of src in a new directory: the backup
@@ -24,34 +25,6 @@ func backupOf(t *testing.T, src string, hashArgs ...string) string {
 	}
 	sameContent(t, img, src)
 	return img
-}
-
-// rot flips one bit of img at off and gives the file its mtime back, as
-// bit rot on a disk does: nothing but the content tells.
-func rot(t *testing.T, img string, off int64) {
-	t.Helper()
-	fi, err := os.Stat(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x10
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(img, time.Time{}, fi.ModTime()); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestRestoreRefusesRottedImage: a restore reads a backup image whose
@@ -91,7 +64,7 @@ func TestRestoreRefusesRottedImage(t *testing.T) {
 
 			// One bit flipped in a data block.
 			off := int64(bytes.IndexFunc(want[size/2:], func(r rune) bool { return r != 0 }) + size/2)
-			rot(t, img, off)
+			testenv.Rot(t, img, off)
 			target = newFile(t, make([]byte, size)).Path()
 			res := runRestore(t, img, target)
 			if res.codes[1] != 5 {
