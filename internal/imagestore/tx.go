@@ -715,7 +715,9 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 		pruned = m.Versions[keep:]
 		m.Versions = m.Versions[:keep:keep]
 	}
-	m.Pruned = prunedFiles(s, m, pruned)
+	// The files this commit drops: those of the pruned versions and the old
+	// files of the replaced ones, deleted after the commit point.
+	m.Pruned = prunedFiles(s, m, append(replaced, pruned...))
 	m.ManifestVersion = ManifestVersion
 	// The stream's version says what DeviceDigest digests (format.DeviceDigester).
 	m.FormatVersion = int(tx.hdr.V())
@@ -799,9 +801,6 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 	for _, v := range pruned {
 		res.Pruned = append(res.Pruned, v.Name)
 	}
-	for _, v := range replaced {
-		fs.Remove(filepath.Join(s.dir, versionsDir, v.File))
-	}
 	if err := fs.SyncDir(s.dir); err != nil {
 		return nil, err
 	}
@@ -811,8 +810,9 @@ func (tx *Tx) commit(end format.End) (*Result, error) {
 }
 
 // prunedFiles is the Pruned record of m, the manifest about to be
-// committed: the files of the versions this run drops, and those an earlier
-// commit dropped that are still there (the sweep could not delete them).
+// committed: the files of the versions this run drops (beyond --keep, or
+// replaced by a new file), and those an earlier commit dropped that are
+// still there (the sweep could not delete them).
 func prunedFiles(s *Store, m *Manifest, pruned []Version) []string {
 	listed := map[string]bool{}
 	for _, v := range m.Versions {
