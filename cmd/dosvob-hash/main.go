@@ -487,7 +487,7 @@ func verify(ctx context.Context, path string, o output) error {
 	el := time.Since(start)
 	intact := func() {
 		o.summary("%s is intact: %d blocks, %s read in %s (%s/s), digest %s; %s checked", path, rep.Blocks, sizeString(uint64(rep.Size)),
-			seconds(el), rate(uint64(rep.Size), el), rep.Digest, count(rep.Versions, "kept version"))
+			seconds(el), rate(uint64(rep.Size), el), rep.Digest, rep.VersionsChecked())
 	}
 	switch {
 	case errors.Is(err, imagestore.ErrVersionDamaged):
@@ -506,14 +506,6 @@ func verify(ctx context.Context, path string, o output) error {
 	}
 	intact()
 	return nil
-}
-
-// count is "1 thing" or "n things".
-func count(n int, thing string) string {
-	if n == 1 {
-		return "1 " + thing
-	}
-	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // damagedImage is exit code 5 for a dosvob image that is not the backup

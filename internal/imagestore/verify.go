@@ -36,6 +36,9 @@ type Report struct {
 	BadVersions []VersionDamage
 }
 
+// VersionsChecked is "N kept versions", as many as the scrub checked.
+func (r *Report) VersionsChecked() string { return count(r.Versions, "kept version") }
+
 // Intact reports whether the image matched its manifest (whatever its kept
 // versions).
 func (r *Report) Intact() bool { return r.Digest == r.Want && r.BadBlocks == 0 && r.FirstBad < 0 }
